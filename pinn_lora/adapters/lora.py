@@ -1,0 +1,55 @@
+"""LoRA (Hu et al., arXiv 2106.09685): ΔW = s·B·A with B (out × r), A (r × in).
+
+Initialisations: ``kaiming`` (B = 0, A Kaiming-uniform, the paper's), or any
+factors given explicitly (ODELoRA's balanced starts). When the initial factors
+are non-zero, ``s·B0·A0`` is subtracted from the frozen weight so the adapted
+layer starts exactly at the base layer."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pinn_lora.adapters.base import AdapterLinear
+
+
+def check_rank(rank: int, base: nn.Linear) -> int:
+    r = int(rank)
+    limit = min(base.in_features, base.out_features)
+    if r != rank or r < 1 or r > limit:
+        raise ValueError(f"rank={rank!r}: must be an integer in 1..{limit} for a {base.out_features}×"
+                         f"{base.in_features} layer")
+    return r
+
+
+class LoRALinear(AdapterLinear):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, *, generator: torch.Generator | None = None,
+                 factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        super().__init__(base)
+        self.rank = check_rank(rank, base)
+        self.scale = float(alpha) / self.rank
+        like = dict(dtype=self.weight0.dtype, device=self.weight0.device)
+        if factors is None:
+            bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEFT
+            a = (torch.rand(self.rank, self.in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            b = torch.zeros(self.out_features, self.rank, dtype=torch.float64)
+        else:
+            b, a = factors
+            with torch.no_grad():
+                self.weight0 -= self.scale * (b.to(**like) @ a.to(**like))
+        self.lora_B = nn.Parameter(b.to(**like).clone())
+        self.lora_A = nn.Parameter(a.to(**like).clone())
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_B, self.lora_A
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scale * (self.lora_B @ self.lora_A)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"

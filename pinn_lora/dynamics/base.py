@@ -1,0 +1,105 @@
+"""The dynamics contract and the plain-optimiser dynamics (Adam, SGD)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+
+Closure = Callable[[], torch.Tensor]
+SCHEDULES = ("constant", "cosine", "exponential")
+
+
+def lr_factor(schedule: str, progress: float, final_ratio: float) -> float:
+    """Multiplier of the base learning rate at ``progress`` in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    if schedule == "exponential":
+        return final_ratio**p
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+class Dynamics:
+    """How trainable tensors move. ``step(closure)`` evaluates the closure
+    (which zeroes gradients, computes the loss on a fixed batch, runs backward
+    and returns the loss) as often as the rule needs and updates the tensors;
+    it returns the loss at the start of the step."""
+
+    base_lr: float
+    schedule: str = "constant"
+    final_ratio: float = 1.0
+    evaluations_per_step: int = 1
+
+    def __init__(self) -> None:
+        self.progress = 0.0
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * lr_factor(self.schedule, self.progress, self.final_ratio)
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+
+    def step(self, closure: Closure) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset_state(self) -> None:
+        """Forget optimiser moments (used by schedules that restart)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"progress": self.progress}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.progress = state["progress"]
+
+
+class GradientDynamics(Dynamics):
+    """A ``torch.optim`` optimiser (Adam by default) with a learning-rate schedule."""
+
+    OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+    def __init__(self, params: Iterable[Any], lr: float, optimizer: str = "adam", schedule: str = "constant",
+                 final_ratio: float = 0.1, **options: Any) -> None:
+        super().__init__()
+        if optimizer not in self.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(self.OPTIMIZERS)}")
+        lr_factor(schedule, 0.0, final_ratio)  # validates the name
+        self.base_lr, self.schedule, self.final_ratio = float(lr), schedule, float(final_ratio)
+        self._cls, self._options = self.OPTIMIZERS[optimizer], options
+        self.param_groups = [g if isinstance(g, dict) else {"params": [g]} for g in params]
+        self.param_groups = _merge_plain_groups(self.param_groups)
+        self.optimizer = self._make()
+
+    def _make(self) -> torch.optim.Optimizer:
+        groups = [{**g, "lr": self.base_lr * g.get("lr_mult", 1.0)} for g in self.param_groups]
+        return self._cls(groups, lr=self.base_lr, **self._options)
+
+    def set_progress(self, progress: float) -> None:
+        super().set_progress(progress)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr * g.get("lr_mult", 1.0)
+
+    def step(self, closure: Closure) -> torch.Tensor:
+        loss = closure()
+        self.optimizer.step()
+        return loss
+
+    def reset_state(self) -> None:
+        self.optimizer.state.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _merge_plain_groups(groups: list[dict]) -> list[dict]:
+    """Fold single-tensor groups without options into one group."""
+    plain = [p for g in groups if set(g) == {"params"} for p in g["params"]]
+    rich = [g for g in groups if set(g) != {"params"}]
+    return ([{"params": plain}] if plain else []) + rich

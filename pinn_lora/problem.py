@@ -1,0 +1,211 @@
+"""The Problem base class: a PDE family with coefficients, a domain, residuals
+and a reference solution. Families live in ``problems/`` and are found through
+the ``pinn_lora.problems`` entry-point group (see :mod:`pinn_lora.registry`)."""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from pinn_lora._dde import deepxde, numpy_seed
+
+SAMPLERS = ("pseudo", "Hammersley", "Sobol", "Halton", "LHS")
+
+
+class CoefficientError(ValueError):
+    """A coefficient is unknown, missing or outside its allowed range."""
+
+
+@dataclass(frozen=True)
+class Coefficient:
+    """One scalar coefficient of a PDE family and its allowed range."""
+
+    name: str
+    source: float  # value the shipped base model was trained at
+    low: float | None = None
+    low_inclusive: bool = False
+    high: float | None = None
+    doc: str = ""
+
+    def allowed(self) -> str:
+        lo = "" if self.low is None else f"{self.low:g} {'<=' if self.low_inclusive else '<'} "
+        hi = "" if self.high is None else f" <= {self.high:g}"
+        return f"{lo}{self.name}{hi}" if (lo or hi) else f"{self.name} finite"
+
+    def check(self, family: str, value: Any) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise CoefficientError(
+                f"{family}: coefficient {self.name}={value!r} is not a number (allowed: {self.allowed()})"
+            ) from None
+        ok = math.isfinite(v)
+        if ok and self.low is not None:
+            ok = v >= self.low if self.low_inclusive else v > self.low
+        if ok and self.high is not None:
+            ok = v <= self.high
+        if not ok:
+            raise CoefficientError(
+                f"{family}: coefficient {self.name}={value!r} is out of range (allowed: {self.allowed()})"
+            )
+        return v
+
+
+class Problem:
+    """A PDE family at fixed coefficients.
+
+    Subclasses set the class attributes and implement :meth:`geometry`,
+    :meth:`residuals` and :meth:`reference_grid`; the rest is shared.
+    Residuals are written once against a derivative provider ``d`` exposing
+    ``d.u``, ``d.u_x``, ``d.u_t``, ``d.u_xx`` … (see :mod:`pinn_lora.derivatives`).
+    """
+
+    name: ClassVar[str]
+    variables: ClassVar[tuple[str, ...]]  # input column names, e.g. ("x", "t")
+    lower: ClassVar[tuple[float, ...]]
+    upper: ClassVar[tuple[float, ...]]
+    coefficient_specs: ClassVar[tuple[Coefficient, ...]]
+    target: ClassVar[dict[str, float]]  # default adaptation target
+    eval_points: ClassVar[tuple[int, ...]]  # evaluation grid size per variable
+    network: ClassVar[dict[str, Any]]  # default architecture of the base model
+
+    def __init__(self, **coefficients: Any) -> None:
+        specs = {c.name: c for c in self.coefficient_specs}
+        unknown = sorted(set(coefficients) - set(specs))
+        if unknown:
+            raise CoefficientError(
+                f"{self.name}: unknown coefficient {', '.join(unknown)}; "
+                f"the coefficients are: {', '.join(f'{c.name} ({c.allowed()})' for c in self.coefficient_specs)}"
+            )
+        values = {c.name: c.source for c in self.coefficient_specs}
+        for key, value in coefficients.items():
+            values[key] = specs[key].check(self.name, value)
+        self.coefficients: dict[str, float] = values
+        self.validate()
+
+    # ---- hooks for subclasses -------------------------------------------------
+    def validate(self) -> None:
+        """Extra checks across coefficients (e.g. resonances); raise CoefficientError."""
+
+    def geometry(self) -> Any:
+        raise NotImplementedError
+
+    def output_transform(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """Hard constraints (initial/boundary data); identity by default."""
+        return outputs
+
+    def residuals(self, d: Any) -> dict[str, torch.Tensor]:
+        """Pointwise residuals by term name (e.g. ``{"pde": ...}``)."""
+        raise NotImplementedError
+
+    def residual_scale(self) -> float:
+        """Mean square used to normalise the PDE residual (so one learning rate
+        serves all coefficients)."""
+        return 1.0
+
+    def reference_grid(self, axes: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Reference solution on the tensor grid ``axes`` (indexing 'ij')."""
+        raise NotImplementedError
+
+    # ---- shared machinery -----------------------------------------------------
+    @classmethod
+    def source(cls) -> "Problem":
+        return cls()
+
+    @classmethod
+    def default_target(cls) -> "Problem":
+        return cls(**cls.target)
+
+    def with_coefficients(self, **changes: Any) -> "Problem":
+        return type(self)(**{**self.coefficients, **changes})
+
+    def __getattr__(self, key: str) -> Any:
+        coeffs = self.__dict__.get("coefficients", {})
+        if key in coeffs:
+            return coeffs[key]
+        raise AttributeError(key)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v:.6g}" for k, v in self.coefficients.items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def dim(self) -> int:
+        return len(self.variables)
+
+    def sample(self, n: int, seed: int, sampler: str = "pseudo") -> np.ndarray:
+        """``n`` collocation points from DeepXDE's geometry, float64.
+
+        Quasi-random sequences are deterministic, so each draw applies a random
+        shift modulo the box (a Cranley–Patterson rotation): resampling gives new
+        points with the same low discrepancy."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        with numpy_seed(seed):
+            pts = np.asarray(self.geometry().random_points(n, random=sampler), dtype=np.float64)
+        if sampler != "pseudo":
+            lo, hi = np.asarray(self.lower), np.asarray(self.upper)
+            shift = np.random.default_rng(seed).random(self.dim) * (hi - lo)
+            pts = lo + np.mod(pts - lo + shift, hi - lo)
+        return pts
+
+    def eval_axes(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.linspace(lo, hi, n) for lo, hi, n in zip(self.lower, self.upper, self.eval_points))
+
+    def eval_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fixed evaluation points (N, dim) and reference values (N,), cached."""
+        return _eval_grid(self)
+
+    def reference(self, axes: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+        axes = self.eval_axes() if axes is None else axes
+        return _reference_grid_cached(self, tuple(np.asarray(a, dtype=np.float64).tobytes() for a in axes))
+
+    def relative_l2(self, net: torch.nn.Module) -> float:
+        """Relative L2 error of ``net`` against the reference on the evaluation grid."""
+        pts, ref = self.eval_grid()
+        p = next(iter(net.parameters()), None)
+        b = next(iter(net.buffers()), None)
+        like = p if p is not None else b
+        with torch.no_grad():
+            x = torch.as_tensor(pts, dtype=like.dtype, device=like.device)
+            u = torch.cat([net(chunk) for chunk in x.split(16384)]).reshape(-1).double().cpu().numpy()
+        return float(np.linalg.norm(u - ref) / np.linalg.norm(ref))
+
+    def key(self) -> tuple:
+        return (self.name, tuple(sorted(self.coefficients.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+
+@functools.lru_cache(maxsize=64)
+def _reference_grid_cached(problem: Problem, axes_bytes: tuple[bytes, ...]) -> np.ndarray:
+    axes = tuple(np.frombuffer(b, dtype=np.float64) for b in axes_bytes)
+    out = np.asarray(problem.reference_grid(axes), dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _eval_grid(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    axes = problem.eval_axes()
+    mesh = np.meshgrid(*axes, indexing="ij")
+    pts = np.stack([m.reshape(-1) for m in mesh], axis=1)
+    ref = problem.reference(axes).reshape(-1)
+    pts.setflags(write=False)
+    return pts, ref
+
+
+def geometry_xt(lower: tuple[float, ...], upper: tuple[float, ...]) -> Any:
+    """A DeepXDE space-time geometry on an interval × [t0, t1]."""
+    dde = deepxde()
+    return dde.geometry.GeometryXTime(
+        dde.geometry.Interval(lower[0], upper[0]), dde.geometry.TimeDomain(lower[1], upper[1])
+    )

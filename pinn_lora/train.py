@@ -1,0 +1,235 @@
+"""The one training loop, used by pretraining and adaptation alike:
+sample → residual terms → loss → method step → monitors → checkpoint."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pinn_lora.derivatives import Derivatives
+from pinn_lora.dynamics import Dynamics
+from pinn_lora.problem import SAMPLERS
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings (the method's own settings live in the method)."""
+
+    steps: int = 2000
+    n_points: int = 2000
+    sampler: str = "pseudo"
+    resample_every: int = 100
+    causal_eps: float = 0.0  # causal weighting in time (Wang, Sankaran & Perdikaris 2022); 0 = off
+    causal_bins: int = 32
+    lbfgs_steps: int = 0
+    lbfgs_points: int = 0  # 0: same as n_points
+    eval_every: int = 100
+    seed: int = 0
+    progress: bool = True
+    divergence_factor: float = 1e6  # stop when loss > factor × initial loss
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "lbfgs_steps", "lbfgs_points"):
+            if int(getattr(self, key)) < 0:
+                raise ValueError(f"train: {key}={getattr(self, key)!r} must be >= 0")
+        for key in ("n_points", "resample_every", "eval_every", "causal_bins"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"train: {key}={getattr(self, key)!r} must be >= 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"train: sampler={self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not self.causal_eps >= 0:
+            raise ValueError(f"train: causal_eps={self.causal_eps!r} must be >= 0")
+
+
+def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_eps: float = 0.0,
+                    causal_bins: int = 32) -> dict[str, torch.Tensor]:
+    """Normalised mean-square residual per term. With ``causal_eps`` > 0 and a
+    time variable, points are binned in time and bin i is weighted by
+    exp(−ε Σ_{k<i} L_k) (weights not differentiated)."""
+    d = Derivatives(net, points, problem.variables)
+    scale = problem.residual_scale()
+    out = {}
+    for name, r in problem.residuals(d).items():
+        sq = r.reshape(-1) ** 2 / scale
+        if causal_eps > 0 and "t" in problem.variables:
+            t = points[:, problem.variables.index("t")]
+            lo, hi = problem.lower[problem.variables.index("t")], problem.upper[problem.variables.index("t")]
+            idx = ((t - lo) / (hi - lo) * causal_bins).long().clamp(0, causal_bins - 1)
+            sums = torch.zeros(causal_bins, dtype=sq.dtype, device=sq.device).index_add_(0, idx, sq)
+            counts = torch.zeros(causal_bins, dtype=sq.dtype, device=sq.device).index_add_(
+                0, idx, torch.ones_like(sq)).clamp_min(1)
+            per_bin = sums / counts
+            before = torch.cumsum(per_bin.detach(), 0) - per_bin.detach()
+            w = torch.exp(-causal_eps * before)
+            out[name] = (w * per_bin).mean()
+        else:
+            out[name] = sq.mean()
+    return out
+
+
+@dataclass
+class History:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "completed"  # or "diverged"
+    message: str = ""
+    wall_time: float = 0.0
+    evaluations: int = 0
+
+    def last(self, key: str) -> Any:
+        for rec in reversed(self.records):
+            if key in rec:
+                return rec[key]
+        return None
+
+
+class Monitor:
+    """Observes the loop. ``on_record`` gets every step's record (a dict)."""
+
+    def on_start(self, model: nn.Module, problem: Any) -> None: ...
+
+    def on_record(self, record: dict[str, Any]) -> None: ...
+
+    def on_end(self, history: History) -> None: ...
+
+
+class Trainer:
+    """Runs a method's dynamics on a PINN loss. One instance per run."""
+
+    def __init__(self, problem: Any, model: nn.Module, dynamics: Dynamics | None, cfg: TrainConfig,
+                 monitors: Sequence[Monitor] = (), after_step: Callable[[int, nn.Module, Dynamics], None] | None = None,
+                 device: torch.device | str | None = None) -> None:
+        self.problem, self.model, self.dynamics, self.cfg = problem, model, dynamics, cfg
+        self.monitors = list(monitors)
+        self.after_step = after_step
+        ref = next(iter(model.parameters()), None)
+        ref = ref if ref is not None else next(iter(model.buffers()))
+        self.dtype, self.device = ref.dtype, ref.device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.rng = np.random.default_rng(cfg.seed)
+        self.history = History()
+
+    def points(self, n: int) -> torch.Tensor:
+        seed = int(self.rng.integers(2**31 - 1))
+        pts = self.problem.sample(n, seed=seed, sampler=self.cfg.sampler)
+        return torch.as_tensor(pts, dtype=self.dtype, device=self.device)
+
+    def _closure(self, points: torch.Tensor, stash: dict[str, Any]) -> Callable[[], torch.Tensor]:
+        def closure() -> torch.Tensor:
+            for p in self.params:
+                p.grad = None
+            terms = residual_losses(self.problem, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins)
+            loss = sum(terms.values())
+            loss.backward()
+            stash["evals"] = stash.get("evals", 0) + 1
+            if "terms" not in stash:  # first evaluation of the step: record it
+                stash["terms"] = {k: v.detach() for k, v in terms.items()}
+                stash["grad_norm"] = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.params
+                                                    if p.grad is not None))
+            return loss.detach()
+        return closure
+
+    def evaluate(self) -> float:
+        return self.problem.relative_l2(self.model)
+
+    def run(self) -> History:
+        cfg, hist = self.cfg, self.history
+        for m in self.monitors:
+            m.on_start(self.model, self.problem)
+        start = time.perf_counter()
+        total = cfg.steps + cfg.lbfgs_steps
+        bar = _progress(total, cfg.progress)
+        initial = None
+        points = None
+        try:
+            for step in range(cfg.steps):
+                if points is None or step % cfg.resample_every == 0:
+                    points = self.points(cfg.n_points)
+                self.dynamics.set_progress(step / max(cfg.steps, 1))
+                stash: dict[str, Any] = {}
+                lr = self.dynamics.lr
+                loss = float(self.dynamics.step(self._closure(points, stash)))
+                hist.evaluations += stash["evals"]
+                initial = loss if initial is None else initial
+                rec = {"step": step, "phase": "adam" if step < cfg.steps else "lbfgs", "loss": loss,
+                       **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
+                       "grad_norm": float(stash["grad_norm"]), "lr": lr, "evaluations": hist.evaluations,
+                       "time": time.perf_counter() - start}
+                bad = _diverged(loss, initial, cfg.divergence_factor)
+                if self.after_step is not None and not bad:
+                    self.after_step(step, self.model, self.dynamics)
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or bad:
+                    rec["rel_l2"] = self.evaluate()
+                self._emit(rec, bar)
+                if bad:
+                    hist.status, hist.message = "diverged", f"{bad} at step {step}"
+                    return hist
+            if cfg.lbfgs_steps:
+                self._lbfgs(cfg.steps, start, bar)
+        finally:
+            hist.wall_time = time.perf_counter() - start
+            if bar is not None:
+                bar.close()
+            for m in self.monitors:
+                m.on_end(hist)
+        return hist
+
+    def _lbfgs(self, offset: int, start: float, bar: Any) -> None:
+        """L-BFGS finish (strong Wolfe line search) on one fixed batch, logged in chunks."""
+        cfg, hist = self.cfg, self.history
+        points = self.points(cfg.lbfgs_points or cfg.n_points)
+        opt = torch.optim.LBFGS(self.params, lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-15, tolerance_change=1e-16)
+        for i in range(cfg.lbfgs_steps):
+            stash: dict[str, Any] = {}
+            closure = self._closure(points, stash)
+            loss = float(opt.step(closure))
+            hist.evaluations += stash["evals"]
+            step = offset + i
+            rec = {"step": step, "phase": "lbfgs", "loss": loss,
+                   **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
+                   "grad_norm": float(stash["grad_norm"]), "lr": 1.0, "evaluations": hist.evaluations,
+                   "time": time.perf_counter() - start}
+            if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.lbfgs_steps:
+                rec["rel_l2"] = self.evaluate()
+            self._emit(rec, bar)
+            if not math.isfinite(loss):
+                hist.status, hist.message = "diverged", f"non-finite loss in L-BFGS at step {step}"
+                return
+
+    def _emit(self, rec: dict[str, Any], bar: Any) -> None:
+        self.history.records.append(rec)
+        for m in self.monitors:
+            m.on_record(rec)
+        if bar is not None:
+            post = {"loss": f"{rec['loss']:.3e}"}
+            if "rel_l2" in rec:
+                post["L2"] = f"{rec['rel_l2']:.2e}"
+            elif self.history.last("rel_l2") is not None:
+                post["L2"] = f"{self.history.last('rel_l2'):.2e}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+
+
+def _diverged(loss: float, initial: float, factor: float) -> str:
+    if not math.isfinite(loss):
+        return "non-finite loss"
+    if loss > factor * max(initial, 1e-300):
+        return f"loss {loss:.3e} > {factor:g} × initial {initial:.3e}"
+    return ""
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)

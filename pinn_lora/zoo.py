@@ -1,0 +1,68 @@
+"""Base models: the shipped ones (in ``pinn_lora/zoo/``) and user-saved ones.
+
+A base model is ``<name>.safetensors`` (the network's state dict, DeepXDE FNN
+key layout) + ``<name>.json`` (its card: problem, coefficients, network,
+training recipe, wall time, device, measured error, weights hash)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pinn_lora.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, sha256, write_json
+from pinn_lora.network import PINN
+from pinn_lora.registry import get_problem
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+CARD_KEYS = ("problem", "coefficients", "network", "weights_sha256")
+
+
+def shipped() -> list[str]:
+    return sorted(p.stem for p in ZOO_DIR.glob("*.json"))
+
+
+def _paths(name_or_path: str | Path) -> tuple[Path, Path]:
+    p = Path(name_or_path)
+    if p.suffix in (".json", ".safetensors"):
+        p = p.with_suffix("")
+    if not p.parent.name and not p.with_suffix(".json").exists() and (ZOO_DIR / f"{p.name}.json").exists():
+        p = ZOO_DIR / p.name
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def save_base(net: PINN, card: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Write ``path``.safetensors + ``path``.json; returns the card written."""
+    weights, card_path = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    digest = save_tensors(weights, net.state_dict())
+    card = {**card, "network": net.architecture(), "weights_sha256": digest}
+    write_json(card_path, card)
+    return card
+
+
+def load_base(name_or_path: str | Path = "burgers", *, dtype: torch.dtype = torch.float64,
+              device: torch.device | str = "cpu", verify: bool = True) -> tuple[PINN, dict[str, Any], Any]:
+    """Load a base model by shipped name (``"burgers"``) or path.
+
+    Returns (network, card, source problem); the network carries its
+    problem's output transform."""
+    weights, card_path = _paths(name_or_path)
+    if not card_path.exists() and not weights.exists():
+        raise CheckpointError(f"no base model {str(name_or_path)!r}: not a shipped name "
+                              f"({', '.join(shipped()) or 'none shipped'}) and no {card_path} on disk")
+    card = read_json(card_path)
+    missing = [k for k in CARD_KEYS if k not in card]
+    if missing:
+        raise CheckpointError(f"card {card_path} lacks {', '.join(missing)}")
+    if verify and sha256(weights) != card["weights_sha256"]:
+        raise CheckpointError(f"{weights} does not match its card's sha256 (file changed or truncated)")
+    problem = get_problem(card["problem"], **card["coefficients"])
+    arch = card["network"]
+    net = PINN(arch["layers"], arch["activation"], problem.output_transform)
+    state = load_tensors(weights)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not fit the network of its card {arch}: {exc}") from None
+    return net.to(dtype=dtype, device=device), card, problem
