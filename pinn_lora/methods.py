@@ -16,6 +16,7 @@ from torch import nn
 
 from pinn_lora.adapters import LoRALinear, adapter_layers, attach_adapters
 from pinn_lora.adapters.base import resolve_targets
+from pinn_lora.adapters.lora import layer_rank
 from pinn_lora.dynamics import Dynamics, GradientDynamics
 from pinn_lora.dynamics.base import SCHEDULES
 from pinn_lora.dynamics.odelora import INITS, ODELoRADynamics, balanced_factors
@@ -127,7 +128,15 @@ class LoRA(Method):
     defaults = {**Method.defaults, "rank": 4, "alpha": 4.0, "targets": "all", "lr": 3e-3}
     positive = Method.positive + ("rank", "alpha")
 
+    def check_rank(self, net: nn.Module) -> None:
+        layers = [net.linears[i] for i in resolve_targets(len(net.linears), self.targets)]
+        limit = max(min(lin.in_features, lin.out_features) for lin in layers)
+        if self.rank > limit:
+            raise MethodOptionError(f"method {self.name}: rank={self.rank} is larger than any adapted layer "
+                                    f"allows (at most {limit}; each layer uses min(rank, out, in))")
+
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
+        self.check_rank(net)
         gen = torch.Generator().manual_seed(ctx.seed)
         return attach_adapters(net, lambda i, lin: LoRALinear(lin, self.rank, self.alpha, generator=gen),
                                self.targets)
@@ -143,14 +152,15 @@ class ODELoRA(LoRA):
     positive = LoRA.positive + ("init_scale",)
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
+        self.check_rank(net)
         idx = resolve_targets(len(net.linears), self.targets)
         grads = dict(zip(idx, weight_gradients(net, idx, ctx.loss_fn))) if self.init == "gradient" else {}
         gen = torch.Generator().manual_seed(ctx.seed)
 
         def make(i: int, lin: nn.Linear) -> LoRALinear:
             scale = self.alpha / self.rank
-            factors = balanced_factors(self.init, lin.weight.detach(), grads.get(i), self.rank, scale,
-                                       self.init_scale, gen)
+            factors = balanced_factors(self.init, lin.weight.detach(), grads.get(i), layer_rank(self.rank, lin),
+                                       scale, self.init_scale, gen)
             return LoRALinear(lin, self.rank, self.alpha, factors=factors)
 
         return attach_adapters(net, make, self.targets)

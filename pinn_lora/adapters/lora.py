@@ -15,21 +15,22 @@ from torch.nn import functional as F
 from pinn_lora.adapters.base import AdapterLinear
 
 
-def check_rank(rank: int, base: nn.Linear) -> int:
+def layer_rank(rank: int, base: nn.Linear) -> int:
+    """The rank used on ``base``: ``rank`` clipped to min(out, in). PINN input
+    and output layers are thin (2 → 64, 64 → 1), where a larger rank is
+    impossible; the scale α/rank still uses the configured rank."""
     r = int(rank)
-    limit = min(base.in_features, base.out_features)
-    if r != rank or r < 1 or r > limit:
-        raise ValueError(f"rank={rank!r}: must be an integer in 1..{limit} for a {base.out_features}×"
-                         f"{base.in_features} layer")
-    return r
+    if isinstance(rank, bool) or r != rank or r < 1:
+        raise ValueError(f"rank={rank!r}: must be an integer >= 1")
+    return min(r, base.in_features, base.out_features)
 
 
 class LoRALinear(AdapterLinear):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, *, generator: torch.Generator | None = None,
                  factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__(base)
-        self.rank = check_rank(rank, base)
-        self.scale = float(alpha) / self.rank
+        self.rank = layer_rank(rank, base)
+        self.scale = float(alpha) / int(rank)
         like = dict(dtype=self.weight0.dtype, device=self.weight0.device)
         if factors is None:
             bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEFT

@@ -1,0 +1,216 @@
+"""One adaptation, start to finish: base model + target problem + method →
+trained adapter, metrics, summary and plots. The CLI (``pinn_lora.adapt``)
+composes a config and calls :func:`run_config`; scientific code calls
+:func:`adapt` directly."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+import pinn_lora
+from pinn_lora.adapters import adapter_layers
+from pinn_lora.checkpoint import save_tensors, sha256, write_json
+from pinn_lora.methods import AttachContext, Method, get_method, trainable_parameters
+from pinn_lora.monitors import MetricsWriter
+from pinn_lora.pretrain import device_name
+from pinn_lora.registry import PROBLEMS
+from pinn_lora.train import History, Monitor, TrainConfig, Trainer, residual_losses
+from pinn_lora.zoo import _paths, load_base
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class ConfigError(ValueError):
+    """A bad value in the run's configuration."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} requested but no CUDA device is available; use device=cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass
+class AdaptResult:
+    problem: Any
+    method: Method
+    model: nn.Module
+    history: History
+    base_error: float
+    error: float
+    trainable: int
+    base_card: dict[str, Any]
+    run_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return self.history.records
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "problem": self.problem.name,
+            "coefficients": dict(self.problem.coefficients),
+            "base_coefficients": self.base_card.get("coefficients"),
+            "method": self.method.describe(),
+            "trainable_parameters": self.trainable,
+            "steps": len(self.history.records),
+            "evaluations": self.history.evaluations,
+            "wall_time_s": round(self.history.wall_time, 3),
+            "base_error": self.base_error,
+            "adapted_error": self.error,
+            "improvement": self.base_error / self.error if self.error > 0 else float("inf"),
+            "status": self.history.status,
+            "message": self.history.message,
+            **self.extra,
+        }
+
+    def summary_line(self) -> str:
+        s = self.summary()
+        return (f"{s['problem']} {_fmt_coeffs(s['coefficients'])} | method={self.method.name} "
+                f"trainable={s['trainable_parameters']} steps={s['steps']} time={s['wall_time_s']:.1f}s | "
+                f"rel. L2 on target: base {s['base_error']:.3e} -> adapted {s['adapted_error']:.3e} "
+                f"({s['improvement']:.1f}x){'' if s['status'] == 'completed' else ' [' + s['status'] + ']'}")
+
+    def save(self, run_dir: str | Path, plots: bool = True) -> Path:
+        """Write summary.json, adapter.safetensors + card.json and plots into ``run_dir``."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v for k, v in self.model.state_dict().items()}
+        digest = save_tensors(run_dir / "adapter.safetensors", state)
+        card = {
+            "kind": "pinn_lora.adapter",
+            "package_version": pinn_lora.__version__,
+            "method": self.method.describe(),
+            "adapted_layers": [i for i, _ in adapter_layers(self.model)],
+            "trainable_parameters": self.trainable,
+            "problem": self.problem.name,
+            "coefficients": dict(self.problem.coefficients),
+            "base": {k: self.base_card.get(k) for k in ("problem", "coefficients", "network", "weights_sha256")},
+            "weights_sha256": digest,
+            "contents": "full adapted state dict (frozen weights as buffers + trainable factors)",
+        }
+        write_json(run_dir / "card.json", card)
+        write_json(run_dir / "summary.json", self.summary())
+        if plots:
+            from pinn_lora.report import plot_losses, plot_solution
+
+            (run_dir / "plots").mkdir(exist_ok=True)
+            title = f"{self.method.name} on {self.problem!r}"
+            plot_losses(self.metrics, run_dir / "plots" / "loss.png", title)
+            plot_solution(self.problem, self.model, run_dir / "plots" / "solution.png", title)
+        return run_dir
+
+
+def _fmt_coeffs(c: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in c.items())
+
+
+def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
+          steps: int = 1000, n_points: int = 2000, resample_every: int = 100, eval_every: int = 100,
+          seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
+          run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
+          monitors: Sequence[Monitor] = (), **method_options: Any) -> AdaptResult:
+    """Adapt a base model to ``problem`` (its coefficients are the target).
+
+    ``base`` is a shipped name ("burgers"), a path to a saved base, or a
+    (network, card) pair. Returns an :class:`AdaptResult`; with ``run_dir``
+    the metrics, adapter, card, summary and plots are written there."""
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dt = resolve_dtype(dtype)
+    torch.manual_seed(seed)
+    if isinstance(base, tuple):
+        net, card = base
+        net = copy.deepcopy(net).to(dtype=dt, device=dev)
+    else:
+        net, card, _ = load_base(base, dtype=dt, device=dev)
+    if card["problem"] != problem.name:
+        raise ConfigError(f"base model is for problem {card['problem']!r}, not {problem.name!r}")
+    meth = method if isinstance(method, Method) else get_method(method, **method_options)
+    train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
+                            seed=seed, progress=progress)
+    base_error = problem.relative_l2(net)
+    probe = torch.as_tensor(problem.sample(n_points, seed=seed + 104729), dtype=dt, device=dev)
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return sum(residual_losses(problem, m, probe).values())
+
+    model = meth.attach(net, AttachContext(problem, loss_fn, seed))
+    dynamics = meth.dynamics(model)
+    mons = list(monitors)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
+    trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.after_step)
+    history = trainer.run()
+    error = history.last("rel_l2") if history.records else base_error
+    result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
+                         Path(run_dir) if run_dir else None, extra={"device": device_name(dev), "seed": seed})
+    if run_dir is not None:
+        result.save(run_dir, plots=plots)
+    return result
+
+
+def problem_from_config(pcfg: Mapping[str, Any], job: str = "adapt") -> Any:
+    """The problem of a config group entry: coefficients left null take the
+    family's default target (adapt) or source value (pretrain)."""
+    cls = PROBLEMS.get(pcfg["name"])
+    names = [c.name for c in cls.coefficient_specs]
+    given = {k: pcfg[k] for k in names if pcfg.get(k) is not None}
+    defaults = cls.target if job == "adapt" else {}
+    extra = {}
+    if "modes" in pcfg and pcfg["modes"] is not None:
+        extra["modes"] = [tuple(m) for m in pcfg["modes"]]
+    return cls(**extra, **{**defaults, **given})
+
+
+def method_options(mcfg: Mapping[str, Any], pcfg: Mapping[str, Any]) -> dict[str, Any]:
+    opts = {k: v for k, v in mcfg.items() if k != "name"}
+    if opts.get("lr") is None:
+        lrs = (pcfg.get("adapt") or {}).get("lr") or {}
+        if mcfg["name"] in lrs:
+            opts["lr"] = lrs[mcfg["name"]]
+        else:
+            opts.pop("lr", None)  # the method's own default
+    if isinstance(opts.get("targets"), (list, tuple)):
+        opts["targets"] = [int(t) for t in opts["targets"]]
+    return opts
+
+
+def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult:
+    """Run one adaptation from a composed (plain dict) config."""
+    pcfg, mcfg = cfg["problem"], cfg["method"]
+    problem = problem_from_config(pcfg, "adapt")
+    defaults = pcfg.get("adapt") or {}
+    steps = cfg.get("steps") if cfg.get("steps") is not None else defaults.get("steps", 1000)
+    n_points = cfg.get("n_points") if cfg.get("n_points") is not None else defaults.get("n_points", 2000)
+    for key, val in (("steps", steps), ("n_points", n_points), ("eval_every", cfg.get("eval_every", 100))):
+        if isinstance(val, bool) or not isinstance(val, int) or val < (0 if key == "steps" else 1):
+            raise ConfigError(f"{key}={val!r} must be an integer >= {0 if key == 'steps' else 1}")
+    base = cfg.get("base") or problem.name
+    return adapt(base, problem, mcfg["name"], steps=steps, n_points=n_points,
+                 resample_every=defaults.get("resample_every", 100), eval_every=cfg.get("eval_every", 100),
+                 seed=int(cfg.get("seed", 0)), device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
+                 run_dir=run_dir, progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
+                 **method_options(mcfg, pcfg))

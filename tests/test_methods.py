@@ -1,0 +1,114 @@
+"""The contract every method satisfies, checked on tiny networks of every problem."""
+import copy
+
+import pytest
+import torch
+
+from pinn_lora.adapters import adapter_layers, merge_adapters
+from pinn_lora.methods import AttachContext, MethodOptionError, get_method, trainable_parameters
+from pinn_lora.network import build_network
+from pinn_lora.registry import METHODS, UnknownNameError, get_problem
+from pinn_lora.train import residual_losses
+
+PROBLEMS = ["burgers", "allen_cahn", "helmholtz"]
+METHOD_NAMES = ["scratch", "full", "lora", "odelora"]
+
+
+def _setup(problem_name, method_name, **opts):
+    prob = get_problem(problem_name).default_target()
+    net = build_network([2, 8, 8, 1], "tanh", seed=0, output_transform=prob.output_transform)
+    base = copy.deepcopy(net)
+    pts = torch.as_tensor(prob.sample(64, seed=1))
+    ctx = AttachContext(prob, lambda m: sum(residual_losses(prob, m, pts).values()), seed=0)
+    method = get_method(method_name, **opts)
+    model = method.attach(net, ctx)
+    return prob, base, model, method, pts
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("method", ["full", "lora", "odelora"])
+def test_starts_at_base_output(problem, method):
+    _, base, model, _, pts = _setup(problem, method)
+    assert torch.allclose(model(pts), base(pts), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("init", ["gradient", "random", "pissa"])
+def test_odelora_every_init_starts_at_base(init):
+    _, base, model, _, pts = _setup("burgers", "odelora", init=init)
+    assert torch.allclose(model(pts), base(pts), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lora", "odelora"])
+def test_merge_equals_unmerged(method):
+    _, _, model, _, pts = _setup("burgers", method)
+    with torch.no_grad():  # move away from the start so the merge has something to merge
+        for _, lay in adapter_layers(model):
+            for p in lay.factors():
+                p.add_(0.1 * torch.randn_like(p))
+    before = model(pts)
+    merged = merge_adapters(copy.deepcopy(model))
+    assert not list(adapter_layers(merged))
+    assert torch.allclose(merged(pts), before, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method,rank,targets,expected", [
+    ("lora", 2, "all", 2 * (2 + 8) + 2 * (8 + 8) + 1 * (8 + 1)),  # rank clipped to 1 on the 8 -> 1 layer
+    ("lora", 1, "hidden", (2 + 8) + (8 + 8)),
+    ("odelora", 3, [1], 3 * (8 + 8)),
+])
+def test_trainable_parameter_count(method, rank, targets, expected):
+    _, _, model, _, _ = _setup("burgers", method, rank=rank, targets=targets)
+    assert trainable_parameters(model) == expected
+
+
+def test_full_and_scratch_train_everything():
+    for name in ("full", "scratch"):
+        _, _, model, _, _ = _setup("helmholtz", name)
+        assert trainable_parameters(model) == (2 * 8 + 8) + (8 * 8 + 8) + (8 + 1)
+
+
+def test_scratch_is_a_fresh_network():
+    _, base, model, _, pts = _setup("burgers", "scratch")
+    assert not torch.allclose(model(pts), base(pts))
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_a_residual_step_changes_the_loss(problem, method):
+    """Second derivatives flow through every method on every problem."""
+    prob, _, model, meth, pts = _setup(problem, method)
+    dyn = meth.dynamics(model)
+
+    def closure():
+        for p in model.parameters():
+            p.grad = None
+        loss = sum(residual_losses(prob, model, pts).values())
+        loss.backward()
+        return loss.detach()
+
+    before = float(closure())
+    for _ in range(3):
+        dyn.step(closure)
+    after = float(closure())
+    assert after < before
+
+
+def test_frozen_base_stays_frozen_for_adapters():
+    _, _, model, _, _ = _setup("burgers", "lora")
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all("lora_" in n for n in names)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_bad_options_are_clear():
+    with pytest.raises(MethodOptionError, match="unknown option rnk"):
+        get_method("lora", rnk=3)
+    with pytest.raises(MethodOptionError, match="lr=-1"):
+        get_method("odelora", lr=-1.0)
+    with pytest.raises(MethodOptionError, match="scheme='rk5'"):
+        get_method("odelora", scheme="rk5")
+    with pytest.raises(MethodOptionError, match="rank=9 is larger"):
+        _setup("burgers", "lora", rank=9)
+    with pytest.raises(UnknownNameError, match="valid methods: full, lora, odelora, scratch"):
+        get_method("loraa")
+    assert set(METHOD_NAMES) <= set(METHODS.names())

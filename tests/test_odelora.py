@@ -1,0 +1,103 @@
+"""ODELoRA's defining properties: the field moves W by the tangent projection
+of the full gradient, and the rebalance restores BᵀB = AAᵀ without moving W."""
+import pytest
+import torch
+
+from pinn_lora.dynamics.odelora import balanced_factors, odelora_field, rebalance, tangent_projection
+from pinn_lora.dynamics.runge_kutta import TABLEAUS, ButcherTableau, rk_step
+
+
+def _balanced(m, n, r, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
+    sig = torch.linspace(0.5, 2.0, r, dtype=torch.float64)
+    return u * sig.sqrt(), sig.sqrt()[:, None] * v.T
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_field_is_projected_gradient_flow(scale):
+    m, n, r = 12, 9, 3
+    b, a = _balanced(m, n, r)
+    g = torch.randn(m, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g_b, g_a = scale * g @ a.T, scale * b.T @ g  # what autograd gives for W = W0 + s B A
+    db, da = odelora_field(b, a, g_b, g_a, scale, damping=0.0)
+    dw = scale * (db @ a + b @ da)
+    target = -tangent_projection(g, b, a)
+    assert torch.linalg.norm(dw - target) / torch.linalg.norm(target) < 1e-10
+    # and it is not the unprojected gradient (the check has teeth)
+    assert torch.linalg.norm(dw + g) / torch.linalg.norm(g) > 0.1
+
+
+def test_field_from_autograd_matches_formula():
+    """Feed the field with real autograd factor gradients of a loss of W."""
+    m, n, r, s = 7, 5, 2, 0.5
+    b, a = _balanced(m, n, r, seed=3)
+    w0 = torch.randn(m, n, dtype=torch.float64)
+    x = torch.randn(20, n, dtype=torch.float64)
+    bb, aa = b.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    loss = ((x @ (w0 + s * bb @ aa).T).tanh() ** 2).sum()
+    loss.backward()
+    w = (w0 + s * b @ a).requires_grad_(True)
+    (g,) = torch.autograd.grad(((x @ w.T).tanh() ** 2).sum(), w)
+    db, da = odelora_field(b, a, bb.grad, aa.grad, s, damping=0.0)
+    assert torch.allclose(s * (db @ a + b @ da), -tangent_projection(g, b, a), atol=1e-10, rtol=0)
+
+
+def test_rebalance_after_step():
+    m, n, r = 10, 8, 3
+    b, a = _balanced(m, n, r, seed=2)
+    g = torch.randn(m, n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    db, da = odelora_field(b, a, g @ a.T, b.T @ g, 1.0, damping=0.0)
+    b1, a1 = b + 0.3 * db, a + 0.3 * da  # an Euler step leaves the balanced manifold
+    assert torch.linalg.norm(b1.T @ b1 - a1 @ a1.T) > 1e-3
+    b2, a2 = rebalance(b1, a1)
+    assert torch.allclose(b2.T @ b2, a2 @ a2.T, atol=1e-10, rtol=0)
+    assert torch.allclose(b2 @ a2, b1 @ a1, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gradient", "random", "pissa"])
+def test_initialisations_are_balanced(kind):
+    w0 = torch.randn(6, 5, dtype=torch.float64)
+    grad = torch.randn(6, 5, dtype=torch.float64)
+    b, a = balanced_factors(kind, w0, grad, 3, 0.5, 0.1, torch.Generator().manual_seed(0))
+    assert torch.allclose(b.T @ b, a @ a.T, atol=1e-12, rtol=0)
+    assert torch.linalg.matrix_rank(b @ a) == 3
+    if kind != "pissa":
+        assert abs(torch.linalg.norm(0.5 * b @ a) / torch.linalg.norm(w0) - 0.1) < 1e-12
+
+
+def test_tableaus_validate_themselves():
+    with pytest.raises(ValueError, match="sum"):
+        ButcherTableau("bad", 1, (0.0, 0.5), ((), (0.4,)), (0.5, 0.5))
+    with pytest.raises(ValueError, match="weights"):
+        ButcherTableau("bad", 1, (0.0,), ((),), (0.9,))
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_tableau_order(name):
+    """Fit the slope of log-error vs log-step on y' = -y·cos(y) and compare with the declared order."""
+    tab = TABLEAUS[name]
+
+    def f(y):
+        return [-y[0] * torch.cos(y[0])]
+
+    def solve(h, t_end=1.0):
+        y = [torch.tensor([1.0], dtype=torch.float64)]
+        for _ in range(round(t_end / h)):
+            y, _ = rk_step(y, f, h, tab)
+        return y[0]
+
+    exact = solve_reference()
+    hs = [1 / 8, 1 / 16, 1 / 32]
+    errs = [float(abs(solve(h) - exact)) for h in hs]
+    slopes = [torch.log2(torch.tensor(errs[i] / errs[i + 1])).item() for i in range(len(hs) - 1)]
+    assert all(abs(s - tab.order) < 0.3 for s in slopes), (name, slopes)
+
+
+def solve_reference():
+    from scipy.integrate import solve_ivp
+    import numpy as np
+
+    sol = solve_ivp(lambda t, y: -y * np.cos(y), (0, 1), [1.0], rtol=1e-13, atol=1e-14, method="DOP853")
+    return torch.tensor(sol.y[0, -1], dtype=torch.float64)
