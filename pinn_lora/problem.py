@@ -171,7 +171,7 @@ class Problem:
         b = next(iter(net.buffers()), None)
         like = p if p is not None else b
         with torch.no_grad():
-            x = torch.as_tensor(pts, dtype=like.dtype, device=like.device)
+            x = torch.tensor(pts, dtype=like.dtype, device=like.device)
             u = torch.cat([net(chunk) for chunk in x.split(16384)]).reshape(-1).double().cpu().numpy()
         return float(np.linalg.norm(u - ref) / np.linalg.norm(ref))
 

@@ -49,7 +49,7 @@ def plot_solution(problem: Any, net: torch.nn.Module, path: str | Path, title: s
     like = next(iter(net.buffers()), None)
     like = like if like is not None else next(iter(net.parameters()))
     with torch.no_grad():
-        pred = net(torch.as_tensor(pts, dtype=like.dtype, device=like.device)).reshape(-1).double().cpu().numpy()
+        pred = net(torch.tensor(pts, dtype=like.dtype, device=like.device)).reshape(-1).double().cpu().numpy()
     shape = tuple(problem.eval_points)
     axes = problem.eval_axes()
     u, r = pred.reshape(shape), ref.reshape(shape)

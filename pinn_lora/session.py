@@ -5,8 +5,6 @@ composes a config and calls :func:`run_config`; scientific code calls
 from __future__ import annotations
 
 import copy
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,13 +14,13 @@ from torch import nn
 
 import pinn_lora
 from pinn_lora.adapters import adapter_layers
-from pinn_lora.checkpoint import save_tensors, sha256, write_json
+from pinn_lora.checkpoint import save_tensors, write_json
 from pinn_lora.methods import AttachContext, Method, get_method, trainable_parameters
 from pinn_lora.monitors import MetricsWriter
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
 from pinn_lora.train import History, Monitor, TrainConfig, Trainer, residual_losses
-from pinn_lora.zoo import _paths, load_base
+from pinn_lora.zoo import load_base
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -139,6 +137,7 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     the metrics, adapter, card, summary and plots are written there."""
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
+    meth = method if isinstance(method, Method) else get_method(method, **method_options)
     torch.manual_seed(seed)
     if isinstance(base, tuple):
         net, card = base
@@ -147,7 +146,6 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
         net, card, _ = load_base(base, dtype=dt, device=dev)
     if card["problem"] != problem.name:
         raise ConfigError(f"base model is for problem {card['problem']!r}, not {problem.name!r}")
-    meth = method if isinstance(method, Method) else get_method(method, **method_options)
     train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
                             seed=seed, progress=progress)
     base_error = problem.relative_l2(net)

@@ -1,0 +1,30 @@
+"""Curvature of the (normalised) PINN loss: the largest Hessian eigenvalue
+with respect to the network's weights, by power iteration on Hessian-vector
+products. Gradient descent — and ODELoRA, whose time step is a full-GD
+learning rate — is stable only for steps below about 2/λ_max."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+
+def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iters: int = 30,
+                           seed: int = 0, tol: float = 1e-4) -> float:
+    """λ_max of ∂²L/∂θ² at the current ``params`` (which must require grad)."""
+    params = list(params)
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
+    norm = torch.sqrt(sum((x * x).sum() for x in v))
+    v = [x / norm for x in v]
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    lam = 0.0
+    for _ in range(iters):
+        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+        new = float(sum((a * b).sum() for a, b in zip(hv, v)))
+        norm = torch.sqrt(sum((x * x).sum() for x in hv))
+        v = [x / norm for x in hv]
+        if abs(new - lam) <= tol * abs(new):
+            return new
+        lam = new
+    return lam

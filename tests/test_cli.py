@@ -1,0 +1,78 @@
+"""The command line: end to end runs (few steps), run-directory contents, and
+one-line errors for bad names and values."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pinn_lora.cli import config_dir, group_options
+from pinn_lora.methods import get_method
+from pinn_lora.registry import METHODS
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pinn_lora.adapt", *args], cwd=cwd, capture_output=True, text=True,
+                          env=ENV, timeout=600)
+
+
+def test_adapt_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    res = _run("problem=burgers", "method=odelora", "steps=6", "n_points=256", "eval_every=3", "device=cpu",
+               f"out={out}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    line = [ln for ln in res.stdout.splitlines() if "method=odelora" in ln][0]
+    assert "trainable=" in line and "base" in line and "adapted" in line
+    for name in ("metrics.jsonl", "summary.json", "adapter.safetensors", "card.json", ".hydra/config.yaml",
+                 "plots/loss.png", "plots/solution.png"):
+        assert (out / name).is_file(), name
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(6))
+    assert all({"loss", "loss_pde", "grad_norm", "lr"} <= set(r) for r in recs)
+    assert [r["step"] for r in recs if "rel_l2" in r] == [2, 5]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coefficients"]["nu"] == pytest.approx(0.02 / math.pi)
+    assert summary["adapted_error"] == pytest.approx(recs[-1]["rel_l2"])
+    assert summary["base_error"] > 0.01  # the base is far from the target
+
+
+@pytest.mark.parametrize("args,message", [
+    (["problem=burger"], "unknown problem 'burger'; valid problems: allen_cahn, burgers, helmholtz"),
+    (["method=lorra"], "unknown method 'lorra'; valid methods: "),
+    (["problem.nu=-1", "steps=1"], "nu=-1 is out of range"),
+    (["method=lora", "method.rank=0", "steps=1"], "rank=0 must be > 0"),
+    (["method.scheme=rk5", "steps=1"], "scheme='rk5' is not one of"),
+    (["device=cuda:0", "steps=1"], "no CUDA device"),
+    (["dtype=float16", "steps=1"], "dtype='float16'"),
+    (["steps=-3"], "steps=-3 must be an integer >= 0"),
+])
+def test_bad_input_one_line(tmp_path, args, message):
+    res = _run(*args, f"out={tmp_path / 'x'}", cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len([ln for ln in res.stderr.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_every_config_composes_and_matches_method_defaults():
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for prob in group_options("problem"):
+            for meth in group_options("method"):
+                cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}", f"method={meth}"]))
+                assert cfg["problem"]["name"] == prob and cfg["method"]["name"] == meth
+                assert meth in cfg["problem"]["adapt"]["lr"]
+    assert group_options("method") == METHODS.names()
+    for meth in METHODS.names():  # yaml defaults are the class defaults (docs cannot drift)
+        yaml = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "method" / f"{meth}.yaml"))
+        cls_defaults = get_method(meth).options
+        assert set(yaml) - {"name"} == set(cls_defaults), meth
+        for k, v in yaml.items():
+            if k not in ("name", "lr"):
+                assert v == cls_defaults[k], (meth, k)

@@ -1,0 +1,58 @@
+"""Shipped base models: present for every family, their cards' errors are
+reproduced from the weights, and they load into DeepXDE's FNN."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pinn_lora.checkpoint import CheckpointError
+from pinn_lora.network import to_deepxde
+from pinn_lora.zoo import ZOO_DIR, load_base, save_base, shipped
+
+FAMILIES = ["allen_cahn", "burgers", "helmholtz"]
+
+
+def test_every_family_has_a_base():
+    assert shipped() == FAMILIES
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_card_error_reproduced(name):
+    net, card, problem = load_base(name)
+    assert problem.coefficients == card["coefficients"]
+    for key in ("network", "recipe", "steps", "wall_time_s", "device", "seed", "package_version", "relative_l2"):
+        assert key in card
+    assert abs(problem.relative_l2(net) - card["relative_l2"]) <= 1e-6
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_base_loads_into_deepxde_fnn(name):
+    net, _, problem = load_base(name)
+    fnn = to_deepxde(net)
+    x = torch.as_tensor(problem.sample(100, seed=0))
+    assert torch.allclose(fnn(x), net(x), atol=1e-14, rtol=0)
+
+
+def test_tampered_or_missing_weights_are_refused(tmp_path):
+    net, card, _ = load_base("helmholtz")
+    save_base(net, card, tmp_path / "b")
+    raw = (tmp_path / "b.safetensors").read_bytes()
+    (tmp_path / "b.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="does not match its card"):
+        load_base(tmp_path / "b")
+    with pytest.raises(CheckpointError, match="no base model"):
+        load_base(tmp_path / "nothing")
+    bad = dict(json.loads((tmp_path / "b.json").read_text()))
+    del bad["network"]
+    (tmp_path / "b.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="lacks network"):
+        load_base(tmp_path / "b")
+
+
+def test_accuracy_goals_or_reason_recorded():
+    goals = {"burgers": 2e-3, "allen_cahn": 1e-3, "helmholtz": 1e-3}
+    for name, goal in goals.items():
+        card = json.loads((ZOO_DIR / f"{name}.json").read_text())
+        assert card["relative_l2"] <= goal or card.get("accuracy_note"), name
+        assert np.isfinite(card["relative_l2"])
