@@ -26,13 +26,24 @@ def device_name(device: torch.device) -> str:
 def pretrain(problem: Any, *, layers: list[int], activation: str, train: TrainConfig, lr: float,
              schedule: str = "cosine", final_ratio: float = 0.01, out: str | Path | None = None,
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-             monitors: tuple[Monitor, ...] = ()) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train a fresh PINN on ``problem`` (Adam, then optional L-BFGS).
+             monitors: tuple[Monitor, ...] = (), init_from: str | Path | None = None
+             ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a PINN on ``problem`` (Adam, then optional L-BFGS), from a fresh
+    initialisation or continuing from the base model ``init_from``.
 
     Returns the network and its card; writes both to ``out`` when given."""
     device = torch.device(device)
     net = build_network(layers, activation, train.seed, dtype=dtype, device=device,
                         output_transform=problem.output_transform)
+    previous = None
+    if init_from is not None:
+        from pinn_lora.zoo import load_base
+
+        start, previous, _ = load_base(init_from, dtype=dtype, device=device)
+        if previous["problem"] != problem.name or previous["coefficients"] != problem.coefficients:
+            raise ValueError(f"init_from={init_from}: a base for {previous['problem']} {previous['coefficients']}, "
+                             f"not {problem.name} {problem.coefficients}")
+        net.load_state_dict(start.state_dict())
     dyn = GradientDynamics(net.parameters(), lr=lr, schedule=schedule, final_ratio=final_ratio)
     hist = Trainer(problem, net, dyn, train, monitors=monitors).run()
     err = problem.relative_l2(net)
@@ -54,6 +65,11 @@ def pretrain(problem: Any, *, layers: list[int], activation: str, train: TrainCo
         "torch_version": torch.__version__,
         "python": sys.version.split()[0],
     }
+    if previous is not None:
+        card["continued_from"] = {k: previous.get(k) for k in
+                                  ("weights_sha256", "relative_l2", "steps", "wall_time_s", "recipe", "device")}
+        card["steps"] += previous.get("steps", 0)
+        card["wall_time_s"] = round(card["wall_time_s"] + previous.get("wall_time_s", 0.0), 1)
     if out is not None:
         card = save_base(net, card, out)
     return net, card
@@ -76,7 +92,7 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         seed=int(cfg.get("seed", 0)), progress=bool(cfg.get("progress", True)))
     return pretrain(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
                     lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
-                    final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base",
+                    final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base", init_from=cfg.get("init_from"),
                     device=resolve_device(cfg.get("device", "auto")), dtype=resolve_dtype(cfg.get("dtype", "float64")))
 
 

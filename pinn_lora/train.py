@@ -182,8 +182,10 @@ class Trainer:
         """L-BFGS finish (strong Wolfe line search) on one fixed batch, logged in chunks."""
         cfg, hist = self.cfg, self.history
         points = self.points(cfg.lbfgs_points or cfg.n_points)
-        opt = torch.optim.LBFGS(self.params, lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-15, tolerance_change=1e-16)
+        # one iteration per call so each is logged; max_eval must be set explicitly, or torch derives
+        # int(1.25 * max_iter) = 1 and the line search gets no evaluations (the step is then 0)
+        opt = torch.optim.LBFGS(self.params, lr=1.0, max_iter=1, max_eval=25, history_size=50,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-16)
         for i in range(cfg.lbfgs_steps):
             stash: dict[str, Any] = {}
             closure = self._closure(points, stash)

@@ -112,3 +112,16 @@ def test_bad_options_are_clear():
     with pytest.raises(UnknownNameError, match="valid methods: full, lora, odelora, scratch"):
         get_method("loraa")
     assert set(METHOD_NAMES) <= set(METHODS.names())
+
+
+def test_lbfgs_finish_reduces_the_loss():
+    """The L-BFGS phase takes real steps (a line search with evaluations)."""
+    from pinn_lora.train import TrainConfig, Trainer
+
+    prob = get_problem("helmholtz")
+    net = build_network([2, 16, 16, 1], "sin", seed=0, output_transform=prob.output_transform)
+    hist = Trainer(prob, net, None, TrainConfig(steps=0, lbfgs_steps=15, n_points=256, eval_every=15,
+                                                progress=False)).run()
+    losses = [r["loss"] for r in hist.records]
+    assert len(losses) == 15 and losses[-1] < 0.5 * losses[0]
+    assert hist.evaluations > 15  # line-search evaluations counted
