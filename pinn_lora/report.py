@@ -17,12 +17,15 @@ def _plt():
     return plt
 
 
-def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Loss per residual term and relative L2 error against steps (log scale)."""
+def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str = "",
+                base_error: float | None = None) -> Path:
+    """Loss per residual term and relative L2 error against steps (log scale);
+    ``base_error`` (the unadapted model's error) is drawn as a dashed line."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     steps = np.array([r["step"] for r in records])
-    keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("loss_")})
+    terms = sorted({k for r in records for k in r if k.startswith("loss_")})
+    keys = ["loss"] + (terms if len(terms) > 1 else [])
     for key in keys:
         vals = np.array([float(r.get(key, np.nan)) for r in records])
         ax1.semilogy(steps, vals, label="total (normalised)" if key == "loss" else key[5:], lw=1)
@@ -31,7 +34,10 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str 
     ax1.grid(True, which="both", alpha=0.3)
     ev = [(r["step"], float(r["rel_l2"])) for r in records if "rel_l2" in r]
     if ev:
-        ax2.semilogy(*zip(*ev), marker="o", ms=3)
+        ax2.semilogy(*zip(*ev), marker="o", ms=3, label="adapted" if base_error is not None else "model")
+    if base_error is not None:
+        ax2.axhline(base_error, color="gray", ls="--", label=f"base model ({base_error:.2e})")
+        ax2.legend()
     ax2.set(xlabel="step", ylabel="relative L2 error vs reference", title="error on the target")
     ax2.grid(True, which="both", alpha=0.3)
     if title:

@@ -116,7 +116,7 @@ class AdaptResult:
 
             (run_dir / "plots").mkdir(exist_ok=True)
             title = f"{self.method.name} on {self.problem!r}"
-            plot_losses(self.metrics, run_dir / "plots" / "loss.png", title)
+            plot_losses(self.metrics, run_dir / "plots" / "loss.png", title, base_error=self.base_error)
             plot_solution(self.problem, self.model, run_dir / "plots" / "solution.png", title)
         return run_dir
 

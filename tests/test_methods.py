@@ -125,3 +125,52 @@ def test_lbfgs_finish_reduces_the_loss():
     losses = [r["loss"] for r in hist.records]
     assert len(losses) == 15 and losses[-1] < 0.5 * losses[0]
     assert hist.evaluations > 15  # line-search evaluations counted
+
+
+@pytest.mark.parametrize("scheme", ["euler", "heun", "midpoint", "rk4"])
+def test_odelora_dynamics_keep_factors_balanced(scheme):
+    prob, _, model, meth, pts = _setup("burgers", "odelora", scheme=scheme, lr=0.01)
+    dyn = meth.dynamics(model)
+    evals = []
+
+    def closure():
+        evals.append(1)
+        for p in model.parameters():
+            p.grad = None
+        loss = sum(residual_losses(prob, model, pts).values())
+        loss.backward()
+        return loss.detach()
+
+    dyn.step(closure)
+    assert len(evals) == dyn.evaluations_per_step == {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}[scheme]
+    for _, lay in adapter_layers(model):
+        b, a = lay.factors()
+        assert torch.allclose(b.T @ b, a @ a.T, atol=1e-10, rtol=0)
+
+
+def test_odelora_euler_step_moves_w_by_projected_gradient():
+    """One Euler step of size h changes each adapted W by -h·P_T(G) up to O(h²)."""
+    from pinn_lora.dynamics.odelora import tangent_projection
+    from pinn_lora.methods import weight_gradients
+
+    prob, _, model, meth, pts = _setup("helmholtz", "odelora", lr=1e-4, rebalance=False, damping=0.0)
+    layers = [lay for _, lay in adapter_layers(model)]
+    w_before = [lay.weight0 + lay.delta_weight().detach() for lay in layers]
+    factors = [tuple(t.detach().clone() for t in lay.factors()) for lay in layers]
+    merged = merge_adapters(copy.deepcopy(model))
+    grads = weight_gradients(merged, list(range(len(layers))),
+                             lambda m: sum(residual_losses(prob, m, pts).values()))
+    dyn = meth.dynamics(model)
+
+    def closure():
+        for p in model.parameters():
+            p.grad = None
+        loss = sum(residual_losses(prob, model, pts).values())
+        loss.backward()
+        return loss.detach()
+
+    dyn.step(closure)
+    for lay, w0, (b, a), g in zip(layers, w_before, factors, grads):
+        dw = lay.weight0 + lay.delta_weight().detach() - w0
+        expect = -1e-4 * tangent_projection(g, b, a)
+        assert torch.linalg.norm(dw - expect) <= 1e-3 * torch.linalg.norm(expect)
