@@ -17,7 +17,7 @@ from pinn_lora.train import History, Monitor
 #   evaluations (gradient evaluations so far), time (s since start),
 #   rel_l2 (relative L2 error vs the reference; every eval_every steps and at the end).
 METRICS_SCHEMA = {
-    "step": "int", "phase": "str", "loss": "float", "loss_<term>": "float", "grad_norm": "float",
+    "step": "int", "phase": "train | lbfgs", "loss": "float", "loss_<term>": "float", "grad_norm": "float",
     "lr": "float", "evaluations": "int", "time": "float", "rel_l2": "float (every eval_every steps)",
 }
 

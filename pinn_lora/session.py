@@ -127,7 +127,7 @@ def _fmt_coeffs(c: Mapping[str, float]) -> str:
 
 def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
           steps: int = 1000, n_points: int = 2000, resample_every: int = 100, eval_every: int = 100,
-          seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
+          seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64", checkpoint_every: int = 500,
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
           monitors: Sequence[Monitor] = (), **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
@@ -147,7 +147,7 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     if card["problem"] != problem.name:
         raise ConfigError(f"base model is for problem {card['problem']!r}, not {problem.name!r}")
     train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
-                            seed=seed, progress=progress)
+                            seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0)
     base_error = problem.relative_l2(net)
     probe = torch.as_tensor(problem.sample(n_points, seed=seed + 104729), dtype=dt, device=dev)
 
@@ -160,7 +160,8 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
-    trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.after_step)
+    trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.after_step,
+                      checkpoint_path=Path(run_dir) / "checkpoint.safetensors" if run_dir else None)
     history = trainer.run()
     error = history.last("rel_l2") if history.records else base_error
     result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -31,10 +32,11 @@ class TrainConfig:
     eval_every: int = 100
     seed: int = 0
     progress: bool = True
+    checkpoint_every: int = 0  # steps between checkpoints (0 = off); needs a checkpoint path
     divergence_factor: float = 1e6  # stop when loss > factor × initial loss
 
     def __post_init__(self) -> None:
-        for key in ("steps", "lbfgs_steps", "lbfgs_points"):
+        for key in ("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every"):
             if int(getattr(self, key)) < 0:
                 raise ValueError(f"train: {key}={getattr(self, key)!r} must be >= 0")
         for key in ("n_points", "resample_every", "eval_every", "causal_bins"):
@@ -102,10 +104,11 @@ class Trainer:
 
     def __init__(self, problem: Any, model: nn.Module, dynamics: Dynamics | None, cfg: TrainConfig,
                  monitors: Sequence[Monitor] = (), after_step: Callable[[int, nn.Module, Dynamics], None] | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 checkpoint_path: str | Path | None = None) -> None:
         self.problem, self.model, self.dynamics, self.cfg = problem, model, dynamics, cfg
         self.monitors = list(monitors)
         self.after_step = after_step
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         ref = next(iter(model.parameters()), None)
         ref = ref if ref is not None else next(iter(model.buffers()))
         self.dtype, self.device = ref.dtype, ref.device
@@ -145,6 +148,7 @@ class Trainer:
         bar = _progress(total, cfg.progress)
         initial = None
         points = None
+        good: list[torch.Tensor] | None = None
         try:
             for step in range(cfg.steps):
                 if points is None or step % cfg.resample_every == 0:
@@ -152,22 +156,30 @@ class Trainer:
                 self.dynamics.set_progress(step / max(cfg.steps, 1))
                 stash: dict[str, Any] = {}
                 lr = self.dynamics.lr
+                current = [p.detach().clone() for p in self.params]  # tiny networks: a copy costs microseconds
                 loss = float(self.dynamics.step(self._closure(points, stash)))
                 hist.evaluations += stash["evals"]
                 initial = loss if initial is None else initial
-                rec = {"step": step, "phase": "adam" if step < cfg.steps else "lbfgs", "loss": loss,
+                rec = {"step": step, "phase": "train", "loss": loss,
                        **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
                        "grad_norm": float(stash["grad_norm"]), "lr": lr, "evaluations": hist.evaluations,
                        "time": time.perf_counter() - start}
                 bad = _diverged(loss, initial, cfg.divergence_factor)
-                if self.after_step is not None and not bad:
+                if bad:  # the loss was evaluated at ``current``: go back to the last state with a good loss
+                    with torch.no_grad():
+                        for p, g in zip(self.params, good if good is not None else current):
+                            p.copy_(g)
+                    hist.status, hist.message = "diverged", f"{bad} at step {step}; kept the state of step {step - 1}"
+                else:
+                    good = current
+                if not bad and self.after_step is not None:
                     self.after_step(step, self.model, self.dynamics)
                 if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or bad:
                     rec["rel_l2"] = self.evaluate()
                 self._emit(rec, bar)
                 if bad:
-                    hist.status, hist.message = "diverged", f"{bad} at step {step}"
                     return hist
+                self._maybe_checkpoint(step + 1)
             if cfg.lbfgs_steps:
                 self._lbfgs(cfg.steps, start, bar)
         finally:
@@ -202,6 +214,16 @@ class Trainer:
             if not math.isfinite(loss):
                 hist.status, hist.message = "diverged", f"non-finite loss in L-BFGS at step {step}"
                 return
+
+    def _maybe_checkpoint(self, steps_done: int) -> None:
+        """Atomically write the model's tensors (the last good state: never a diverged one)."""
+        every = self.cfg.checkpoint_every
+        if self.checkpoint_path is None or not every or steps_done % every:
+            return
+        from pinn_lora.checkpoint import save_tensors
+
+        save_tensors(self.checkpoint_path, self.model.state_dict(),
+                     metadata={"step": str(steps_done), "evaluations": str(self.history.evaluations)})
 
     def _emit(self, rec: dict[str, Any], bar: Any) -> None:
         self.history.records.append(rec)

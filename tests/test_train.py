@@ -1,0 +1,58 @@
+"""The training loop: metrics, checkpoints, divergence handling, seeding."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pinn_lora.network import build_network
+from pinn_lora.registry import get_problem
+from pinn_lora.session import adapt
+
+
+def _base(name="burgers"):
+    prob = get_problem(name)
+    net = build_network([2, 12, 12, 1], "tanh", seed=0, output_transform=prob.output_transform)
+    card = {"problem": name, "coefficients": prob.coefficients, "network": net.architecture(),
+            "weights_sha256": "test"}
+    return net, card
+
+
+def test_run_directory_and_checkpoint(tmp_path):
+    res = adapt(_base(), get_problem("burgers").default_target(), "lora", steps=5, n_points=64, eval_every=2,
+                device="cpu", run_dir=tmp_path, progress=False, plots=False, checkpoint_every=2, lr=1e-3)
+    assert res.history.status == "completed"
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
+        assert fh.metadata()["step"] == "4"
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "rel_l2" in r] == [1, 3, 4]
+    assert recs[-1]["evaluations"] == 5
+
+
+@pytest.mark.parametrize("method,lr", [("lora", 1e6), ("odelora", 1e6), ("full", 1e6)])
+def test_divergence_stops_cleanly(tmp_path, method, lr):
+    res = adapt(_base(), get_problem("burgers").default_target(), method, steps=50, n_points=64, device="cpu",
+                run_dir=tmp_path, progress=False, plots=False, checkpoint_every=1, lr=lr)
+    assert res.history.status == "diverged"
+    assert len(res.history.records) < 50
+    assert "at step" in res.history.message
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())  # the last good state is kept
+    assert math.isfinite(res.model(torch.zeros(3, 2, dtype=torch.float64)).sum().item())
+    if (tmp_path / "checkpoint.safetensors").exists():  # the last good state is finite
+        with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
+            assert all(torch.isfinite(fh.get_tensor(k)).all() for k in fh.keys())
+
+
+def test_same_seed_same_metrics():
+    runs = [adapt(_base(), get_problem("burgers").default_target(),
+                  "odelora", steps=4, n_points=64, device="cpu", progress=False, plots=False, seed=3, lr=0.01)
+            for _ in range(2)]
+    a, b = ([{k: v for k, v in r.items() if k != "time"} for r in run.metrics] for run in runs)
+    assert a == b
+    other = adapt(_base(), get_problem("burgers").default_target(), "odelora", steps=4, n_points=64, device="cpu",
+                  progress=False, plots=False, seed=4, lr=0.01)
+    assert other.metrics[1]["loss"] != runs[0].metrics[1]["loss"]
+    assert math.isfinite(runs[0].error)
