@@ -76,3 +76,22 @@ def test_every_config_composes_and_matches_method_defaults():
         for k, v in yaml.items():
             if k not in ("name", "lr"):
                 assert v == cls_defaults[k], (meth, k)
+
+
+def test_pretrain_cli_writes_a_loadable_base(tmp_path):
+    out = tmp_path / "pre"
+    res = subprocess.run([sys.executable, "-m", "pinn_lora.pretrain", "problem=helmholtz", "steps=3", "lbfgs_steps=2",
+                          "device=cpu", "progress=false", f"out={out}"], cwd=tmp_path, capture_output=True, text=True,
+                         env=ENV, timeout=600)
+    assert res.returncode == 0, res.stderr
+    from pinn_lora.zoo import load_base
+
+    net, card, problem = load_base(out / "base")
+    assert card["steps"] == 5 and card["coefficients"] == {"k": 1.0}
+    assert abs(problem.relative_l2(net) - card["relative_l2"]) < 1e-8  # BLAS summation order may differ
+    res = _run("problem=helmholtz", "method=lora", "steps=2", "n_points=64", f"base={out / 'base'}",
+               f"out={tmp_path / 'a'}", "plots=false", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    res = _run("problem=burgers", "method=lora", "steps=2", f"base={out / 'base'}", f"out={tmp_path / 'b'}",
+               cwd=tmp_path)
+    assert res.returncode == 2 and "base model is for problem 'helmholtz', not 'burgers'" in res.stderr
