@@ -128,6 +128,7 @@ def _fmt_coeffs(c: Mapping[str, float]) -> str:
 def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
           steps: int = 1000, n_points: int = 2000, resample_every: int = 100, eval_every: int = 100,
           seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64", checkpoint_every: int = 500,
+          sampler: str = "pseudo", lbfgs_steps: int = 0,
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
           monitors: Sequence[Monitor] = (), **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
@@ -138,6 +139,9 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
     meth = method if isinstance(method, Method) else get_method(method, **method_options)
+    train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
+                            seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
+                            sampler=sampler, lbfgs_steps=lbfgs_steps)
     torch.manual_seed(seed)
     if isinstance(base, tuple):
         net, card = base
@@ -146,8 +150,6 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
         net, card, _ = load_base(base, dtype=dt, device=dev)
     if card["problem"] != problem.name:
         raise ConfigError(f"base model is for problem {card['problem']!r}, not {problem.name!r}")
-    train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
-                            seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0)
     base_error = problem.relative_l2(net)
     probe = torch.as_tensor(problem.sample(n_points, seed=seed + 104729), dtype=dt, device=dev)
 
@@ -204,12 +206,16 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
     defaults = pcfg.get("adapt") or {}
     steps = cfg.get("steps") if cfg.get("steps") is not None else defaults.get("steps", 1000)
     n_points = cfg.get("n_points") if cfg.get("n_points") is not None else defaults.get("n_points", 2000)
-    for key, val in (("steps", steps), ("n_points", n_points), ("eval_every", cfg.get("eval_every", 100))):
-        if isinstance(val, bool) or not isinstance(val, int) or val < (0 if key == "steps" else 1):
-            raise ConfigError(f"{key}={val!r} must be an integer >= {0 if key == 'steps' else 1}")
+    ints = {"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (cfg.get("eval_every", 100), 1),
+            "lbfgs_steps": (cfg.get("lbfgs_steps", 0), 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0)}
+    for key, (val, low) in ints.items():
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
     base = cfg.get("base") or problem.name
     return adapt(base, problem, mcfg["name"], steps=steps, n_points=n_points,
                  resample_every=defaults.get("resample_every", 100), eval_every=cfg.get("eval_every", 100),
                  seed=int(cfg.get("seed", 0)), device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
                  run_dir=run_dir, progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
+                 sampler=cfg.get("sampler", "pseudo"), lbfgs_steps=cfg.get("lbfgs_steps", 0),
+                 checkpoint_every=cfg.get("checkpoint_every", 500),
                  **method_options(mcfg, pcfg))

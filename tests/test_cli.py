@@ -52,6 +52,8 @@ def test_adapt_end_to_end(tmp_path):
     (["device=cuda:0", "steps=1"], "no CUDA device"),
     (["dtype=float16", "steps=1"], "dtype='float16'"),
     (["steps=-3"], "steps=-3 must be an integer >= 0"),
+    (["steps=1", "sampler=random"], "sampler='random'; choose one of pseudo, Hammersley"),
+    (["steps=abc"], "steps='abc' must be an integer"),
 ])
 def test_bad_input_one_line(tmp_path, args, message):
     res = _run(*args, f"out={tmp_path / 'x'}", cwd=tmp_path)
