@@ -101,3 +101,12 @@ def solve_reference():
 
     sol = solve_ivp(lambda t, y: -y * np.cos(y), (0, 1), [1.0], rtol=1e-13, atol=1e-14, method="DOP853")
     return torch.tensor(sol.y[0, -1], dtype=torch.float64)
+
+
+def test_top_hessian_eigenvalue_of_a_quadratic():
+    from pinn_lora.curvature import top_hessian_eigenvalue
+
+    q = torch.diag(torch.tensor([-50.0, 3.0, 7.0, 0.5], dtype=torch.float64))
+    x = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    lam = top_hessian_eigenvalue(lambda: 0.5 * x @ q @ x, [x], iters=500, tol=1e-10)
+    assert abs(lam - 7.0) < 1e-3  # the largest algebraic eigenvalue, not the dominant -50
