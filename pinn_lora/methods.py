@@ -19,7 +19,7 @@ from pinn_lora.adapters.base import resolve_targets
 from pinn_lora.adapters.lora import layer_rank
 from pinn_lora.dynamics import Dynamics, GradientDynamics
 from pinn_lora.dynamics.base import SCHEDULES
-from pinn_lora.dynamics.odelora import INITS, ODELoRADynamics, balanced_factors
+from pinn_lora.dynamics.odelora import INITS, PRECONDITIONERS, ODELoRADynamics, balanced_factors
 from pinn_lora.dynamics.runge_kutta import TABLEAUS
 
 
@@ -147,8 +147,8 @@ class ODELoRA(LoRA):
     summary = ("ODELoRA (Gao & Tan 2026): balanced factors follow the projected full-FT gradient flow, "
                "integrated by a Runge–Kutta tableau (lr = time step h)")
     defaults = {**LoRA.defaults, "lr": 0.05, "schedule": "constant", "scheme": "euler", "damping": 1e-8,
-                "rebalance": True, "init": "gradient", "init_scale": 0.1}
-    choices = {**LoRA.choices, "scheme": tuple(TABLEAUS), "init": INITS}
+                "rebalance": True, "init": "gradient", "init_scale": 0.1, "precondition": "none"}
+    choices = {**LoRA.choices, "scheme": tuple(TABLEAUS), "init": INITS, "precondition": PRECONDITIONERS}
     positive = LoRA.positive + ("init_scale",)
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
@@ -168,7 +168,8 @@ class ODELoRA(LoRA):
     def dynamics(self, model: nn.Module) -> Dynamics:
         layers = [lay for _, lay in adapter_layers(model)]
         return ODELoRADynamics(layers, lr=self.lr, scheme=self.scheme, damping=self.damping,
-                               rebalance=self.rebalance, schedule=self.schedule, final_ratio=self.final_ratio)
+                               rebalance=self.rebalance, schedule=self.schedule, final_ratio=self.final_ratio,
+                               precondition=self.precondition)
 
 
 def weight_gradients(net: nn.Module, indices: list[int], loss_fn: Callable[[nn.Module], torch.Tensor]

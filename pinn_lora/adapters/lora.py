@@ -42,6 +42,8 @@ class LoRALinear(AdapterLinear):
                 self.weight0 -= self.scale * (b.to(**like) @ a.to(**like))
         self.lora_B = nn.Parameter(b.to(**like).clone())
         self.lora_A = nn.Parameter(a.to(**like).clone())
+        self.capture_weight_grad = False  # set by dynamics that need G = dL/dW itself
+        self.weight_grad: torch.Tensor | None = None
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_B, self.lora_A
@@ -51,6 +53,19 @@ class LoRALinear(AdapterLinear):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.capture_weight_grad or not torch.is_grad_enabled():
+            return super().forward(x)
+        # materialise W so a hook sees the full gradient G = dL/dW, summed over every use of the
+        # layer in the residual's derivative graph (cheap for PINN-sized layers)
+        w = self.weight0 + self.delta_weight()
+        if w.requires_grad:
+            w.register_hook(self._store_weight_grad)
+        return F.linear(x, w, self.bias0)
+
+    def _store_weight_grad(self, grad: torch.Tensor) -> None:
+        self.weight_grad = grad.detach()
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"

@@ -27,6 +27,7 @@ from pinn_lora.dynamics.base import Closure, Dynamics, lr_factor
 from pinn_lora.dynamics.runge_kutta import get_tableau, rk_step
 
 INITS = ("gradient", "random", "pissa")
+PRECONDITIONERS = ("none", "rmsprop")
 
 
 def _spd_factor(s: torch.Tensor, damping: float) -> torch.Tensor:
@@ -113,7 +114,8 @@ class ODELoRADynamics(Dynamics):
     step use the same collocation batch (the closure's)."""
 
     def __init__(self, layers: Sequence[LoRALinear], lr: float, scheme: str = "euler", damping: float = 1e-8,
-                 rebalance: bool = True, schedule: str = "constant", final_ratio: float = 0.1) -> None:
+                 rebalance: bool = True, schedule: str = "constant", final_ratio: float = 0.1,
+                 precondition: str = "none", beta2: float = 0.999, eps: float = 1e-8) -> None:
         super().__init__()
         if not layers:
             raise ValueError("odelora: no adapted layers")
@@ -127,6 +129,14 @@ class ODELoRADynamics(Dynamics):
         self.base_lr, self.schedule, self.final_ratio = float(lr), schedule, float(final_ratio)
         self.damping, self.rebalance = float(damping), bool(rebalance)
         self.evaluations_per_step = self.tableau.stages
+        if precondition not in PRECONDITIONERS:
+            raise ValueError(f"odelora: precondition={precondition!r}; choose one of {', '.join(PRECONDITIONERS)}")
+        self.precondition, self.beta2, self.eps = precondition, float(beta2), float(eps)
+        self.second_moments: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.n_updates = 0
+        self.metric: list[torch.Tensor] = []
+        for lay in self.layers:
+            lay.capture_weight_grad = precondition != "none"
 
     def _state(self) -> list[torch.Tensor]:
         return [t.detach().clone() for lay in self.layers for t in lay.factors()]
@@ -140,14 +150,34 @@ class ODELoRADynamics(Dynamics):
 
     def _field_here(self) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
-        for lay in self.layers:
+        for i, lay in enumerate(self.layers):
             b, a = lay.factors()
-            out.extend(odelora_field(b.detach(), a.detach(), b.grad, a.grad, lay.scale, self.damping))
+            if self.precondition == "none":
+                g_b, g_a = b.grad, a.grad
+            else:  # the same flow in the diagonal metric of this step: G -> G / (sqrt(v) + eps)
+                g = lay.weight_grad / self.metric[i]
+                g_b, g_a = lay.scale * g @ a.detach().T, lay.scale * b.detach().T @ g
+            out.extend(odelora_field(b.detach(), a.detach(), g_b, g_a, lay.scale, self.damping))
         return out
+
+    def _update_metric(self) -> None:
+        """RMSprop's second moments of the full-weight gradients; the metric is
+        held fixed for all stages of a step, so each step integrates a
+        (preconditioned) gradient flow."""
+        self.n_updates += 1
+        self.metric = []
+        for i, lay in enumerate(self.layers):
+            g2 = lay.weight_grad**2
+            v = self.second_moments[i]
+            v = (1 - self.beta2) * g2 if v is None else self.beta2 * v + (1 - self.beta2) * g2
+            self.second_moments[i] = v
+            self.metric.append((v / (1 - self.beta2**self.n_updates)).sqrt() + self.eps)
 
     def step(self, closure: Closure) -> torch.Tensor:
         y0 = self._state()
         loss0 = closure()
+        if self.precondition != "none":
+            self._update_metric()
         k0 = self._field_here()
 
         def field(y: list[torch.Tensor]) -> list[torch.Tensor]:
