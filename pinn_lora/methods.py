@@ -96,6 +96,12 @@ class Method:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}
 
+    def label(self) -> str:
+        """Name and the options that matter most, for one-line summaries."""
+        keys = [k for k in ("rank", "lr", "scheme", "precondition") if k in self.options]
+        return f"{self.name}(" + ", ".join(f"{k}={self.options[k]:g}" if isinstance(self.options[k], float)
+                                           else f"{k}={self.options[k]}" for k in keys) + ")"
+
 
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

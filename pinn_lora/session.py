@@ -86,7 +86,7 @@ class AdaptResult:
 
     def summary_line(self) -> str:
         s = self.summary()
-        return (f"{s['problem']} {_fmt_coeffs(s['coefficients'])} | method={self.method.name} "
+        return (f"{s['problem']} {_fmt_coeffs(s['coefficients'])} | method={self.method.label()} "
                 f"trainable={s['trainable_parameters']} steps={s['steps']} time={s['wall_time_s']:.1f}s | "
                 f"rel. L2 on target: base {s['base_error']:.3e} -> adapted {s['adapted_error']:.3e} "
                 f"({s['improvement']:.1f}x){'' if s['status'] == 'completed' else ' [' + s['status'] + ']'}")
@@ -187,13 +187,18 @@ def problem_from_config(pcfg: Mapping[str, Any], job: str = "adapt") -> Any:
 
 
 def method_options(mcfg: Mapping[str, Any], pcfg: Mapping[str, Any]) -> dict[str, Any]:
-    opts = {k: v for k, v in mcfg.items() if k != "name"}
-    if opts.get("lr") is None:
-        lrs = (pcfg.get("adapt") or {}).get("lr") or {}
-        if mcfg["name"] in lrs:
-            opts["lr"] = lrs[mcfg["name"]]
-        else:
-            opts.pop("lr", None)  # the method's own default
+    """Method options: the method group's values; those left null take the
+    problem's recommendation (``adapt.method.<name>`` in its config), else the
+    method's own default."""
+    recommended = ((pcfg.get("adapt") or {}).get("method") or {}).get(mcfg["name"]) or {}
+    opts = {}
+    for key, value in mcfg.items():
+        if key == "name":
+            continue
+        if value is None:
+            value = recommended.get(key)
+        if value is not None:
+            opts[key] = value
     if isinstance(opts.get("targets"), (list, tuple)):
         opts["targets"] = [int(t) for t in opts["targets"]]
     return opts

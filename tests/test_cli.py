@@ -28,7 +28,7 @@ def test_adapt_end_to_end(tmp_path):
     res = _run("problem=burgers", "method=odelora", "steps=6", "n_points=256", "eval_every=3", "device=cpu",
                f"out={out}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    line = [ln for ln in res.stdout.splitlines() if "method=odelora" in ln][0]
+    line = [ln for ln in res.stdout.splitlines() if "method=odelora(" in ln][0]
     assert "trainable=" in line and "base" in line and "adapted" in line
     for name in ("metrics.jsonl", "summary.json", "adapter.safetensors", "card.json", ".hydra/config.yaml",
                  "plots/loss.png", "plots/solution.png"):
@@ -69,14 +69,15 @@ def test_every_config_composes_and_matches_method_defaults():
             for meth in group_options("method"):
                 cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}", f"method={meth}"]))
                 assert cfg["problem"]["name"] == prob and cfg["method"]["name"] == meth
-                assert meth in cfg["problem"]["adapt"]["lr"]
+                assert "lr" in cfg["problem"]["adapt"]["method"][meth]
+                get_method(meth, **cfg["problem"]["adapt"]["method"][meth])  # recommendations are valid options
     assert group_options("method") == METHODS.names()
     for meth in METHODS.names():  # yaml defaults are the class defaults (docs cannot drift)
         yaml = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "method" / f"{meth}.yaml"))
         cls_defaults = get_method(meth).options
         assert set(yaml) - {"name"} == set(cls_defaults), meth
         for k, v in yaml.items():
-            if k not in ("name", "lr"):
+            if k != "name" and v is not None:
                 assert v == cls_defaults[k], (meth, k)
 
 
