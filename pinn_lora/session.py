@@ -136,6 +136,9 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     ``base`` is a shipped name ("burgers"), a path to a saved base, or a
     (network, card) pair. Returns an :class:`AdaptResult`; with ``run_dir``
     the metrics, adapter, card, summary and plots are written there."""
+    if run_dir is not None and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "summary.json")):
+        raise ConfigError(f"run directory {run_dir} already holds a run; choose another (out=...) so it is not "
+                          "overwritten")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
     meth = method if isinstance(method, Method) else get_method(method, **method_options)

@@ -28,6 +28,9 @@ def test_run_directory_and_checkpoint(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if "rel_l2" in r] == [1, 3, 4]
     assert recs[-1]["evaluations"] == 5
+    with pytest.raises(ValueError, match="already holds a run"):  # never overwritten
+        adapt(_base(), get_problem("burgers").default_target(), "lora", steps=1, device="cpu", run_dir=tmp_path)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
 
 
 @pytest.mark.parametrize("method,lr", [("lora", 1e6), ("odelora", 1e6), ("full", 1e6)])
