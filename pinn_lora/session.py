@@ -169,8 +169,12 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
                       checkpoint_path=Path(run_dir) / "checkpoint.safetensors" if run_dir else None)
     history = trainer.run()
     error = history.last("rel_l2") if history.records else base_error
+    main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
+    extra = {"device": device_name(dev), "seed": seed}
+    if lbfgs_steps and main:
+        extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
     result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
-                         Path(run_dir) if run_dir else None, extra={"device": device_name(dev), "seed": seed})
+                         Path(run_dir) if run_dir else None, extra=extra)
     if run_dir is not None:
         result.save(run_dir, plots=plots)
     return result
@@ -214,8 +218,9 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
     defaults = pcfg.get("adapt") or {}
     steps = cfg.get("steps") if cfg.get("steps") is not None else defaults.get("steps", 1000)
     n_points = cfg.get("n_points") if cfg.get("n_points") is not None else defaults.get("n_points", 2000)
+    lbfgs = cfg.get("lbfgs_steps") if cfg.get("lbfgs_steps") is not None else defaults.get("lbfgs_steps", 0)
     ints = {"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (cfg.get("eval_every", 100), 1),
-            "lbfgs_steps": (cfg.get("lbfgs_steps", 0), 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0)}
+            "lbfgs_steps": (lbfgs, 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0)}
     for key, (val, low) in ints.items():
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
@@ -224,6 +229,6 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
                  resample_every=defaults.get("resample_every", 100), eval_every=cfg.get("eval_every", 100),
                  seed=int(cfg.get("seed", 0)), device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
                  run_dir=run_dir, progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
-                 sampler=cfg.get("sampler", "pseudo"), lbfgs_steps=cfg.get("lbfgs_steps", 0),
+                 sampler=cfg.get("sampler", "pseudo"), lbfgs_steps=lbfgs,
                  checkpoint_every=cfg.get("checkpoint_every", 500),
                  **method_options(mcfg, pcfg))
