@@ -128,6 +128,9 @@ class Trainer:
             terms = residual_losses(self.problem, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins)
             loss = sum(terms.values())
             loss.backward()
+            for p in self.params:  # autograd may leave a transposed (non-contiguous) gradient; L-BFGS views it flat
+                if p.grad is not None and not p.grad.is_contiguous():
+                    p.grad = p.grad.contiguous()
             stash["evals"] = stash.get("evals", 0) + 1
             if "terms" not in stash:  # first evaluation of the step: record it
                 stash["terms"] = {k: v.detach() for k, v in terms.items()}

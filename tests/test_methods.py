@@ -179,3 +179,15 @@ def test_odelora_euler_step_moves_w_by_projected_gradient(precondition):
             g = g / (g.abs() + 1e-8)
         expect = -1e-6 * tangent_projection(g, b, a)
         assert torch.linalg.norm(dw - expect) <= 1e-3 * torch.linalg.norm(expect)
+
+
+def test_lbfgs_finish_after_preconditioned_odelora():
+    """The L-BFGS finish runs on any method's parameters (here ODELoRA's factors, whose
+    gradients autograd leaves non-contiguous in the preconditioned mode)."""
+    from pinn_lora.train import TrainConfig, Trainer
+
+    prob, _, model, meth, _ = _setup("burgers", "odelora", precondition="rmsprop", lr=1e-3)
+    hist = Trainer(prob, model, meth.dynamics(model), TrainConfig(steps=3, lbfgs_steps=5, n_points=128,
+                                                                  progress=False)).run()
+    assert [r["phase"] for r in hist.records] == ["train"] * 3 + ["lbfgs"] * 5
+    assert hist.records[-1]["loss"] < hist.records[3]["loss"]
