@@ -216,18 +216,20 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
     pcfg, mcfg = cfg["problem"], cfg["method"]
     problem = problem_from_config(pcfg, "adapt")
     defaults = pcfg.get("adapt") or {}
-    steps = cfg.get("steps") if cfg.get("steps") is not None else defaults.get("steps", 1000)
-    n_points = cfg.get("n_points") if cfg.get("n_points") is not None else defaults.get("n_points", 2000)
-    lbfgs = cfg.get("lbfgs_steps") if cfg.get("lbfgs_steps") is not None else defaults.get("lbfgs_steps", 0)
+    def pick(key: str, fallback: Any) -> Any:  # the run's value, else the problem's recommendation
+        return cfg.get(key) if cfg.get(key) is not None else defaults.get(key, fallback)
+
+    steps, n_points, lbfgs = pick("steps", 1000), pick("n_points", 2000), pick("lbfgs_steps", 0)
     ints = {"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (cfg.get("eval_every", 100), 1),
-            "lbfgs_steps": (lbfgs, 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0)}
+            "lbfgs_steps": (lbfgs, 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0),
+            "seed": (cfg.get("seed", 0), 0)}
     for key, (val, low) in ints.items():
         if isinstance(val, bool) or not isinstance(val, int) or val < low:
             raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
     base = cfg.get("base") or problem.name
     return adapt(base, problem, mcfg["name"], steps=steps, n_points=n_points,
                  resample_every=defaults.get("resample_every", 100), eval_every=cfg.get("eval_every", 100),
-                 seed=int(cfg.get("seed", 0)), device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
+                 seed=cfg.get("seed", 0), device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
                  run_dir=run_dir, progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
                  sampler=cfg.get("sampler", "pseudo"), lbfgs_steps=lbfgs,
                  checkpoint_every=cfg.get("checkpoint_every", 500),
