@@ -41,6 +41,8 @@ def main() -> None:
             results["runs"][f"{prob}/{meth}"] = {k: s[k] for k in (
                 "coefficients", "base_coefficients", "method", "trainable_parameters", "steps", "evaluations",
                 "wall_time_s", "base_error", "adapted_error", "improvement", "status")}
+            if "error_after_method_steps" in s:  # before the L-BFGS finish
+                results["runs"][f"{prob}/{meth}"]["error_after_method_steps"] = s["error_after_method_steps"]
             print(res.summary_line(), flush=True)
     results.update({"device": device_name(torch.device("cpu")), "torch": torch.__version__,
                     "machine": platform.machine(), "note": "2-core CPU container, float64"})
