@@ -125,23 +125,44 @@ def _fmt_coeffs(c: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in c.items())
 
 
+def recommendations(problem_name: str) -> dict[str, Any]:
+    """The ``adapt`` section of ``configs/problem/<name>.yaml`` (empty for a family without one)."""
+    from omegaconf import OmegaConf
+
+    from pinn_lora.cli import config_dir
+
+    path = Path(config_dir()) / "problem" / f"{problem_name}.yaml"
+    if not path.is_file():
+        return {}
+    return OmegaConf.to_container(OmegaConf.load(path)).get("adapt") or {}
+
+
 def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
-          steps: int = 1000, n_points: int = 2000, resample_every: int = 100, eval_every: int = 100,
-          seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64", checkpoint_every: int = 500,
-          sampler: str = "pseudo", lbfgs_steps: int = 0,
+          steps: int | None = None, n_points: int | None = None, resample_every: int | None = None,
+          eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
+          checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
           monitors: Sequence[Monitor] = (), **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
     ``base`` is a shipped name ("burgers"), a path to a saved base, or a
-    (network, card) pair. Returns an :class:`AdaptResult`; with ``run_dir``
-    the metrics, adapter, card, summary and plots are written there."""
+    (network, card) pair. ``steps``, ``n_points``, ``lbfgs_steps`` and method
+    options left out take the problem's recommendations (as on the command
+    line). Returns an :class:`AdaptResult`; with ``run_dir`` the metrics,
+    adapter, card, summary and plots are written there."""
     if run_dir is not None and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "summary.json")):
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another (out=...) so it is not "
                           "overwritten")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
-    meth = method if isinstance(method, Method) else get_method(method, **method_options)
+    rec = recommendations(problem.name)
+    steps = rec.get("steps", 1000) if steps is None else steps
+    n_points = rec.get("n_points", 2000) if n_points is None else n_points
+    lbfgs_steps = rec.get("lbfgs_steps", 0) if lbfgs_steps is None else lbfgs_steps
+    resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
+    if not isinstance(method, Method):
+        method = get_method(method, **{**(rec.get("method") or {}).get(method, {}), **method_options})
+    meth = method
     train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
                             seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
                             sampler=sampler, lbfgs_steps=lbfgs_steps)
@@ -228,7 +249,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
             raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
     base = cfg.get("base") or problem.name
     return adapt(base, problem, mcfg["name"], steps=steps, n_points=n_points,
-                 resample_every=defaults.get("resample_every", 100), eval_every=cfg.get("eval_every", 100),
+                 resample_every=defaults.get("resample_every"), eval_every=cfg.get("eval_every", 100),
                  seed=cfg.get("seed", 0), device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
                  run_dir=run_dir, progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
                  sampler=cfg.get("sampler", "pseudo"), lbfgs_steps=lbfgs,

@@ -20,7 +20,7 @@ def _base(name="burgers"):
 
 
 def test_run_directory_and_checkpoint(tmp_path):
-    res = adapt(_base(), get_problem("burgers").default_target(), "lora", steps=5, n_points=64, eval_every=2,
+    res = adapt(_base(), get_problem("burgers").default_target(), "lora", steps=5, lbfgs_steps=0, n_points=64, eval_every=2,
                 device="cpu", run_dir=tmp_path, progress=False, plots=False, checkpoint_every=2, lr=1e-3)
     assert res.history.status == "completed"
     with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
@@ -29,13 +29,13 @@ def test_run_directory_and_checkpoint(tmp_path):
     assert [r["step"] for r in recs if "rel_l2" in r] == [1, 3, 4]
     assert recs[-1]["evaluations"] == 5
     with pytest.raises(ValueError, match="already holds a run"):  # never overwritten
-        adapt(_base(), get_problem("burgers").default_target(), "lora", steps=1, device="cpu", run_dir=tmp_path)
+        adapt(_base(), get_problem("burgers").default_target(), "lora", steps=1, lbfgs_steps=0, device="cpu", run_dir=tmp_path)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
 
 
 @pytest.mark.parametrize("method,lr", [("lora", 1e6), ("odelora", 1e6), ("full", 1e6)])
 def test_divergence_stops_cleanly(tmp_path, method, lr):
-    res = adapt(_base(), get_problem("burgers").default_target(), method, steps=50, n_points=64, device="cpu",
+    res = adapt(_base(), get_problem("burgers").default_target(), method, steps=50, lbfgs_steps=0, n_points=64, device="cpu",
                 run_dir=tmp_path, progress=False, plots=False, checkpoint_every=1, lr=lr)
     assert res.history.status == "diverged"
     assert len(res.history.records) < 50
@@ -51,11 +51,11 @@ def test_divergence_stops_cleanly(tmp_path, method, lr):
 
 def test_same_seed_same_metrics():
     runs = [adapt(_base(), get_problem("burgers").default_target(),
-                  "odelora", steps=4, n_points=64, device="cpu", progress=False, plots=False, seed=3, lr=0.01)
+                  "odelora", steps=4, lbfgs_steps=0, n_points=64, device="cpu", progress=False, plots=False, seed=3, lr=0.01)
             for _ in range(2)]
     a, b = ([{k: v for k, v in r.items() if k != "time"} for r in run.metrics] for run in runs)
     assert a == b
-    other = adapt(_base(), get_problem("burgers").default_target(), "odelora", steps=4, n_points=64, device="cpu",
+    other = adapt(_base(), get_problem("burgers").default_target(), "odelora", steps=4, lbfgs_steps=0, n_points=64, device="cpu",
                   progress=False, plots=False, seed=4, lr=0.01)
     assert other.metrics[1]["loss"] != runs[0].metrics[1]["loss"]
     assert math.isfinite(runs[0].error)
