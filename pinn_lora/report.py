@@ -29,6 +29,9 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str 
     for key in keys:
         vals = np.array([float(r.get(key, np.nan)) for r in records])
         ax1.semilogy(steps, vals, label="total (normalised)" if key == "loss" else key[5:], lw=1)
+    lbfgs = [r["step"] for r in records if r.get("phase") == "lbfgs"]
+    for ax in (ax1, ax2) if lbfgs else ():
+        ax.axvline(lbfgs[0], color="k", ls=":", lw=1, label="L-BFGS finish")
     ax1.set(xlabel="step", ylabel="normalised residual loss", title="training loss")
     ax1.legend()
     ax1.grid(True, which="both", alpha=0.3)
@@ -37,6 +40,7 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str 
         ax2.semilogy(*zip(*ev), marker="o", ms=3, label="adapted" if base_error is not None else "model")
     if base_error is not None:
         ax2.axhline(base_error, color="gray", ls="--", label=f"base model ({base_error:.2e})")
+    if base_error is not None or lbfgs:
         ax2.legend()
     ax2.set(xlabel="step", ylabel="relative L2 error vs reference", title="error on the target")
     ax2.grid(True, which="both", alpha=0.3)
