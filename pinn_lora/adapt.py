@@ -23,7 +23,10 @@ def _task(cfg) -> None:
     print(f"run directory: {run_dir}")
     if result.history.status == "diverged":
         print(f"error: diverged: {result.history.message}", file=sys.stderr)
-        raise SystemExit(EXIT_DIVERGED)
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # in a sweep the other runs go on
+            raise SystemExit(EXIT_DIVERGED)
 
 
 def main() -> None:
