@@ -12,12 +12,12 @@ from torch import nn
 from pinn_lora.train import History, Monitor
 
 # metrics.jsonl: one JSON object per step with
-#   step (int), phase ("adam" | "lbfgs"), loss (float, normalised total),
+#   step (int), phase ("train" | "lbfgs" | "check"), loss (float, normalised total),
 #   loss_<term> (each residual term, normalised), grad_norm, lr (step size),
 #   evaluations (gradient evaluations so far), time (s since start),
 #   rel_l2 (relative L2 error vs the reference; every eval_every steps and at the end).
 METRICS_SCHEMA = {
-    "step": "int", "phase": "train | lbfgs", "loss": "float", "loss_<term>": "float", "grad_norm": "float",
+    "step": "int", "phase": "train | lbfgs | check (a diverged final state)", "loss": "float", "loss_<term>": "float", "grad_norm": "float",
     "lr": "float", "evaluations": "int", "time": "float", "rel_l2": "float (every eval_every steps)",
 }
 

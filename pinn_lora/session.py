@@ -5,6 +5,7 @@ composes a config and calls :func:`run_config`; scientific code calls
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -78,7 +79,8 @@ class AdaptResult:
             "wall_time_s": round(self.history.wall_time, 3),
             "base_error": self.base_error,
             "adapted_error": self.error,
-            "improvement": self.base_error / self.error if self.error > 0 else float("inf"),
+            "improvement": (self.base_error / self.error if math.isfinite(self.error) and self.error > 0
+                            else float("nan")),
             "status": self.history.status,
             "message": self.history.message,
             **self.extra,

@@ -146,12 +146,11 @@ class Trainer:
         cfg, hist = self.cfg, self.history
         for m in self.monitors:
             m.on_start(self.model, self.problem)
-        start = time.perf_counter()
-        total = cfg.steps + cfg.lbfgs_steps
-        bar = _progress(total, cfg.progress)
-        initial = None
+        self._start = time.perf_counter()
+        bar = _progress(cfg.steps + cfg.lbfgs_steps, cfg.progress)
+        self._initial: float | None = None
+        self._good: list[torch.Tensor] | None = None  # the last parameters whose loss passed the check
         points = None
-        good: list[torch.Tensor] | None = None
         try:
             for step in range(cfg.steps):
                 if points is None or step % cfg.resample_every == 0:
@@ -159,74 +158,106 @@ class Trainer:
                 self.dynamics.set_progress(step / max(cfg.steps, 1))
                 stash: dict[str, Any] = {}
                 lr = self.dynamics.lr
-                current = [p.detach().clone() for p in self.params]  # tiny networks: a copy costs microseconds
+                current = self._snapshot()
                 loss = float(self.dynamics.step(self._closure(points, stash)))
-                hist.evaluations += stash["evals"]
-                initial = loss if initial is None else initial
-                rec = {"step": step, "phase": "train", "loss": loss,
-                       **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
-                       "grad_norm": float(stash["grad_norm"]), "lr": lr, "evaluations": hist.evaluations,
-                       "time": time.perf_counter() - start}
-                bad = _diverged(loss, initial, cfg.divergence_factor)
-                if bad:  # the loss was evaluated at ``current``: go back to the last state with a good loss
-                    with torch.no_grad():
-                        for p, g in zip(self.params, good if good is not None else current):
-                            p.copy_(g)
-                    hist.status, hist.message = "diverged", f"{bad} at step {step}; kept the state of step {step - 1}"
-                else:
-                    good = current
-                if not bad and self.after_step is not None:
+                rec = self._record(step, "train", loss, lr, stash)
+                if self._check(loss, current, step):
+                    self._finish_diverged(rec, bar)
+                    return hist
+                if self.after_step is not None:
                     self.after_step(step, self.model, self.dynamics)
-                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or bad:
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                     rec["rel_l2"] = self.evaluate()
                 self._emit(rec, bar)
-                if bad:
-                    return hist
-                self._maybe_checkpoint(step + 1)
+                self._maybe_checkpoint(step)
+            if cfg.steps and not self._verify_end(points, cfg.steps - 1, bar):
+                return hist
             if cfg.lbfgs_steps:
-                self._lbfgs(cfg.steps, start, bar)
+                self._lbfgs(cfg.steps, bar)
         finally:
-            hist.wall_time = time.perf_counter() - start
+            hist.wall_time = time.perf_counter() - self._start
             if bar is not None:
                 bar.close()
             for m in self.monitors:
                 m.on_end(hist)
         return hist
 
-    def _lbfgs(self, offset: int, start: float, bar: Any) -> None:
-        """L-BFGS finish (strong Wolfe line search) on one fixed batch, logged in chunks."""
-        cfg, hist = self.cfg, self.history
+    # -- divergence: the loss of a step is measured at the parameters *before* it, so each
+    # -- step's result is verified by the next loss; the last one by one extra evaluation.
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]  # tiny networks: a copy costs microseconds
+
+    def _check(self, loss: float, current: list[torch.Tensor], step: int) -> bool:
+        """Accept ``current`` (whose loss is ``loss``) as good, or restore the last good state."""
+        self._initial = loss if self._initial is None else self._initial
+        bad = _diverged(loss, self._initial, self.cfg.divergence_factor)
+        if not bad:
+            self._good = current
+            return False
+        with torch.no_grad():
+            for p, g in zip(self.params, self._good if self._good is not None else current):
+                p.copy_(g)
+        self.history.status = "diverged"
+        self.history.message = f"{bad} at step {step}; kept the last state with a good loss"
+        return True
+
+    def _finish_diverged(self, rec: dict[str, Any], bar: Any) -> None:
+        rec["rel_l2"] = self.evaluate()  # of the restored state
+        self._emit(rec, bar)
+
+    def _verify_end(self, points: torch.Tensor, step: int, bar: Any = None) -> bool:
+        """Check the state the last step produced; False (and the last good state restored,
+        with a closing ``check`` record) if it diverged."""
+        current = self._snapshot()
+        loss = float(self._closure(points, {})())
+        self.history.evaluations += 1
+        if not self._check(loss, current, step + 1):
+            return True
+        self._emit({"step": step + 1, "phase": "check", "loss": loss, "evaluations": self.history.evaluations,
+                    "time": time.perf_counter() - self._start, "rel_l2": self.evaluate()}, bar)
+        return False
+
+    def _record(self, step: int, phase: str, loss: float, lr: float, stash: dict[str, Any]) -> dict[str, Any]:
+        self.history.evaluations += stash["evals"]
+        return {"step": step, "phase": phase, "loss": loss,
+                **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
+                "grad_norm": float(stash["grad_norm"]), "lr": lr, "evaluations": self.history.evaluations,
+                "time": time.perf_counter() - self._start}
+
+    def _lbfgs(self, offset: int, bar: Any) -> None:
+        """L-BFGS finish (strong Wolfe line search) on one fixed batch, one logged iteration per call."""
+        cfg = self.cfg
         points = self.points(cfg.lbfgs_points or cfg.n_points)
-        # one iteration per call so each is logged; max_eval must be set explicitly, or torch derives
-        # int(1.25 * max_iter) = 1 and the line search gets no evaluations (the step is then 0)
+        # max_eval must be set explicitly, or torch derives int(1.25 * max_iter) = 1 and the line
+        # search gets no evaluations (the step is then 0)
         opt = torch.optim.LBFGS(self.params, lr=1.0, max_iter=1, max_eval=25, history_size=50,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-16)
         for i in range(cfg.lbfgs_steps):
             stash: dict[str, Any] = {}
-            closure = self._closure(points, stash)
-            loss = float(opt.step(closure))
-            hist.evaluations += stash["evals"]
-            step = offset + i
-            rec = {"step": step, "phase": "lbfgs", "loss": loss,
-                   **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
-                   "grad_norm": float(stash["grad_norm"]), "lr": 1.0, "evaluations": hist.evaluations,
-                   "time": time.perf_counter() - start}
+            current = self._snapshot()
+            loss = float(opt.step(self._closure(points, stash)))
+            rec = self._record(offset + i, "lbfgs", loss, 1.0, stash)
+            if self._check(loss, current, offset + i):
+                self._finish_diverged(rec, bar)
+                return
             if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.lbfgs_steps:
                 rec["rel_l2"] = self.evaluate()
             self._emit(rec, bar)
-            if not math.isfinite(loss):
-                hist.status, hist.message = "diverged", f"non-finite loss in L-BFGS at step {step}"
-                return
+        self._verify_end(points, offset + cfg.lbfgs_steps - 1, bar)
 
-    def _maybe_checkpoint(self, steps_done: int) -> None:
-        """Atomically write the model's tensors (the last good state: never a diverged one)."""
+    def _maybe_checkpoint(self, step: int) -> None:
+        """Atomically write the last verified state (the parameters before ``step``, whose loss
+        passed the check; a step's own result is verified only by the next loss)."""
         every = self.cfg.checkpoint_every
-        if self.checkpoint_path is None or not every or steps_done % every:
+        if self.checkpoint_path is None or not every or (step + 1) % every or self._good is None:
             return
         from pinn_lora.checkpoint import save_tensors
 
-        save_tensors(self.checkpoint_path, self.model.state_dict(),
-                     metadata={"step": str(steps_done), "evaluations": str(self.history.evaluations)})
+        state = dict(self.model.state_dict())
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        state.update(zip(names, self._good))
+        save_tensors(self.checkpoint_path, state,
+                     metadata={"step": str(step), "evaluations": str(self.history.evaluations)})
 
     def _emit(self, rec: dict[str, Any], bar: Any) -> None:
         self.history.records.append(rec)

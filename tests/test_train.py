@@ -24,7 +24,7 @@ def test_run_directory_and_checkpoint(tmp_path):
                 device="cpu", run_dir=tmp_path, progress=False, plots=False, checkpoint_every=2, lr=1e-3)
     assert res.history.status == "completed"
     with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
-        assert fh.metadata()["step"] == "4"
+        assert fh.metadata()["step"] == "3"  # the state after 3 steps, verified by the 4th step's loss
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if "rel_l2" in r] == [1, 3, 4]
     assert recs[-1]["evaluations"] == 5
@@ -59,3 +59,29 @@ def test_same_seed_same_metrics():
                   progress=False, plots=False, seed=4, lr=0.01)
     assert other.metrics[1]["loss"] != runs[0].metrics[1]["loss"]
     assert math.isfinite(runs[0].error)
+
+
+@pytest.mark.parametrize("method,lr", [("lora", 1e6), ("full", 1e300)])
+def test_a_blow_up_in_the_last_step_is_caught(tmp_path, method, lr):
+    """The last step's result is verified too: with one step there is no next loss to catch it."""
+    base = _base()
+    res = adapt(base, get_problem("burgers").default_target(), method, steps=1, lbfgs_steps=0, n_points=64,
+                device="cpu", progress=False, plots=False, lr=lr)
+    assert res.history.status == "diverged"
+    assert math.isfinite(res.error) and res.error < 10
+    x = torch.rand(5, 2, dtype=torch.float64)
+    assert torch.allclose(res.model(x), base[0](x), atol=1e-12)  # back at the last good state: the start
+
+
+def test_checkpoint_holds_a_verified_state(tmp_path):
+    from pinn_lora.train import residual_losses
+
+    prob = get_problem("burgers").default_target()
+    res = adapt(_base(), prob, "full", steps=3, lbfgs_steps=0, n_points=64, device="cpu", run_dir=tmp_path,
+                progress=False, plots=False, checkpoint_every=1, lr=1e300)
+    assert res.history.status == "diverged"
+    net = _base()[0]
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
+        net.load_state_dict({k: fh.get_tensor(k) for k in fh.keys()})
+    pts = torch.as_tensor(prob.sample(64, seed=0))
+    assert math.isfinite(float(sum(residual_losses(prob, net, pts).values())))
