@@ -23,12 +23,16 @@ def shipped() -> list[str]:
 
 
 def _paths(name_or_path: str | Path) -> tuple[Path, Path]:
-    p = Path(name_or_path)
-    if p.suffix in (".json", ".safetensors"):
-        p = p.with_suffix("")
-    if not p.parent.name and not p.with_suffix(".json").exists() and (ZOO_DIR / f"{p.name}.json").exists():
-        p = ZOO_DIR / p.name
-    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+    """(weights, card) paths. A bare name (no path separator, no suffix) is a shipped model;
+    anything else is a path, given with or without the .safetensors/.json suffix."""
+    text = str(name_or_path)
+    for suffix in (".safetensors", ".json"):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+    stem = Path(text)
+    if "/" not in text and "\\" not in text and (ZOO_DIR / f"{text}.json").exists():
+        stem = ZOO_DIR / text
+    return Path(f"{stem}.safetensors"), Path(f"{stem}.json")
 
 
 def save_base(net: PINN, card: dict[str, Any], path: str | Path) -> dict[str, Any]:
@@ -51,6 +55,8 @@ def load_base(name_or_path: str | Path = "burgers", *, dtype: torch.dtype = torc
     if not card_path.exists() and not weights.exists():
         raise CheckpointError(f"no base model {str(name_or_path)!r}: not a shipped name "
                               f"({', '.join(shipped()) or 'none shipped'}) and no {card_path} on disk")
+    if not weights.is_file():
+        raise CheckpointError(f"base model {str(name_or_path)!r}: its weights file {weights} is missing")
     card = read_json(card_path)
     missing = [k for k in CARD_KEYS if k not in card]
     if missing:

@@ -56,3 +56,16 @@ def test_accuracy_goals_or_reason_recorded():
         card = json.loads((ZOO_DIR / f"{name}.json").read_text())
         assert card["relative_l2"] <= goal or card.get("accuracy_note"), name
         assert np.isfinite(card["relative_l2"])
+
+
+def test_paths_shipped_names_dots_and_missing_weights(tmp_path, monkeypatch):
+    net, card, _ = load_base("helmholtz")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "helmholtz.json").write_text("{}")  # a stray file must not shadow the shipped model
+    assert load_base("helmholtz")[1]["weights_sha256"] == card["weights_sha256"]
+    saved = save_base(net, card, tmp_path / "k1.5")  # a dot in the name is not a suffix
+    assert (tmp_path / "k1.5.safetensors").is_file() and (tmp_path / "k1.5.json").is_file()
+    assert load_base(tmp_path / "k1.5.json")[1]["weights_sha256"] == saved["weights_sha256"]
+    (tmp_path / "k1.5.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weights file .* is missing"):
+        load_base(tmp_path / "k1.5")
