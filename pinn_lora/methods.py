@@ -67,6 +67,14 @@ class Method:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise MethodOptionError(f"{bad} must be a finite number")
             value = float(value)
+        if key == "targets":
+            named = ("all", "hidden", "output")
+            ok = value in named if isinstance(value, str) else (
+                isinstance(value, (list, tuple)) and len(value) > 0
+                and all(isinstance(t, int) and not isinstance(t, bool) for t in value))
+            if not ok:
+                raise MethodOptionError(f"{bad} must be one of {', '.join(named)} or a list of layer indices")
+            return value if isinstance(value, str) else [int(t) for t in value]
         if key in self.choices and value not in self.choices[key]:
             raise MethodOptionError(f"{bad} is not one of: {', '.join(map(str, self.choices[key]))}")
         if key in self.positive and not value > 0:

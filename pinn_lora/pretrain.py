@@ -77,19 +77,22 @@ def pretrain(problem: Any, *, layers: list[int], activation: str, train: TrainCo
 
 def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Pretrain from a composed (plain dict) config; writes ``run_dir/base.*``."""
-    from pinn_lora.session import problem_from_config, resolve_device, resolve_dtype
+    from pinn_lora.session import check_ints, check_strings, problem_from_config, resolve_device, resolve_dtype
 
+    check_strings(cfg, ("device", "dtype", "init_from"))
     pcfg = cfg["problem"]
     recipe = dict(pcfg["pretrain"])
     for key in ("steps", "lbfgs_steps"):
         if cfg.get(key) is not None:
             recipe[key] = cfg[key]
+    check_ints({"steps": (recipe["steps"], 0), "lbfgs_steps": (recipe.get("lbfgs_steps", 0), 0),
+                "seed": (cfg.get("seed", 0), 0)})
     problem = problem_from_config(pcfg, "pretrain")
     train = TrainConfig(
         steps=recipe["steps"], n_points=recipe["n_points"], resample_every=recipe["resample_every"],
         causal_eps=recipe.get("causal_eps", 0.0), lbfgs_steps=recipe.get("lbfgs_steps", 0),
         lbfgs_points=recipe.get("lbfgs_points", 0), eval_every=recipe.get("eval_every", 500),
-        seed=int(cfg.get("seed", 0)), progress=bool(cfg.get("progress", True)))
+        seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)))
     return pretrain(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
                     lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
                     final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base", init_from=cfg.get("init_from"),

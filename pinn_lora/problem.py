@@ -37,6 +37,9 @@ class Coefficient:
         return f"{lo}{self.name}{hi}" if (lo or hi) else f"{self.name} finite"
 
     def check(self, family: str, value: Any) -> float:
+        if isinstance(value, bool):
+            raise CoefficientError(
+                f"{family}: coefficient {self.name}={value!r} is not a number (allowed: {self.allowed()})")
         try:
             v = float(value)
         except (TypeError, ValueError):

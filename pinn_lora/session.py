@@ -212,7 +212,7 @@ def problem_from_config(pcfg: Mapping[str, Any], job: str = "adapt") -> Any:
     defaults = cls.target if job == "adapt" else {}
     extra = {}
     if "modes" in pcfg and pcfg["modes"] is not None:
-        extra["modes"] = [tuple(m) for m in pcfg["modes"]]
+        extra["modes"] = pcfg["modes"]  # validated by the family
     return cls(**extra, **{**defaults, **given})
 
 
@@ -229,13 +229,25 @@ def method_options(mcfg: Mapping[str, Any], pcfg: Mapping[str, Any]) -> dict[str
             value = recommended.get(key)
         if value is not None:
             opts[key] = value
-    if isinstance(opts.get("targets"), (list, tuple)):
-        opts["targets"] = [int(t) for t in opts["targets"]]
     return opts
+
+
+def check_ints(values: Mapping[str, tuple[Any, int]]) -> None:
+    """Each value must be an integer >= its lower bound (a ConfigError naming the key otherwise)."""
+    for key, (val, low) in values.items():
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
+
+
+def check_strings(cfg: Mapping[str, Any], keys: Sequence[str]) -> None:
+    for key in keys:
+        if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
+            raise ConfigError(f"{key}={cfg.get(key)!r} must be a string")
 
 
 def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult:
     """Run one adaptation from a composed (plain dict) config."""
+    check_strings(cfg, ("device", "dtype", "base", "sampler"))
     pcfg, mcfg = cfg["problem"], cfg["method"]
     problem = problem_from_config(pcfg, "adapt")
     defaults = pcfg.get("adapt") or {}
@@ -243,12 +255,9 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
         return cfg.get(key) if cfg.get(key) is not None else defaults.get(key, fallback)
 
     steps, n_points, lbfgs = pick("steps", 1000), pick("n_points", 2000), pick("lbfgs_steps", 0)
-    ints = {"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (cfg.get("eval_every", 100), 1),
-            "lbfgs_steps": (lbfgs, 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0),
-            "seed": (cfg.get("seed", 0), 0)}
-    for key, (val, low) in ints.items():
-        if isinstance(val, bool) or not isinstance(val, int) or val < low:
-            raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
+    check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (cfg.get("eval_every", 100), 1),
+                "lbfgs_steps": (lbfgs, 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0),
+                "seed": (cfg.get("seed", 0), 0)})
     base = cfg.get("base") or problem.name
     return adapt(base, problem, mcfg["name"], steps=steps, n_points=n_points,
                  resample_every=defaults.get("resample_every"), eval_every=cfg.get("eval_every", 100),

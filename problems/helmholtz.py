@@ -39,10 +39,13 @@ class Helmholtz(Problem):
 
     def __init__(self, modes=None, **coefficients) -> None:
         if modes is not None:
-            modes = tuple((int(m), int(n)) for m, n in modes)
-            if not modes or any(m < 1 or n < 1 for m, n in modes):
-                raise CoefficientError(f"helmholtz: modes={modes!r}; each mode needs integers m, n >= 1")
-            self.modes = modes
+            ok = isinstance(modes, (list, tuple)) and len(modes) > 0 and all(
+                isinstance(mode, (list, tuple)) and len(mode) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in mode) for mode in modes)
+            if not ok:
+                raise CoefficientError(f"helmholtz: modes={modes!r}; give a list of pairs [m, n] of integers >= 1, "
+                                       "e.g. [[1, 1], [1, 2]]")
+            self.modes = tuple((m, n) for m, n in modes)
         super().__init__(**coefficients)
 
     def validate(self) -> None:

@@ -54,6 +54,10 @@ def test_adapt_end_to_end(tmp_path):
     (["steps=-3"], "steps=-3 must be an integer >= 0"),
     (["steps=1", "sampler=random"], "sampler='random'; choose one of pseudo, Hammersley"),
     (["steps=abc"], "steps='abc' must be an integer"),
+    (["method=lora", "method.targets=5", "steps=1"], "targets=5 must be one of all, hidden, output or a list"),
+    (["device=5", "steps=1"], "device=5 must be a string"),
+    (["problem=helmholtz", "problem.modes=5", "steps=1"], "modes=5; give a list of pairs"),
+    (["problem.nu=true", "steps=1"], "nu=True is not a number"),
 ])
 def test_bad_input_one_line(tmp_path, args, message):
     res = _run(*args, f"out={tmp_path / 'x'}", cwd=tmp_path)
@@ -79,6 +83,13 @@ def test_every_config_composes_and_matches_method_defaults():
         for k, v in yaml.items():
             if k != "name" and v is not None:
                 assert v == cls_defaults[k], (meth, k)
+
+
+def test_pretrain_cli_bad_integer(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pinn_lora.pretrain", "problem=helmholtz", "steps=2.5",
+                          f"out={tmp_path / 'p'}"], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 2 and "steps=2.5 must be an integer >= 0" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_pretrain_cli_writes_a_loadable_base(tmp_path):
