@@ -128,7 +128,8 @@ def test_lbfgs_finish_reduces_the_loss():
 
 
 @pytest.mark.parametrize("scheme", ["euler", "heun", "midpoint", "rk4"])
-def test_odelora_dynamics_keep_factors_balanced(scheme):
+def test_odelora_steps_end_balanced_with_rebalance(scheme):
+    """Each scheme makes its declared number of evaluations; the step's rebalance leaves BᵀB = AAᵀ."""
     prob, _, model, meth, pts = _setup("burgers", "odelora", scheme=scheme, lr=0.01)
     dyn = meth.dynamics(model)
     evals = []

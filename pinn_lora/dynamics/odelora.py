@@ -13,8 +13,11 @@ so that dW/dt = s(Ḃ A + B Ȧ) = −P_T(G) with P_T(G) = P_B G + G P_A − P_B 
 The time step ``h`` is therefore the learning rate of full gradient descent in
 weight space. Only ``g_B = s G Aᵀ`` and ``g_A = s Bᵀ G`` (autograd on the
 factors) are needed; all solves are r×r Cholesky solves in float64.
-After each step a rebalance returns the factors to BᵀB = AAᵀ without
-changing B·A.
+This field alone does not keep BᵀB = AAᵀ (the symmetric gauge term of
+``shared/methods.md`` would; it is not implemented): balance comes from the
+rebalance after each step (``rebalance=True``, the default), which returns the
+factors to BᵀB = AAᵀ without changing B·A. The weight trajectory is the same
+either way; with ``rebalance=False`` the factors drift off balance.
 """
 from __future__ import annotations
 
