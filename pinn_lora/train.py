@@ -17,6 +17,9 @@ from pinn_lora.dynamics import Dynamics
 from pinn_lora.problem import SAMPLERS
 
 
+LBFGS_CHUNK = 10  # L-BFGS iterations per optimizer call (and per record)
+
+
 @dataclass
 class TrainConfig:
     """Loop settings (the method's own settings live in the method)."""
@@ -214,7 +217,7 @@ class Trainer:
         if not self._check(loss, current, step + 1):
             return True
         self._emit({"step": step + 1, "phase": "check", "loss": loss, "evaluations": self.history.evaluations,
-                    "time": time.perf_counter() - self._start, "rel_l2": self.evaluate()}, bar)
+                    "time": time.perf_counter() - self._start, "rel_l2": self.evaluate()}, bar, advance=0)
         return False
 
     def _record(self, step: int, phase: str, loss: float, lr: float, stash: dict[str, Any]) -> dict[str, Any]:
@@ -225,24 +228,31 @@ class Trainer:
                 "time": time.perf_counter() - self._start}
 
     def _lbfgs(self, offset: int, bar: Any) -> None:
-        """L-BFGS finish (strong Wolfe line search) on one fixed batch, one logged iteration per call."""
+        """L-BFGS finish (strong Wolfe line search) on one fixed batch, in calls of ``LBFGS_CHUNK``
+        iterations (each call re-evaluates its starting point, so one-iteration calls would
+        cost an extra evaluation per iteration); one record per call."""
         cfg = self.cfg
         points = self.points(cfg.lbfgs_points or cfg.n_points)
-        # max_eval must be set explicitly, or torch derives int(1.25 * max_iter) = 1 and the line
-        # search gets no evaluations (the step is then 0)
-        opt = torch.optim.LBFGS(self.params, lr=1.0, max_iter=1, max_eval=25, history_size=50,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-16)
-        for i in range(cfg.lbfgs_steps):
+        # max_eval must be set explicitly, or torch derives int(1.25 * max_iter), which for one
+        # iteration leaves the line search no evaluations (the step is then 0)
+        opt = torch.optim.LBFGS(self.params, lr=1.0, max_iter=LBFGS_CHUNK, max_eval=25 * LBFGS_CHUNK,
+                                history_size=50, line_search_fn="strong_wolfe", tolerance_grad=1e-15,
+                                tolerance_change=1e-16)
+        done = 0
+        while done < cfg.lbfgs_steps:
+            n = min(LBFGS_CHUNK, cfg.lbfgs_steps - done)
+            opt.param_groups[0].update(max_iter=n, max_eval=25 * n)
             stash: dict[str, Any] = {}
             current = self._snapshot()
             loss = float(opt.step(self._closure(points, stash)))
-            rec = self._record(offset + i, "lbfgs", loss, 1.0, stash)
-            if self._check(loss, current, offset + i):
+            rec = self._record(offset + done, "lbfgs", loss, 1.0, stash)
+            if self._check(loss, current, offset + done):
                 self._finish_diverged(rec, bar)
                 return
-            if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.lbfgs_steps:
+            before, done = done, done + n
+            if done // cfg.eval_every > before // cfg.eval_every or done == cfg.lbfgs_steps:
                 rec["rel_l2"] = self.evaluate()
-            self._emit(rec, bar)
+            self._emit(rec, bar, advance=n)
         self._verify_end(points, offset + cfg.lbfgs_steps - 1, bar)
 
     def _maybe_checkpoint(self, step: int) -> None:
@@ -259,7 +269,7 @@ class Trainer:
         save_tensors(self.checkpoint_path, state,
                      metadata={"step": str(step), "evaluations": str(self.history.evaluations)})
 
-    def _emit(self, rec: dict[str, Any], bar: Any) -> None:
+    def _emit(self, rec: dict[str, Any], bar: Any, advance: int = 1) -> None:
         self.history.records.append(rec)
         for m in self.monitors:
             m.on_record(rec)
@@ -270,7 +280,7 @@ class Trainer:
             elif self.history.last("rel_l2") is not None:
                 post["L2"] = f"{self.history.last('rel_l2'):.2e}"
             bar.set_postfix(post, refresh=False)
-            bar.update(1)
+            bar.update(advance)
 
 
 def _diverged(loss: float, initial: float, factor: float) -> str:
