@@ -74,7 +74,7 @@ class AdaptResult:
             "base_coefficients": self.base_card.get("coefficients"),
             "method": self.method.describe(),
             "trainable_parameters": self.trainable,
-            "steps": len(self.history.records),
+            "steps": self.history.steps,
             "evaluations": self.history.evaluations,
             "wall_time_s": round(self.history.wall_time, 3),
             "base_error": self.base_error,

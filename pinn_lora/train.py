@@ -84,6 +84,7 @@ class History:
     message: str = ""
     wall_time: float = 0.0
     evaluations: int = 0
+    steps: int = 0  # method steps + L-BFGS iterations taken
 
     def last(self, key: str) -> Any:
         for rec in reversed(self.records):
@@ -167,6 +168,7 @@ class Trainer:
                 if self._check(loss, current, step):
                     self._finish_diverged(rec, bar)
                     return hist
+                hist.steps += 1
                 if self.after_step is not None:
                     self.after_step(step, self.model, self.dynamics)
                 if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
@@ -250,6 +252,7 @@ class Trainer:
                 self._finish_diverged(rec, bar)
                 return
             before, done = done, done + n
+            self.history.steps += n
             if done // cfg.eval_every > before // cfg.eval_every or done == cfg.lbfgs_steps:
                 rec["rel_l2"] = self.evaluate()
             self._emit(rec, bar, advance=n)
