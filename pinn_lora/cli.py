@@ -28,17 +28,38 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise SystemExit(code)
 
 
-def check_group_overrides(argv: list[str], groups: tuple[str, ...]) -> None:
-    """Unknown ``problem=``/``method=`` values: one line with the valid names."""
+def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name: str = "adapt") -> None:
+    """Before Hydra sees them: unknown ``problem=``/``method=`` names, and keys that
+    no selected config has (``method.rnk=3``), each as one line with the valid names."""
+    import yaml
+
+    root = Path(config_dir())
+    top = yaml.safe_load((root / f"{config_name}.yaml").read_text())
+    chosen = {g: [d[g] for d in top.get("defaults", []) if isinstance(d, dict) and g in d] for g in groups}
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
-        if not sep or key not in groups:
+        if sep and key in groups:
+            valid = group_options(key)
+            names = [name.strip() for name in value.split(",")]
+            for name in names:
+                if name not in valid:
+                    fail(f"unknown {key} {name!r}; valid {key}s: {', '.join(valid)}")
+            chosen[key] = names
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if not sep or arg.startswith(("+", "~", "-")) or key.startswith("hydra."):
             continue
-        valid = group_options(key)
-        for name in value.split(","):
-            if name.strip() not in valid:
-                fail(f"unknown {key} {name.strip()!r}; valid {key}s: {', '.join(valid)}")
+        head, _, rest = key.partition(".")
+        if head in groups and rest:
+            for name in chosen[head]:
+                options = yaml.safe_load((root / head / f"{name}.yaml").read_text()) or {}
+                if rest.split(".")[0] not in options:
+                    fail(f"unknown key {key!r} for {head} {name}; its keys: "
+                         f"{', '.join(k for k in options if k != 'name')}")
+        elif head not in groups and head not in top:
+            fail(f"unknown key {key!r}; top-level keys: "
+                 f"{', '.join(k for k in top if k not in ('defaults', 'hydra'))}")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -118,7 +118,7 @@ def main() -> None:
 
     from pinn_lora.cli import check_group_overrides, config_dir
 
-    check_group_overrides(sys.argv[1:], ("problem",))
+    check_group_overrides(sys.argv[1:], ("problem",), "pretrain")
     hydra.main(config_path=config_dir(), config_name="pretrain", version_base="1.3")(_task)()
 
 

@@ -56,6 +56,9 @@ def test_adapt_end_to_end(tmp_path):
     (["steps=abc"], "steps='abc' must be an integer"),
     (["method=lora", "method.targets=5", "steps=1"], "targets=5 must be one of all, hidden, output or a list"),
     (["device=5", "steps=1"], "device=5 must be a string"),
+    (["method=lora", "method.rnk=3"], "unknown key 'method.rnk' for method lora; its keys: rank, alpha"),
+    (["-m", "method=lora,odelora", "method.scheme=rk4"], "unknown key 'method.scheme' for method lora"),
+    (["stepz=3"], "unknown key 'stepz'; top-level keys: seed, device"),
     (["problem=helmholtz", "problem.modes=5", "steps=1"], "modes=5; give a list of pairs"),
     (["problem.nu=true", "steps=1"], "nu=True is not a number"),
 ])
