@@ -144,27 +144,32 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
           eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
           checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
-          monitors: Sequence[Monitor] = (), **method_options: Any) -> AdaptResult:
+          monitors: Sequence[Monitor] = (), recommended: Mapping[str, Any] | None = None,
+          **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
     ``base`` is a shipped name ("burgers"), a path to a saved base, or a
     (network, card) pair. ``steps``, ``n_points``, ``lbfgs_steps`` and method
-    options left out take the problem's recommendations (as on the command
-    line). Returns an :class:`AdaptResult`; with ``run_dir`` the metrics,
+    options left out take the problem's recommendations: ``recommended`` (the
+    ``adapt`` section of a problem config), by default read from
+    ``configs/problem/<name>.yaml``. Returns an :class:`AdaptResult`; with ``run_dir`` the metrics,
     adapter, card, summary and plots are written there."""
     if run_dir is not None and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "summary.json")):
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another (out=...) so it is not "
                           "overwritten")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
-    rec = recommendations(problem.name)
+    rec = recommendations(problem.name) if recommended is None else recommended
     steps = rec.get("steps", 1000) if steps is None else steps
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     lbfgs_steps = rec.get("lbfgs_steps", 0) if lbfgs_steps is None else lbfgs_steps
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
-    if not isinstance(method, Method):
-        method = get_method(method, **{**(rec.get("method") or {}).get(method, {}), **method_options})
-    meth = method
+    check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1),
+                "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0)})
+    if isinstance(method, Method):
+        meth = method
+    else:
+        meth = get_method(method, **{**((rec.get("method") or {}).get(method) or {}), **method_options})
     train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
                             seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
                             sampler=sampler, lbfgs_steps=lbfgs_steps)
@@ -216,22 +221,6 @@ def problem_from_config(pcfg: Mapping[str, Any], job: str = "adapt") -> Any:
     return cls(**extra, **{**defaults, **given})
 
 
-def method_options(mcfg: Mapping[str, Any], pcfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Method options: the method group's values; those left null take the
-    problem's recommendation (``adapt.method.<name>`` in its config), else the
-    method's own default."""
-    recommended = ((pcfg.get("adapt") or {}).get("method") or {}).get(mcfg["name"]) or {}
-    opts = {}
-    for key, value in mcfg.items():
-        if key == "name":
-            continue
-        if value is None:
-            value = recommended.get(key)
-        if value is not None:
-            opts[key] = value
-    return opts
-
-
 def check_ints(values: Mapping[str, tuple[Any, int]]) -> None:
     """Each value must be an integer >= its lower bound (a ConfigError naming the key otherwise)."""
     for key, (val, low) in values.items():
@@ -246,23 +235,16 @@ def check_strings(cfg: Mapping[str, Any], keys: Sequence[str]) -> None:
 
 
 def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult:
-    """Run one adaptation from a composed (plain dict) config."""
+    """Run one adaptation from a composed (plain dict) config; values left null
+    take the problem config's ``adapt`` recommendations."""
     check_strings(cfg, ("device", "dtype", "base", "sampler"))
     pcfg, mcfg = cfg["problem"], cfg["method"]
     problem = problem_from_config(pcfg, "adapt")
-    defaults = pcfg.get("adapt") or {}
-    def pick(key: str, fallback: Any) -> Any:  # the run's value, else the problem's recommendation
-        return cfg.get(key) if cfg.get(key) is not None else defaults.get(key, fallback)
-
-    steps, n_points, lbfgs = pick("steps", 1000), pick("n_points", 2000), pick("lbfgs_steps", 0)
-    check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (cfg.get("eval_every", 100), 1),
-                "lbfgs_steps": (lbfgs, 0), "checkpoint_every": (cfg.get("checkpoint_every", 500), 0),
-                "seed": (cfg.get("seed", 0), 0)})
-    base = cfg.get("base") or problem.name
-    return adapt(base, problem, mcfg["name"], steps=steps, n_points=n_points,
-                 resample_every=defaults.get("resample_every"), eval_every=cfg.get("eval_every", 100),
-                 seed=cfg.get("seed", 0), device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
-                 run_dir=run_dir, progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
-                 sampler=cfg.get("sampler", "pseudo"), lbfgs_steps=lbfgs,
-                 checkpoint_every=cfg.get("checkpoint_every", 500),
-                 **method_options(mcfg, pcfg))
+    options = {k: v for k, v in mcfg.items() if k != "name" and v is not None}
+    return adapt(cfg.get("base") or problem.name, problem, mcfg["name"], steps=cfg.get("steps"),
+                 n_points=cfg.get("n_points"), lbfgs_steps=cfg.get("lbfgs_steps"),
+                 eval_every=cfg.get("eval_every", 100), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
+                 dtype=cfg.get("dtype", "float64"), run_dir=run_dir, progress=bool(cfg.get("progress", True)),
+                 plots=bool(cfg.get("plots", True)), sampler=cfg.get("sampler", "pseudo"),
+                 checkpoint_every=cfg.get("checkpoint_every", 500), recommended=pcfg.get("adapt") or {},
+                 **options)

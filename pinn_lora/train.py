@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -301,6 +301,3 @@ def _progress(total: int, enabled: bool):
 
     return tqdm(total=total, desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
 
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)

@@ -25,6 +25,19 @@ def _setup(problem_name, method_name, **opts):
     return prob, base, model, method, pts
 
 
+def _closure(prob, model, pts, calls=None):
+    """A dynamics closure: zero the gradients, residual loss on ``pts``, backward (counted in ``calls``)."""
+    def closure():
+        if calls is not None:
+            calls.append(1)
+        for p in model.parameters():
+            p.grad = None
+        loss = sum(residual_losses(prob, model, pts).values())
+        loss.backward()
+        return loss.detach()
+    return closure
+
+
 @pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("method", ["full", "lora", "odelora"])
 def test_starts_at_base_output(problem, method):
@@ -79,12 +92,7 @@ def test_a_residual_step_changes_the_loss(problem, method):
     prob, _, model, meth, pts = _setup(problem, method)
     dyn = meth.dynamics(model)
 
-    def closure():
-        for p in model.parameters():
-            p.grad = None
-        loss = sum(residual_losses(prob, model, pts).values())
-        loss.backward()
-        return loss.detach()
+    closure = _closure(prob, model, pts)
 
     before = float(closure())
     for _ in range(3):
@@ -135,13 +143,7 @@ def test_odelora_steps_end_balanced_with_rebalance(scheme):
     dyn = meth.dynamics(model)
     evals = []
 
-    def closure():
-        evals.append(1)
-        for p in model.parameters():
-            p.grad = None
-        loss = sum(residual_losses(prob, model, pts).values())
-        loss.backward()
-        return loss.detach()
+    closure = _closure(prob, model, pts, calls=evals)
 
     dyn.step(closure)
     assert len(evals) == dyn.evaluations_per_step == {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}[scheme]
@@ -167,12 +169,7 @@ def test_odelora_euler_step_moves_w_by_projected_gradient(precondition):
                              lambda m: sum(residual_losses(prob, m, pts).values()))
     dyn = meth.dynamics(model)
 
-    def closure():
-        for p in model.parameters():
-            p.grad = None
-        loss = sum(residual_losses(prob, model, pts).values())
-        loss.backward()
-        return loss.detach()
+    closure = _closure(prob, model, pts)
 
     dyn.step(closure)
     for lay, w0, (b, a), g in zip(layers, w_before, factors, grads):

@@ -28,12 +28,11 @@ class Dynamics:
     and returns the loss) as often as the rule needs and updates the tensors;
     it returns the loss at the start of the step."""
 
-    base_lr: float
-    schedule: str = "constant"
-    final_ratio: float = 1.0
     evaluations_per_step: int = 1
 
-    def __init__(self) -> None:
+    def __init__(self, lr: float, schedule: str = "constant", final_ratio: float = 1.0) -> None:
+        lr_factor(schedule, 0.0, final_ratio)  # validates the schedule's name
+        self.base_lr, self.schedule, self.final_ratio = float(lr), schedule, float(final_ratio)
         self.progress = 0.0
 
     @property
@@ -63,11 +62,9 @@ class GradientDynamics(Dynamics):
 
     def __init__(self, params: Iterable[Any], lr: float, optimizer: str = "adam", schedule: str = "constant",
                  final_ratio: float = 0.1, **options: Any) -> None:
-        super().__init__()
+        super().__init__(lr, schedule, final_ratio)
         if optimizer not in self.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(self.OPTIMIZERS)}")
-        lr_factor(schedule, 0.0, final_ratio)  # validates the name
-        self.base_lr, self.schedule, self.final_ratio = float(lr), schedule, float(final_ratio)
         self._cls, self._options = self.OPTIMIZERS[optimizer], options
         self.param_groups = [g if isinstance(g, dict) else {"params": [g]} for g in params]
         self.param_groups = _merge_plain_groups(self.param_groups)

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from pinn_lora.adapters.lora import LoRALinear
-from pinn_lora.dynamics.base import Closure, Dynamics, lr_factor
+from pinn_lora.dynamics.base import Closure, Dynamics
 from pinn_lora.dynamics.runge_kutta import get_tableau, rk_step
 
 INITS = ("gradient", "random", "pissa")
@@ -119,17 +119,15 @@ class ODELoRADynamics(Dynamics):
     def __init__(self, layers: Sequence[LoRALinear], lr: float, scheme: str = "euler", damping: float = 1e-8,
                  rebalance: bool = True, schedule: str = "constant", final_ratio: float = 0.1,
                  precondition: str = "none", beta2: float = 0.999, eps: float = 1e-8) -> None:
-        super().__init__()
         if not layers:
             raise ValueError("odelora: no adapted layers")
         if not lr > 0:
             raise ValueError(f"odelora: lr (the time step h) must be > 0, got {lr!r}")
         if damping < 0:
             raise ValueError(f"odelora: damping must be >= 0, got {damping!r}")
-        lr_factor(schedule, 0.0, final_ratio)
+        super().__init__(lr, schedule, final_ratio)
         self.layers = list(layers)
         self.tableau = get_tableau(scheme)
-        self.base_lr, self.schedule, self.final_ratio = float(lr), schedule, float(final_ratio)
         self.damping, self.rebalance = float(damping), bool(rebalance)
         self.evaluations_per_step = self.tableau.stages
         if precondition not in PRECONDITIONERS:
