@@ -15,8 +15,11 @@ import torch
 from torch import nn
 
 from pinn_lora.adapters import LoRALinear, adapter_layers, attach_adapters
-from pinn_lora.adapters.base import resolve_targets
+from pinn_lora.adapters.base import AdapterLinear, resolve_targets
+from pinn_lora.adapters.dora import DoRALinear
 from pinn_lora.adapters.lora import layer_rank
+from pinn_lora.adapters.odlora import ODLoRALinear
+from pinn_lora.adapters.selector import PaCALinear, SelectorLinear, n_windows, selector_rank, window
 from pinn_lora.dynamics import Dynamics, GradientDynamics
 from pinn_lora.dynamics.base import SCHEDULES
 from pinn_lora.dynamics.odelora import INITS, PRECONDITIONERS, ODELoRADynamics, balanced_factors
@@ -149,11 +152,185 @@ class LoRA(Method):
             raise MethodOptionError(f"method {self.name}: rank={self.rank} is larger than any adapted layer "
                                     f"allows (at most {limit}; each layer uses min(rank, out, in))")
 
+    def scale(self) -> float:
+        """s in ΔW = s·B·A: α/r (LoRA's)."""
+        return self.alpha / self.rank
+
+    def make_layer(self, lin: nn.Linear, gen: torch.Generator) -> AdapterLinear:
+        return LoRALinear(lin, self.rank, self.alpha, generator=gen, scale=self.scale())
+
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         self.check_rank(net)
-        gen = torch.Generator().manual_seed(ctx.seed)
-        return attach_adapters(net, lambda i, lin: LoRALinear(lin, self.rank, self.alpha, generator=gen),
-                               self.targets)
+        self.generator = torch.Generator().manual_seed(ctx.seed)
+        return attach_adapters(net, lambda i, lin: self.make_layer(lin, self.generator), self.targets)
+
+
+class RSLoRA(LoRA):
+    name = "rslora"
+    summary = "rank-stabilised LoRA (Kalajdzievski 2023, arXiv 2312.03732): scale alpha/sqrt(r) instead of alpha/r"
+
+    def scale(self) -> float:
+        return self.alpha / math.sqrt(self.rank)
+
+
+class LoRAPlus(LoRA):
+    name = "loraplus"
+    summary = "LoRA+ (Hayou, Ghosh & Yu 2024, arXiv 2402.12354): learning rate of B = lr_ratio x that of A"
+    defaults = {**LoRA.defaults, "lr_ratio": 16.0}
+    positive = LoRA.positive + ("lr_ratio",)
+
+    def dynamics(self, model: nn.Module) -> Dynamics:
+        groups = {"B": [], "other": []}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups["B" if name.endswith("lora_B") else "other"].append(p)
+        return GradientDynamics([{"params": groups["B"], "lr_mult": self.lr_ratio}, {"params": groups["other"]}],
+                                lr=self.lr, schedule=self.schedule, final_ratio=self.final_ratio)
+
+
+class PiSSA(LoRA):
+    name = "pissa"
+    summary = ("PiSSA (Meng, Wang & Zhang 2024, arXiv 2404.02948): B, A from W0's top-r SVD "
+               "(s·B·A = U_r S_r V_rᵀ), the residual kept frozen, Adam")
+
+    def make_layer(self, lin: nn.Linear, gen: torch.Generator) -> AdapterLinear:
+        r = layer_rank(self.rank, lin)
+        factors = balanced_factors("pissa", lin.weight.detach(), None, r, self.scale(), 1.0, gen)
+        return LoRALinear(lin, self.rank, self.alpha, factors=factors, scale=self.scale())
+
+
+class DoRA(LoRA):
+    name = "dora"
+    summary = ("DoRA (Liu et al. 2024, arXiv 2402.09353): W = m * (W0 + sBA)/||W0 + sBA|| per output unit, "
+               "trainable magnitude m and LoRA direction")
+
+    def make_layer(self, lin: nn.Linear, gen: torch.Generator) -> AdapterLinear:
+        return DoRALinear(lin, self.rank, self.alpha, generator=gen, scale=self.scale())
+
+
+class AsymLoRA(LoRA):
+    name = "asymlora"
+    summary = ("Asym-LoRA (Zhu et al. 2024, arXiv 2402.16842): A frozen at its random (Kaiming-uniform) init, "
+               "only B trained")
+
+    def make_layer(self, lin: nn.Linear, gen: torch.Generator) -> AdapterLinear:
+        return LoRALinear(lin, self.rank, self.alpha, generator=gen, scale=self.scale(), train_a=False)
+
+
+class Chained:
+    """Mixin of the chained methods: every ``chain_every`` steps each adapted layer
+    takes its chain step (merge into W0 and restart), then the optimiser's
+    moments are reset. The network's function is unchanged by a chain step."""
+
+    def chain_step(self, index: int, layer: AdapterLinear) -> None:
+        layer.restart(self.generator)
+
+    def after_step(self, step: int, model: nn.Module, dynamics: Dynamics) -> None:
+        if (step + 1) % self.chain_every == 0:
+            for i, lay in adapter_layers(model):
+                self.chain_step(i, lay)
+            dynamics.reset_state()
+
+
+CHAIN_DEFAULTS = {"chain_every": 100}
+
+
+class CoLA(Chained, LoRA):
+    name = "cola"
+    summary = ("CoLA, chain of LoRA (Xia, Qin & Hazan 2024, arXiv 2401.04151): every chain_every steps merge "
+               "s·B·A into W0, restart from B = 0 and a fresh A, reset Adam")
+    defaults = {**LoRA.defaults, **CHAIN_DEFAULTS}
+    positive = LoRA.positive + ("chain_every",)
+
+
+class RAC(Chained, AsymLoRA):
+    name = "rac"
+    summary = ("RAC, chained Asym-LoRA (Cadenhead et al. 2026, arXiv 2606.13767): Asym-LoRA that every "
+               "chain_every steps merges, draws a new frozen A, zeroes B and resets Adam")
+    defaults = {**LoRA.defaults, **CHAIN_DEFAULTS}
+    positive = LoRA.positive + ("chain_every",)
+
+
+class CLA(LoRA):
+    name = "cla"
+    summary = ("cLA (Cadenhead et al. 2026, arXiv 2606.13767): A a fixed 0/1 selector of the first r input "
+               "columns (applied as a gather), only B trained")
+
+    def check_rank(self, net: nn.Module) -> None:
+        pass  # a selector is clipped to each layer's input width; any rank >= 1 is valid
+
+    def first_columns(self, index: int, lin: nn.Linear) -> torch.Tensor:
+        return torch.arange(selector_rank(self.rank, lin))
+
+    def make_layer_at(self, index: int, lin: nn.Linear) -> AdapterLinear:
+        return SelectorLinear(lin, self.rank, self.scale(), self.first_columns(index, lin))
+
+    def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
+        self.generator = torch.Generator().manual_seed(ctx.seed)
+        return attach_adapters(net, self.make_layer_at, self.targets)
+
+
+class RandomCLA(CLA):
+    name = "rcla"
+    summary = "random cLA (Cadenhead et al. 2026): the r selected input columns are a random subset drawn once"
+
+    def first_columns(self, index: int, lin: nn.Linear) -> torch.Tensor:
+        r = selector_rank(self.rank, lin)
+        return torch.randperm(lin.in_features, generator=self.generator)[:r].sort().values
+
+
+class C3LA(Chained, CLA):
+    name = "c3la"
+    summary = ("c³LA, chained cLA (Cadenhead et al. 2026): every chain_every steps merge s·B into W0, shift the "
+               "selector window by r columns (wrapping), zero B, reset Adam")
+    defaults = {**LoRA.defaults, **CHAIN_DEFAULTS}
+    positive = LoRA.positive + ("chain_every",)
+
+    def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
+        self.visits: dict[int, int] = {}  # layer index -> chain steps taken
+        return super().attach(net, ctx)
+
+    def window_index(self, index: int, visit: int, n_win: int) -> int:
+        """The window a layer uses after ``visit`` chain steps: shifted by r columns per
+        visit (``window`` wraps the columns around mod n)."""
+        return visit
+
+    def first_columns(self, index: int, lin: nn.Linear) -> torch.Tensor:
+        r = selector_rank(self.rank, lin)
+        return window(self.window_index(index, 0, n_windows(r, lin.in_features)), r, lin.in_features)
+
+    def chain_step(self, index: int, layer: AdapterLinear) -> None:
+        visit = self.visits[index] = self.visits.get(index, 0) + 1
+        n_win = n_windows(layer.rank, layer.in_features)
+        layer.move_to(window(self.window_index(index, visit, n_win), layer.rank, layer.in_features))
+
+
+class RandomC3LA(C3LA):
+    name = "rc3la"
+    summary = ("random c³LA (Cadenhead et al. 2026): c³LA visiting the windows in a random order without "
+               "replacement (a new order each cycle)")
+
+    def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
+        self.orders: dict[int, list[int]] = {}  # layer index -> window order of each cycle so far
+        return super().attach(net, ctx)
+
+    def window_index(self, index: int, visit: int, n_win: int) -> int:
+        order = self.orders.setdefault(index, [])
+        while len(order) <= visit:
+            order.extend(torch.randperm(n_win, generator=self.generator).tolist())
+        return order[visit]
+
+
+class PaCA(CLA):
+    name = "paca"
+    summary = ("PaCA, partial connection adaptation (Woo et al. 2025, arXiv 2503.01905): a fixed random set "
+               "of r input columns of W0 trained directly")
+    defaults = {k: v for k, v in LoRA.defaults.items() if k != "alpha"}
+    positive = tuple(k for k in LoRA.positive if k != "alpha")
+
+    def make_layer_at(self, index: int, lin: nn.Linear) -> AdapterLinear:
+        r = selector_rank(self.rank, lin)
+        return PaCALinear(lin, self.rank, torch.randperm(lin.in_features, generator=self.generator)[:r].sort().values)
 
 
 class ODELoRA(LoRA):
@@ -184,6 +361,90 @@ class ODELoRA(LoRA):
         return ODELoRADynamics(layers, lr=self.lr, scheme=self.scheme, damping=self.damping,
                                rebalance=self.rebalance, schedule=self.schedule, final_ratio=self.final_ratio,
                                precondition=self.precondition)
+
+
+class ODLoRA(LoRA):
+    """OD-LoRA (ICLR 2026 submission 3878; same idea as SDS-LoRA, arXiv 2606.16454).
+
+    ``warmup`` steps of plain LoRA, then a function-preserving split into
+    ΔW = s·(Q_B A + B Q_Aᵀ) with orthonormal bases, whose factor gradients are
+    the projections s·Q_Bᵀ G and s·G Q_A (see :mod:`pinn_lora.adapters.odlora`).
+    The bases are refreshed after ``refresh_every`` more steps, then at intervals
+    growing by ``refresh_growth`` (a schedule that gets sparser over training;
+    ``refresh_every: 0`` never refreshes). Trained with Adam (the base dynamics).
+
+    The optimiser moments are reset after the split and after every refresh:
+    both re-express A and B in new coordinates (rotated, rescaled bases), so
+    the old first/second moments would point in meaningless directions.
+
+    ``warmup: 0`` splits at attach time. B = 0 then, so the core is zero:
+    Q_A comes from A's (Kaiming) row space, Q_B is a random orthonormal basis
+    (seeded), and A = B = 0; training starts from the projections directly
+    (they do not depend on the factors, so the zero start is not a saddle).
+    """
+
+    name = "odlora"
+    summary = ("OD-LoRA (ICLR 2026 sub. 3878 / SDS-LoRA): LoRA warm-up, then W0 + s(Q_B A + B Q_A^T) with "
+               "orthonormal bases refreshed on a growing schedule, Adam")
+    defaults = {**LoRA.defaults, "warmup": 10, "refresh_every": 100, "refresh_growth": 2.0}
+
+    def _check(self, key: str, value: Any) -> Any:
+        value = super()._check(key, value)
+        if key in ("warmup", "refresh_every") and value < 0:
+            raise MethodOptionError(f"method {self.name}: option {key}={value!r} must be >= 0")
+        if key == "refresh_growth" and not value >= 1:
+            raise MethodOptionError(f"method {self.name}: option {key}={value!r} must be >= 1")
+        return value
+
+    def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
+        self.check_rank(net)
+        gen = torch.Generator().manual_seed(ctx.seed)
+        model = attach_adapters(net, lambda i, lin: ODLoRALinear(lin, self.rank, self.alpha, generator=gen),
+                                self.targets)
+        if self.warmup == 0:
+            self._split(model)
+        return model
+
+    def refresh_steps(self, until: int) -> list[int]:
+        """Step counts (steps completed) ≤ ``until`` after which the bases are refreshed:
+        warmup + refresh_every, then intervals refresh_every·growth^k (rounded, ≥ 1)."""
+        out, t, k = [], self.warmup, 0
+        if self.refresh_every == 0:
+            return out
+        while True:
+            gap = self.refresh_every * self.refresh_growth**k
+            if not gap < 2**62:  # grown past any run length
+                return out
+            t += max(1, round(gap))
+            if t > until:
+                return out
+            out.append(t)
+            k += 1
+
+    def _is_refresh(self, t: int) -> bool:
+        cache = self.__dict__.setdefault("_refresh_cache", (0, frozenset()))
+        if t > cache[0]:  # extend the cached schedule geometrically (O(log) work per run)
+            until = max(t, 2 * cache[0])
+            cache = (until, frozenset(self.refresh_steps(until)))
+            self.__dict__["_refresh_cache"] = cache
+        return t in cache[1]
+
+    @staticmethod
+    def _split(model: nn.Module) -> None:
+        for _, lay in adapter_layers(model):
+            if not lay.split_done:
+                lay.split()
+
+    def after_step(self, step: int, model: nn.Module, dynamics: Dynamics) -> None:
+        t = step + 1  # steps completed
+        if t == self.warmup:
+            self._split(model)
+            dynamics.reset_state()
+        elif t > self.warmup and self._is_refresh(t):
+            self._split(model)  # no-op unless a layer missed its split
+            for _, lay in adapter_layers(model):
+                lay.refresh()
+            dynamics.reset_state()
 
 
 def weight_gradients(net: nn.Module, indices: list[int], loss_fn: Callable[[nn.Module], torch.Tensor]

@@ -190,7 +190,12 @@ class Trainer:
     # -- divergence: the loss of a step is measured at the parameters *before* it, so each
     # -- step's result is verified by the next loss; the last one by one extra evaluation.
     def _snapshot(self) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in self.params]  # tiny networks: a copy costs microseconds
+        # parameters and buffers: chained methods merge into frozen weights and move selectors
+        # (tiny networks: a copy costs microseconds)
+        return [t.detach().clone() for t in self._state_tensors()]
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        return self.params + [b for b in self.model.buffers()]
 
     def _check(self, loss: float, current: list[torch.Tensor], step: int) -> bool:
         """Accept ``current`` (whose loss is ``loss``) as good, or restore the last good state."""
@@ -200,8 +205,8 @@ class Trainer:
             self._good = current
             return False
         with torch.no_grad():
-            for p, g in zip(self.params, self._good if self._good is not None else current):
-                p.copy_(g)
+            for t, g in zip(self._state_tensors(), self._good if self._good is not None else current):
+                t.copy_(g)
         self.history.status = "diverged"
         self.history.message = f"{bad} at step {step}; kept the last state with a good loss"
         return True
@@ -268,6 +273,7 @@ class Trainer:
 
         state = dict(self.model.state_dict())
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        names += [n for n, _ in self.model.named_buffers()]
         state.update(zip(names, self._good))
         save_tensors(self.checkpoint_path, state,
                      metadata={"step": str(step), "evaluations": str(self.history.evaluations)})

@@ -11,7 +11,10 @@ from pinn_lora.registry import METHODS, UnknownNameError, get_problem
 from pinn_lora.train import residual_losses
 
 PROBLEMS = ["burgers", "allen_cahn", "helmholtz"]
-METHOD_NAMES = ["scratch", "full", "lora", "odelora"]
+ISSUE_METHODS = ["scratch", "full", "lora", "odelora", "odlora", "cla", "rcla", "c3la", "rc3la", "rslora", "loraplus",
+                 "dora", "pissa", "riemannian", "cola", "asymlora", "rac", "paca"]
+METHOD_NAMES = sorted(METHODS.names())  # every registered method, the built-in ones included
+ADAPTERS = [m for m in METHOD_NAMES if m not in ("scratch", "full")]
 
 
 def _setup(problem_name, method_name, **opts):
@@ -38,8 +41,12 @@ def _closure(prob, model, pts, calls=None):
     return closure
 
 
+def test_every_method_of_the_issue_is_registered():
+    assert set(ISSUE_METHODS) <= set(METHOD_NAMES)
+
+
 @pytest.mark.parametrize("problem", PROBLEMS)
-@pytest.mark.parametrize("method", ["full", "lora", "odelora"])
+@pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m != "scratch"])
 def test_starts_at_base_output(problem, method):
     _, base, model, _, pts = _setup(problem, method)
     assert torch.allclose(model(pts), base(pts), atol=1e-12, rtol=0)
@@ -51,12 +58,12 @@ def test_odelora_every_init_starts_at_base(init):
     assert torch.allclose(model(pts), base(pts), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["lora", "odelora"])
+@pytest.mark.parametrize("method", ADAPTERS)
 def test_merge_equals_unmerged(method):
     _, _, model, _, pts = _setup("burgers", method)
     with torch.no_grad():  # move away from the start so the merge has something to merge
-        for _, lay in adapter_layers(model):
-            for p in lay.factors():
+        for p in model.parameters():
+            if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     before = model(pts)
     merged = merge_adapters(copy.deepcopy(model))
@@ -64,12 +71,28 @@ def test_merge_equals_unmerged(method):
     assert torch.allclose(merged(pts), before, atol=1e-12, rtol=0)
 
 
+LORA_2 = 2 * (2 + 8) + 2 * (8 + 8) + 1 * (8 + 1)  # rank 2 on 2->8, 8->8, and clipped to 1 on 8->1
+B_ONLY_2 = 8 * 2 + 8 * 2 + 1 * 1  # only B (out x r)
+SELECT_2 = 8 * 2 + 8 * 2 + 1 * 2  # out x r, r clipped to the input width only (2 on the first layer)
+COUNTS = {"lora": LORA_2, "rslora": LORA_2, "loraplus": LORA_2, "pissa": LORA_2, "cola": LORA_2, "odelora": LORA_2,
+          "riemannian": LORA_2, "odlora": LORA_2, "dora": LORA_2 + 8 + 8 + 1, "asymlora": B_ONLY_2, "rac": B_ONLY_2,
+          "cla": SELECT_2, "rcla": SELECT_2, "c3la": SELECT_2, "rc3la": SELECT_2, "paca": SELECT_2}
+
+
+@pytest.mark.parametrize("method", ADAPTERS)
+def test_trainable_parameter_count(method):
+    if method not in COUNTS:
+        pytest.skip(f"{method} is a third-party method without a known count")
+    _, _, model, _, _ = _setup("burgers", method, rank=2)
+    assert trainable_parameters(model) == COUNTS[method]
+
+
 @pytest.mark.parametrize("method,rank,targets,expected", [
-    ("lora", 2, "all", 2 * (2 + 8) + 2 * (8 + 8) + 1 * (8 + 1)),  # rank clipped to 1 on the 8 -> 1 layer
     ("lora", 1, "hidden", (2 + 8) + (8 + 8)),
     ("odelora", 3, [1], 3 * (8 + 8)),
+    ("cla", 3, "output", 1 * 3),
 ])
-def test_trainable_parameter_count(method, rank, targets, expected):
+def test_trainable_parameter_count_with_targets(method, rank, targets, expected):
     _, _, model, _, _ = _setup("burgers", method, rank=rank, targets=targets)
     assert trainable_parameters(model) == expected
 
@@ -117,9 +140,8 @@ def test_bad_options_are_clear():
         get_method("odelora", scheme="rk5")
     with pytest.raises(MethodOptionError, match="rank=9 is larger"):
         _setup("burgers", "lora", rank=9)
-    with pytest.raises(UnknownNameError, match="valid methods: full, lora, odelora, scratch"):
+    with pytest.raises(UnknownNameError, match="valid methods: .*full, lora, loraplus, odelora"):
         get_method("loraa")
-    assert set(METHOD_NAMES) <= set(METHODS.names())
 
 
 def test_lbfgs_finish_reduces_the_loss():

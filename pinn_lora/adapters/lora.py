@@ -27,23 +27,40 @@ def layer_rank(rank: int, base: nn.Linear) -> int:
 
 class LoRALinear(AdapterLinear):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, *, generator: torch.Generator | None = None,
-                 factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 factors: tuple[torch.Tensor, torch.Tensor] | None = None, scale: float | None = None,
+                 train_a: bool = True) -> None:
         super().__init__(base)
         self.rank = layer_rank(rank, base)
-        self.scale = float(alpha) / int(rank)
+        self.scale = float(alpha) / int(rank) if scale is None else float(scale)
         like = dict(dtype=self.weight0.dtype, device=self.weight0.device)
         if factors is None:
-            bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEFT
-            a = (torch.rand(self.rank, self.in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-            b = torch.zeros(self.out_features, self.rank, dtype=torch.float64)
+            b, a = self.kaiming_factors(generator)
         else:
             b, a = factors
             with torch.no_grad():
                 self.weight0 -= self.scale * (b.to(**like) @ a.to(**like))
         self.lora_B = nn.Parameter(b.to(**like).clone())
-        self.lora_A = nn.Parameter(a.to(**like).clone())
+        if train_a:
+            self.lora_A = nn.Parameter(a.to(**like).clone())
+        else:  # a buffer, not a frozen parameter: DeepXDE's requires_grad_() would unfreeze it
+            self.register_buffer("lora_A", a.to(**like).clone())
         self.capture_weight_grad = False  # set by dynamics that need G = dL/dW itself
         self.weight_grad: torch.Tensor | None = None
+
+    def kaiming_factors(self, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """LoRA's start: B = 0, A Kaiming-uniform (as nn.Linear and PEFT: bound 1/sqrt(in))."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        a = (torch.rand(self.rank, self.in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        return torch.zeros(self.out_features, self.rank, dtype=torch.float64), a
+
+    @torch.no_grad()
+    def restart(self, generator: torch.Generator | None) -> None:
+        """Merge s·B·A into the frozen weight and start again from B = 0 and a fresh A
+        (chained methods: CoLA, RAC). The layer's function is unchanged."""
+        self.weight0 += self.delta_weight()
+        b, a = self.kaiming_factors(generator)
+        self.lora_B.copy_(b)
+        self.lora_A.copy_(a)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_B, self.lora_A
