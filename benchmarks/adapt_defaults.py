@@ -44,10 +44,11 @@ def main() -> None:
             if "error_after_method_steps" in s:  # before the L-BFGS finish
                 results["runs"][f"{prob}/{meth}"]["error_after_method_steps"] = s["error_after_method_steps"]
             print(res.summary_line(), flush=True)
-    results.update({"device": device_name(torch.device("cpu")), "torch": torch.__version__,
-                    "machine": platform.machine(), "note": "2-core CPU container, float64"})
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+            results.update({"device": device_name(torch.device("cpu")), "torch": torch.__version__,
+                            "machine": platform.machine(), "threads": torch.get_num_threads(),
+                            "note": "2-core CPU container, float64"})
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")  # after every run: a long sweep can resume
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pinn_lora.adapters.selector import PaCALinear, SelectorLinear, n_windows, s
 from pinn_lora.dynamics import Dynamics, GradientDynamics
 from pinn_lora.dynamics.base import SCHEDULES
 from pinn_lora.dynamics.odelora import INITS, PRECONDITIONERS, ODELoRADynamics, balanced_factors
+from pinn_lora.dynamics.riemannian import RiemannianDynamics
 from pinn_lora.dynamics.runge_kutta import TABLEAUS
 
 
@@ -336,11 +337,12 @@ class PaCA(CLA):
 class ODELoRA(LoRA):
     name = "odelora"
     summary = ("ODELoRA (Gao & Tan 2026): balanced factors follow the projected full-FT gradient flow, "
-               "integrated by a Runge–Kutta tableau (lr = time step h)")
+               "integrated by a Runge–Kutta tableau (lr = time step h; bs23/dopri5 adapt h to rtol/atol)")
     defaults = {**LoRA.defaults, "lr": 0.05, "schedule": "constant", "scheme": "euler", "damping": 1e-8,
-                "rebalance": True, "init": "gradient", "init_scale": 0.1, "precondition": "none"}
+                "rebalance": True, "init": "gradient", "init_scale": 0.1, "precondition": "none",
+                "rtol": 1e-3, "atol": 1e-6, "h_max_ratio": 10.0}
     choices = {**LoRA.choices, "scheme": tuple(TABLEAUS), "init": INITS, "precondition": PRECONDITIONERS}
-    positive = LoRA.positive + ("init_scale",)
+    positive = LoRA.positive + ("init_scale", "rtol", "atol", "h_max_ratio")
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         self.check_rank(net)
@@ -360,7 +362,25 @@ class ODELoRA(LoRA):
         layers = [lay for _, lay in adapter_layers(model)]
         return ODELoRADynamics(layers, lr=self.lr, scheme=self.scheme, damping=self.damping,
                                rebalance=self.rebalance, schedule=self.schedule, final_ratio=self.final_ratio,
-                               precondition=self.precondition)
+                               precondition=self.precondition, rtol=self.rtol, atol=self.atol,
+                               h_max=self.h_max_ratio * self.lr)
+
+
+class Riemannian(LoRA):
+    """LoRA's parameterisation and start (B = 0, A Kaiming-uniform) trained with the r×r
+    Riemannian (ScaledGD) preconditioner of Zhang & Pilanci 2024, :mod:`pinn_lora.dynamics.riemannian`."""
+
+    name = "riemannian"
+    summary = ("Riemannian-preconditioned LoRA (Zhang & Pilanci 2024, ScaledGD): gradients g_B (AAᵀ+λI)⁻¹ "
+               "and (BᵀB+λI)⁻¹ g_A, then Adam or SGD")
+    defaults = {**LoRA.defaults, "optimizer": "adam", "damping": 1e-6}
+    choices = {**LoRA.choices, "optimizer": tuple(RiemannianDynamics.OPTIMIZERS)}
+    positive = LoRA.positive + ("damping",)
+
+    def dynamics(self, model: nn.Module) -> Dynamics:
+        layers = [lay for _, lay in adapter_layers(model)]
+        return RiemannianDynamics(layers, lr=self.lr, optimizer=self.optimizer, damping=self.damping,
+                                  schedule=self.schedule, final_ratio=self.final_ratio)
 
 
 class ODLoRA(LoRA):
@@ -467,3 +487,19 @@ def get_method(name: str, **options: Any) -> Method:
     from pinn_lora.registry import METHODS
 
     return METHODS.get(name)(**options)
+
+
+def method_table() -> str:
+    """Every registered method with its one-line summary and options (``python -m pinn_lora.methods``)."""
+    from pinn_lora.registry import METHODS
+
+    lines = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        opts = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
+        lines += [f"{name:<11} {cls.summary}", f"{'':<11} options: {opts}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(method_table())

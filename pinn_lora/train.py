@@ -161,9 +161,9 @@ class Trainer:
                     points = self.points(cfg.n_points)
                 self.dynamics.set_progress(step / max(cfg.steps, 1))
                 stash: dict[str, Any] = {}
-                lr = self.dynamics.lr
                 current = self._snapshot()
                 loss = float(self.dynamics.step(self._closure(points, stash)))
+                lr = self.dynamics.lr  # after the step: an adaptive scheme reports the step size it took
                 rec = self._record(step, "train", loss, lr, stash)
                 if self._check(loss, current, step):
                     self._finish_diverged(rec, bar)

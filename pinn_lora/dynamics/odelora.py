@@ -18,6 +18,12 @@ This field alone does not keep BᵀB = AAᵀ (the symmetric gauge term of
 rebalance after each step (``rebalance=True``, the default), which returns the
 factors to BᵀB = AAᵀ without changing B·A. The weight trajectory is the same
 either way; with ``rebalance=False`` the factors drift off balance.
+
+With an embedded pair (``scheme="bs23"`` or ``"dopri5"``, beyond the paper)
+the step size adapts to the local error of the factor ODE: ``lr`` is the
+first step tried, ``rtol``/``atol`` set the error tolerance, steps may grow up
+to ``h_max`` (default ``10·lr``), and a step whose error is too large is
+retried from the same point with a smaller ``h`` (:mod:`~pinn_lora.dynamics.runge_kutta`).
 """
 from __future__ import annotations
 
@@ -27,7 +33,12 @@ import torch
 
 from pinn_lora.adapters.lora import LoRALinear
 from pinn_lora.dynamics.base import Closure, Dynamics
-from pinn_lora.dynamics.runge_kutta import get_tableau, rk_step
+from pinn_lora.dynamics.runge_kutta import (
+    StepController,
+    adaptive_step,
+    get_tableau,
+    rk_step,
+)
 
 INITS = ("gradient", "random", "pissa")
 PRECONDITIONERS = ("none", "rmsprop")
@@ -114,11 +125,25 @@ def balanced_factors(kind: str, weight0: torch.Tensor, grad: torch.Tensor | None
 
 class ODELoRADynamics(Dynamics):
     """Integrates the ODELoRA field with a Butcher tableau; all stages of a
-    step use the same collocation batch (the closure's)."""
+    step use the same collocation batch (the closure's), which is called once
+    per field evaluation.
+
+    Fixed-step schemes take one step of size ``lr`` (times the schedule) per
+    ``step``: ``stages`` evaluations. Embedded pairs (``tableau.adaptive``) take
+    one *accepted* step per ``step``, starting from the controller's proposal
+    (``lr`` at first, at most ``h_max``): ``1 + (stages − 1)·attempts``
+    evaluations, the first stage at the start being shared by the retries.
+    ``rtol``, ``atol``, ``h_max`` and ``max_rejections`` only matter for them;
+    the schedule must then be ``constant`` (the controller sets the step).
+    Counters: ``accepted``, ``rejected``, ``forced`` (steps accepted because
+    ``max_rejections`` was reached) and ``field_evaluations``; ``lr`` is the
+    last accepted step (``lr`` itself before the first), ``h_next`` the next
+    step to try."""
 
     def __init__(self, layers: Sequence[LoRALinear], lr: float, scheme: str = "euler", damping: float = 1e-8,
                  rebalance: bool = True, schedule: str = "constant", final_ratio: float = 0.1,
-                 precondition: str = "none", beta2: float = 0.999, eps: float = 1e-8) -> None:
+                 precondition: str = "none", beta2: float = 0.999, eps: float = 1e-8, rtol: float = 1e-3,
+                 atol: float = 1e-6, h_max: float | None = None, max_rejections: int = 10) -> None:
         if not layers:
             raise ValueError("odelora: no adapted layers")
         if not lr > 0:
@@ -138,6 +163,23 @@ class ODELoRADynamics(Dynamics):
         self.metric: list[torch.Tensor] = []
         for lay in self.layers:
             lay.capture_weight_grad = precondition != "none"
+        self.accepted = self.rejected = self.forced = self.field_evaluations = 0
+        self.controller: StepController | None = None
+        if self.tableau.adaptive:
+            if schedule != "constant":
+                raise ValueError(f"odelora: scheme {scheme} adapts the step itself; use schedule=constant, "
+                                 f"not {schedule!r}")
+            h_max = 10.0 * self.base_lr if h_max is None else float(h_max)
+            if not h_max >= self.base_lr:
+                raise ValueError(f"odelora: h_max={h_max!r} must be >= lr={self.base_lr!r} (h_max_ratio >= 1)")
+            self.controller = StepController(rtol=float(rtol), atol=float(atol), h_max=h_max,
+                                             max_rejections=int(max_rejections))
+        self.h_accepted = self.h_next = self.base_lr
+
+    @property
+    def lr(self) -> float:
+        """The step size: for an embedded pair, the last accepted step."""
+        return self.h_accepted if self.controller is not None else super().lr
 
     def _state(self) -> list[torch.Tensor]:
         return [t.detach().clone() for lay in self.layers for t in lay.factors()]
@@ -180,14 +222,35 @@ class ODELoRADynamics(Dynamics):
         if self.precondition != "none":
             self._update_metric()
         k0 = self._field_here()
+        self.field_evaluations += 1
 
         def field(y: list[torch.Tensor]) -> list[torch.Tensor]:
             self._load(y)
             closure()
+            self.field_evaluations += 1
             return self._field_here()
 
-        y1, _ = rk_step(y0, field, self.lr, self.tableau, k0=k0)
+        if self.controller is None:
+            y1, _ = rk_step(y0, field, self.lr, self.tableau, k0=k0)
+            self.accepted += 1
+        else:
+            res = adaptive_step(y0, field, self.h_next, self.tableau, self.controller, k0=k0)
+            y1, self.h_accepted, self.h_next = res.y, res.h, res.h_next
+            self.accepted += 1
+            self.rejected += res.rejected
+            self.forced += int(res.forced)
         if self.rebalance:
             y1 = [t for i in range(0, len(y1), 2) for t in rebalance(y1[i], y1[i + 1])]
         self._load(y1)
         return loss0
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "h_accepted": self.h_accepted, "h_next": self.h_next,
+                "accepted": self.accepted, "rejected": self.rejected, "forced": self.forced,
+                "field_evaluations": self.field_evaluations}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for key in ("h_accepted", "h_next", "accepted", "rejected", "forced", "field_evaluations"):
+            if key in state:
+                setattr(self, key, state[key])
