@@ -33,7 +33,7 @@ from pinn_lora.methods import AttachContext, get_method, trainable_parameters
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import METHODS, get_problem
 from pinn_lora.session import recommendations
-from pinn_lora.train import TrainConfig, Trainer, residual_losses
+from pinn_lora.train import TrainConfig, Trainer, residual_loss
 from pinn_lora.zoo import load_base
 
 
@@ -70,7 +70,7 @@ def measure(name: str, device: torch.device, n_points: int, steps: int, warmup: 
     points = torch.as_tensor(problem.sample(n_points, seed=1), device=device)
 
     def loss_fn(m: torch.nn.Module = net) -> torch.Tensor:
-        return sum(residual_losses(problem, m, points).values())
+        return residual_loss(problem, m, points)
 
     model = method.attach(net, AttachContext(problem, loss_fn, seed=0))
     dynamics = method.dynamics(model)

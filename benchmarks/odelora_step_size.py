@@ -17,7 +17,7 @@ import torch
 from pinn_lora.curvature import top_hessian_eigenvalue
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import get_problem
-from pinn_lora.train import residual_losses
+from pinn_lora.train import residual_loss
 from pinn_lora.zoo import load_base
 
 
@@ -33,7 +33,7 @@ def main(names: list[str]) -> None:
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        lam = top_hessian_eigenvalue(lambda: sum(residual_losses(prob, net, pts).values()), params)
+        lam = top_hessian_eigenvalue(lambda: residual_loss(prob, net, pts), params)
         results[name] = {"target": prob.coefficients, "lambda_max": lam, "stability_limit_h": 2 / lam,
                          "suggested_h": 1 / lam, "points": 2000, "device": device_name(torch.device("cpu")),
                          "base_sha256": card["weights_sha256"]}

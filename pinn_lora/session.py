@@ -20,7 +20,7 @@ from pinn_lora.methods import AttachContext, Method, get_method, trainable_param
 from pinn_lora.monitors import MetricsWriter
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
-from pinn_lora.train import History, Monitor, TrainConfig, Trainer, residual_losses
+from pinn_lora.train import History, Monitor, TrainConfig, Trainer, residual_loss
 from pinn_lora.zoo import load_base
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -185,7 +185,7 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     probe = torch.as_tensor(problem.sample(n_points, seed=seed + 104729), dtype=dt, device=dev)
 
     def loss_fn(m: nn.Module) -> torch.Tensor:
-        return sum(residual_losses(problem, m, probe).values())
+        return residual_loss(problem, m, probe)
 
     model = meth.attach(net, AttachContext(problem, loss_fn, seed))
     dynamics = meth.dynamics(model)

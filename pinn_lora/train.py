@@ -77,6 +77,12 @@ def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_e
     return out
 
 
+def residual_loss(problem: Any, net: nn.Module, points: torch.Tensor, causal_eps: float = 0.0,
+                  causal_bins: int = 32) -> torch.Tensor:
+    """The training loss: the sum of :func:`residual_losses`."""
+    return sum(residual_losses(problem, net, points, causal_eps, causal_bins).values())
+
+
 @dataclass
 class History:
     records: list[dict[str, Any]] = field(default_factory=list)

@@ -1,19 +1,15 @@
 """Defining properties of the LoRA-family baselines and the cLA family."""
-import copy
 import math
 
 import pytest
 import torch
+from tiny import make_closure, setup
 from torch import nn
 from torch.nn import functional as F
 
 from pinn_lora.adapters import adapter_layers
 from pinn_lora.adapters.dora import DoRALinear
 from pinn_lora.adapters.selector import SelectorLinear, n_windows, window
-from pinn_lora.methods import AttachContext, get_method
-from pinn_lora.network import build_network
-from pinn_lora.registry import get_problem
-from pinn_lora.train import residual_losses
 
 
 def _layer(m=6, n=5, seed=0):
@@ -24,24 +20,10 @@ def _layer(m=6, n=5, seed=0):
 
 
 def _attach(method_name, problem="burgers", layers=(2, 8, 8, 1), **opts):
-    prob = get_problem(problem).default_target()
-    net = build_network(list(layers), "tanh", seed=0, output_transform=prob.output_transform)
-    base = copy.deepcopy(net)
-    pts = torch.as_tensor(prob.sample(64, seed=1))
-
-    def loss_fn(m):
-        return sum(residual_losses(prob, m, pts).values())
-
-    method = get_method(method_name, **opts)
-    model = method.attach(net, AttachContext(prob, loss_fn, seed=0))
+    """A tiny adapted PINN with its dynamics and a ``train(steps, start)`` that runs the schedule hooks."""
+    prob, base, model, method, pts = setup(problem, method_name, layers, **opts)
     dyn = method.dynamics(model)
-
-    def closure():
-        for p in model.parameters():
-            p.grad = None
-        loss = loss_fn(model)
-        loss.backward()
-        return loss.detach()
+    closure = make_closure(prob, model, pts)
 
     def train(steps, start=0):
         for step in range(start, start + steps):
@@ -49,7 +31,6 @@ def _attach(method_name, problem="burgers", layers=(2, 8, 8, 1), **opts):
             method.after_step(step, model, dyn)
 
     train.closure = closure
-
     return base, model, method, dyn, pts, train
 
 

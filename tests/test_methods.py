@@ -3,46 +3,20 @@ import copy
 
 import pytest
 import torch
+from tiny import make_closure as _closure
+from tiny import setup as _setup
 
 from pinn_lora.adapters import adapter_layers, merge_adapters
-from pinn_lora.methods import AttachContext, MethodOptionError, get_method, trainable_parameters
+from pinn_lora.methods import MethodOptionError, get_method, trainable_parameters
 from pinn_lora.network import build_network
 from pinn_lora.registry import METHODS, UnknownNameError, get_problem
-from pinn_lora.train import residual_losses
+from pinn_lora.train import residual_loss
 
 PROBLEMS = ["burgers", "allen_cahn", "helmholtz"]
 ISSUE_METHODS = ["scratch", "full", "lora", "odelora", "odlora", "cla", "rcla", "c3la", "rc3la", "rslora", "loraplus",
                  "dora", "pissa", "riemannian", "cola", "asymlora", "rac", "paca"]
 METHOD_NAMES = sorted(METHODS.names())  # every registered method, the built-in ones included
 ADAPTERS = [m for m in METHOD_NAMES if m not in ("scratch", "full")]
-
-
-def _setup(problem_name, method_name, **opts):
-    prob = get_problem(problem_name).default_target()
-    net = build_network([2, 8, 8, 1], "tanh", seed=0, output_transform=prob.output_transform)
-    base = copy.deepcopy(net)
-    pts = torch.as_tensor(prob.sample(64, seed=1))
-    ctx = AttachContext(prob, lambda m: sum(residual_losses(prob, m, pts).values()), seed=0)
-    method = get_method(method_name, **opts)
-    model = method.attach(net, ctx)
-    return prob, base, model, method, pts
-
-
-def _closure(prob, model, pts, calls=None):
-    """A dynamics closure: zero the gradients, residual loss on ``pts``, backward (counted in ``calls``)."""
-    def closure():
-        if calls is not None:
-            calls.append(1)
-        for p in model.parameters():
-            p.grad = None
-        loss = sum(residual_losses(prob, model, pts).values())
-        loss.backward()
-        return loss.detach()
-    return closure
-
-
-def test_every_method_of_the_issue_is_registered():
-    assert set(ISSUE_METHODS) <= set(METHOD_NAMES)
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)
@@ -188,7 +162,7 @@ def test_odelora_euler_step_moves_w_by_projected_gradient(precondition):
     factors = [tuple(t.detach().clone() for t in lay.factors()) for lay in layers]
     merged = merge_adapters(copy.deepcopy(model))
     grads = weight_gradients(merged, list(range(len(layers))),
-                             lambda m: sum(residual_losses(prob, m, pts).values()))
+                             lambda m: residual_loss(prob, m, pts))
     dyn = meth.dynamics(model)
 
     closure = _closure(prob, model, pts)

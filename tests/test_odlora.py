@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from tiny import setup
 from torch import nn
 from torch.nn import functional as F
 
@@ -11,15 +12,13 @@ from pinn_lora.adapters import LoRALinear, adapter_layers, merge_adapters
 from pinn_lora.adapters.odlora import ODLoRALinear
 from pinn_lora.dynamics import GradientDynamics
 from pinn_lora.methods import (
-    AttachContext,
     MethodOptionError,
     ODLoRA,
     get_method,
     trainable_parameters,
 )
-from pinn_lora.network import build_network
-from pinn_lora.registry import METHODS, get_problem
-from pinn_lora.train import TrainConfig, Trainer, residual_losses
+from pinn_lora.registry import METHODS
+from pinn_lora.train import TrainConfig, Trainer, residual_loss
 
 if "odlora" not in METHODS:  # until the entry point is installed
     METHODS.register("odlora", ODLoRA)
@@ -47,17 +46,11 @@ def _orthonormal(q):
 
 
 def _setup(problem="burgers", **opts):
-    prob = get_problem(problem).default_target()
-    net = build_network([2, 8, 8, 1], "tanh", seed=0, output_transform=prob.output_transform)
-    base = copy.deepcopy(net)
-    pts = torch.as_tensor(prob.sample(64, seed=1))
-    ctx = AttachContext(prob, lambda m: sum(residual_losses(prob, m, pts).values()), seed=0)
-    method = get_method("odlora", **opts)
-    return prob, base, method.attach(net, ctx), method, pts
+    return setup(problem, "odlora", **opts)
 
 
 def _loss(prob, model, pts):
-    return sum(residual_losses(prob, model, pts).values())
+    return residual_loss(prob, model, pts)
 
 
 def _perturb(model, size=0.1, seed=3):

@@ -1,21 +1,19 @@
 """Matrix sensing (pinn_lora.sensing) as a testbed for the factor dynamics: ODELoRA's linear
 convergence, its stability where Riemannian-preconditioned LoRA (ScaledGD) diverges, RK4's order
 on the ODELoRA flow, the adaptive embedded pairs, and the Riemannian preconditioner's formula."""
-import copy
 import math
 
 import pytest
 import torch
+from tiny import make_closure, setup
 
 from pinn_lora.adapters import adapter_layers
 from pinn_lora.adapters.lora import LoRALinear
 from pinn_lora.dynamics.riemannian import RiemannianDynamics, preconditioned_gradients
 from pinn_lora.dynamics.runge_kutta import TABLEAUS
-from pinn_lora.methods import AttachContext, MethodOptionError, ODELoRA, Riemannian
-from pinn_lora.network import build_network
+from pinn_lora.methods import MethodOptionError, ODELoRA, Riemannian
 from pinn_lora.registry import get_problem
 from pinn_lora.sensing import MatrixSensing, linear_rates, log_loss_slope, main, train
-from pinn_lora.train import residual_losses
 
 
 @pytest.fixture(scope="module")
@@ -126,25 +124,10 @@ def _pinn_layer():
 
 
 def _tiny(method_cls, problem="helmholtz", **opts):
-    """A tiny adapted PINN, its collocation points and a closure (the pattern of test_methods)."""
-    prob = get_problem(problem).default_target()
-    net = build_network([2, 8, 8, 1], "tanh", seed=0, output_transform=prob.output_transform)
-    base = copy.deepcopy(net)
-    pts = torch.as_tensor(prob.sample(64, seed=1))
-    ctx = AttachContext(prob, lambda m: sum(residual_losses(prob, m, pts).values()), seed=0)
-    method = method_cls(**opts)
-    model = method.attach(net, ctx)
+    """A tiny adapted PINN, its collocation points, a closure and its call log."""
+    prob, base, model, method, pts = setup(problem, method_cls, **opts)
     calls = []
-
-    def closure():
-        calls.append(1)
-        for p in model.parameters():
-            p.grad = None
-        loss = sum(residual_losses(prob, model, pts).values())
-        loss.backward()
-        return loss.detach()
-
-    return base, model, method, pts, closure, calls
+    return base, model, method, pts, make_closure(prob, model, pts, calls), calls
 
 
 @pytest.mark.parametrize("scheme", ["bs23", "dopri5"])
