@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pinn_lora.cli import EXIT_DIVERGED, check_group_overrides, config_dir, guarded
+from pinn_lora.cli import EXIT_DIVERGED, check_group_overrides, check_launcher, config_dir, guarded
 
 
 def _task(cfg) -> None:
@@ -33,6 +33,7 @@ def main() -> None:
     import hydra
 
     check_group_overrides(sys.argv[1:], ("problem", "method"))
+    check_launcher(sys.argv[1:])
     hydra.main(config_path=config_dir(), config_name="adapt", version_base="1.3")(_task)()
 
 

@@ -48,8 +48,8 @@ def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name:
             chosen[key] = names
     for arg in argv:
         key, sep, _ = arg.partition("=")
-        if not sep or arg.startswith(("+", "~", "-")) or key.startswith("hydra."):
-            continue
+        if not sep or arg.startswith(("+", "~", "-")) or key.startswith(("hydra.", "hydra/")):
+            continue  # Hydra's own settings and groups (hydra/launcher=joblib): Hydra checks those
         head, _, rest = key.partition(".")
         if head in groups and rest:
             for name in chosen[head]:
@@ -60,6 +60,42 @@ def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name:
         elif head not in groups and head not in top:
             fail(f"unknown key {key!r}; top-level keys: "
                  f"{', '.join(k for k in top if k not in ('defaults', 'hydra'))}")
+
+
+LAUNCHER_PLUGINS = {  # hydra/launcher name -> (plugin module, PyPI package)
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+}
+
+
+def check_launcher(argv: list[str]) -> None:
+    """``hydra/launcher=NAME`` naming a plugin's launcher or one of our presets extending it
+    (configs/hydra/launcher/NAME.yaml): the plugin must be installed, else one line saying what
+    to install instead of Hydra's "could not find" error or traceback."""
+    import importlib.util
+
+    import yaml
+
+    for arg in argv:
+        key, sep, name = arg.partition("=")
+        if key.lstrip("+") != "hydra/launcher" or not sep:
+            continue
+        base = name
+        preset = Path(config_dir()) / "hydra" / "launcher" / f"{name}.yaml"
+        if preset.is_file():
+            defaults = (yaml.safe_load(preset.read_text()) or {}).get("defaults") or []
+            base = next((d for d in defaults if isinstance(d, str) and d in LAUNCHER_PLUGINS), name)
+        if base not in LAUNCHER_PLUGINS:
+            continue
+        module, package = LAUNCHER_PLUGINS[base]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            fail(f"hydra/launcher={name} needs the {package} plugin: pip install {package} "
+                 "(or pip install 'pinn_lora[sweep]')")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
