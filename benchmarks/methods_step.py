@@ -11,7 +11,8 @@ Reported per method, relative to ``lora``:
 - ``saved_bytes``: bytes autograd saves for the backward pass of one loss
   evaluation (distinct storages, via ``saved_tensors_hooks``): the activation
   memory, the part a sparse selector (cLA) is claimed to shrink;
-- ``state_bytes``: trainable tensors + their gradients + optimiser moments;
+- ``state_bytes``: trainable tensors + their gradients + optimiser moments (ODELoRA's RMSprop
+  second moments included);
 - ``peak_bytes`` (CUDA only): ``torch.cuda.max_memory_allocated`` over a step,
   minus the memory held before it.
 
@@ -59,6 +60,9 @@ def state_bytes(model: torch.nn.Module, dynamics: Any) -> int:
     if opt is not None:
         total += sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
                      if torch.is_tensor(v) and v.dim() > 0)
+    for v in getattr(dynamics, "second_moments", None) or []:  # ODELoRA's RMSprop metric (full-weight sized)
+        if v is not None:
+            total += v.numel() * v.element_size()
     return total
 
 

@@ -17,7 +17,7 @@ import pinn_lora
 from pinn_lora.adapters import adapter_layers
 from pinn_lora.checkpoint import save_tensors, write_json
 from pinn_lora.methods import AttachContext, Method, get_method, trainable_parameters
-from pinn_lora.monitors import MetricsWriter
+from pinn_lora.monitors import AdapterState, FeatureChange, MetricsWriter, Stability, UpdateNorm, json_safe
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
 from pinn_lora.train import History, Monitor, TrainConfig, Trainer, residual_loss
@@ -62,6 +62,7 @@ class AdaptResult:
     base_card: dict[str, Any]
     run_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stability: dict[str, Any] | None = None  # Stability.summary() of the run (default monitors)
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -83,6 +84,8 @@ class AdaptResult:
                             else float("nan")),
             "status": self.history.status,
             "message": self.history.message,
+            **({} if self.stability is None else {"stability": {
+                k: json_safe(v) for k, v in self.stability.items() if k not in ("status", "message")}}),
             **self.extra,
         }
 
@@ -144,8 +147,8 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
           eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
           checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
-          monitors: Sequence[Monitor] = (), recommended: Mapping[str, Any] | None = None,
-          **method_options: Any) -> AdaptResult:
+          monitors: Sequence[Monitor] = (), default_monitors: bool = True,
+          recommended: Mapping[str, Any] | None = None, **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
     ``base`` is a shipped name ("burgers"), a path to a saved base, or a
@@ -153,7 +156,14 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     options left out take the problem's recommendations: ``recommended`` (the
     ``adapt`` section of a problem config), by default read from
     ``configs/problem/<name>.yaml``. Returns an :class:`AdaptResult`; with ``run_dir`` the metrics,
-    adapter, card, summary and plots are written there."""
+    adapter, card, summary and plots are written there.
+
+    Monitors, in this order: with ``default_monitors`` :class:`~pinn_lora.monitors.UpdateNorm`,
+    :class:`~pinn_lora.monitors.Stability` (its summary goes into ``summary()["stability"]``),
+    :class:`~pinn_lora.monitors.AdapterState` (adapter methods) and
+    :class:`~pinn_lora.monitors.FeatureChange` (256 probe points), the last two every
+    ``eval_every`` steps; then ``monitors``; then, with ``run_dir``, the ``metrics.jsonl`` writer
+    (so it writes every key the monitors before it add)."""
     if run_dir is not None and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "summary.json")):
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another (out=...) so it is not "
                           "overwritten")
@@ -189,7 +199,15 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
 
     model = meth.attach(net, AttachContext(problem, loss_fn, seed))
     dynamics = meth.dynamics(model)
-    mons = list(monitors)
+    stability = Stability() if default_monitors else None
+    mons: list[Monitor] = []
+    if default_monitors:
+        mons += [UpdateNorm(), stability]
+        if any(True for _ in adapter_layers(model)):
+            mons.append(AdapterState(every=eval_every))
+        probe_features = problem.sample(256, seed=seed + 7)
+        mons.append(FeatureChange(probe_features, every=eval_every))
+    mons += list(monitors)
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
@@ -202,7 +220,8 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     if lbfgs_steps and main:
         extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
     result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
-                         Path(run_dir) if run_dir else None, extra=extra)
+                         Path(run_dir) if run_dir else None, extra=extra,
+                         stability=None if stability is None else stability.summary())
     if run_dir is not None:
         result.save(run_dir, plots=plots)
     return result

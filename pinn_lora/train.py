@@ -100,7 +100,13 @@ class History:
 
 
 class Monitor:
-    """Observes the loop. ``on_record`` gets every step's record (a dict)."""
+    """Observes the loop: ``on_start`` sees the model (and problem) before the first step,
+    ``on_record`` every record (a flat dict, the same object kept in ``History.records``),
+    ``on_end`` the history (also after a divergence or an exception).
+
+    Monitors run in the order given. One that measures adds its keys to the record in
+    ``on_record``, so writers placed after it (``MetricsWriter``) write them. Monitors see
+    no Trainer internals, only the model and the records (see :mod:`pinn_lora.monitors`)."""
 
     def on_start(self, model: nn.Module, problem: Any) -> None: ...
 
