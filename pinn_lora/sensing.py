@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from pinn_lora.adapters.lora import LoRALinear
-from pinn_lora.dynamics.base import Dynamics
+from pinn_lora.dynamics.base import Dynamics, GradientDynamics
 from pinn_lora.dynamics.odelora import ODELoRADynamics
 from pinn_lora.dynamics.riemannian import RiemannianDynamics
 
@@ -145,12 +145,16 @@ class SensingRun:
 def make_dynamics(method: str, layer: LoRALinear, h: float, *, scheme: str = "euler", optimizer: str = "sgd",
                   **options: Any) -> Dynamics:
     """``odelora`` (``scheme``; options of :class:`ODELoRADynamics`, e.g. ``rtol``, ``rebalance``) or
-    ``riemannian`` (``optimizer`` sgd | adam; option ``damping``), with step / learning rate ``h``."""
+    ``riemannian`` (``optimizer`` sgd | adam; option ``damping``) or plain ``lora`` (``optimizer`` sgd |
+    adam on the factor gradients), with step / learning rate ``h``."""
     if method == "odelora":
         return ODELoRADynamics([layer], lr=h, scheme=scheme, **{"damping": 0.0, **options})
     if method == "riemannian":
         return RiemannianDynamics([layer], lr=h, optimizer=optimizer, **{"damping": 1e-12, **options})
-    raise ValueError(f"unknown method {method!r}; choose odelora or riemannian")
+    if method == "lora":  # plain LoRA: the optimiser on the factors' own gradients
+        return GradientDynamics([layer.lora_B, layer.lora_A], lr=h, optimizer=optimizer, schedule="constant",
+                                **options)
+    raise ValueError(f"unknown method {method!r}; choose odelora, riemannian or lora")
 
 
 def train(problem: MatrixSensing, method: str, h: float, steps: int, *, rank: int | None = None,
@@ -165,7 +169,7 @@ def train(problem: MatrixSensing, method: str, h: float, steps: int, *, rank: in
     dyn = make_dynamics(method, layer, h, scheme=scheme, optimizer=optimizer, **options)
     calls: list[int] = []
     closure = sensing_closure(problem, layer, calls)
-    label = f"odelora-{scheme}" if method == "odelora" else f"riemannian-{optimizer}"
+    label = f"odelora-{scheme}" if method == "odelora" else f"{method}-{optimizer}"
     losses, evals, hs = [], [], []
     diverged = False
     for _ in range(steps):
@@ -263,7 +267,8 @@ def linear_rates(problem: MatrixSensing, h: float, scheme: str = "euler") -> dic
 def compare(m: int = 20, n: int = 20, rank: int = 3, h: float = 0.9, steps: int = 200, scheme: str = "rk4",
             measurements: int | None = None, adam_lr: float = 1e-2, seed: int = 0, init_scale: float = 1e-2
             ) -> list[SensingRun]:
-    """ODELoRA (``scheme`` and Euler) and Riemannian (SGD at ``h``, Adam at ``adam_lr``) on one problem."""
+    """ODELoRA (``scheme`` and Euler), Riemannian and plain LoRA (SGD at ``h``, Adam at ``adam_lr``) on one
+    problem."""
     prob = MatrixSensing.random(m, n, rank, measurements, seed=seed)
     common = {"steps": steps, "init_scale": init_scale, "seed": seed, "floor": 1e-28}
     runs = [train(prob, "odelora", h, scheme=scheme, **common)]
@@ -271,6 +276,8 @@ def compare(m: int = 20, n: int = 20, rank: int = 3, h: float = 0.9, steps: int 
         runs.append(train(prob, "odelora", h, scheme="euler", **common))
     runs.append(train(prob, "riemannian", h, optimizer="sgd", **common))
     runs.append(train(prob, "riemannian", adam_lr, optimizer="adam", **common))
+    runs.append(train(prob, "lora", h, optimizer="sgd", **common))
+    runs.append(train(prob, "lora", adam_lr, optimizer="adam", **common))
     return runs
 
 
@@ -280,8 +287,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--rank", type=int, default=3)
     ap.add_argument("--measurements", type=int, default=None, help="number of A_i (default 2·m·n)")
-    ap.add_argument("--h", type=float, default=0.9, help="ODELoRA time step = Riemannian SGD learning rate")
-    ap.add_argument("--adam-lr", type=float, default=1e-2, help="learning rate of Riemannian Adam")
+    ap.add_argument("--h", type=float, default=0.9, help="ODELoRA time step = Riemannian and LoRA SGD learning rate")
+    ap.add_argument("--adam-lr", type=float, default=1e-2, help="learning rate of Riemannian and LoRA Adam")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--scheme", default="rk4", help="ODELoRA scheme: euler | heun | midpoint | rk4 | bs23 | dopri5")
     ap.add_argument("--seed", type=int, default=0)

@@ -264,3 +264,14 @@ def test_step_controller_rule():
     res = adaptive_step([torch.ones(1, dtype=torch.float64)], f, 1.0, TABLEAUS["bs23"],
                         StepController(max_rejections=0))
     assert res.forced and res.rejected == 0 and res.evaluations == 4 and res.h_next == pytest.approx(0.2)
+
+
+def test_plain_lora_baseline_on_sensing():
+    """The plain-LoRA baseline of the demo: gradient descent on the factors' own gradients converges at a
+    moderate step and makes one gradient evaluation per step."""
+    from pinn_lora.sensing import MatrixSensing, train
+
+    prob = MatrixSensing.random(20, 20, 3, seed=0)
+    run = train(prob, "lora", 0.3, 300, optimizer="sgd", floor=1e-20)
+    assert not run.diverged and run.losses[-1] < 1e-20
+    assert run.evaluations[-1] == len(run.losses) - 1
