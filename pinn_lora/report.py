@@ -281,7 +281,7 @@ def plot_solution_rows(problem: Any, rows: Sequence[tuple[str, torch.nn.Module]]
     emax = max(float(e.max()) for e in errs) if errs else 1.0
     emax = emax if emax > 0 else 1.0
     norm = LogNorm(vmin=emax * 1e-4, vmax=emax)
-    fig, axs = plt.subplots(len(rows), 3, figsize=(14, 3.3 * len(rows) + 0.7), squeeze=False)
+    fig, axs = plt.subplots(len(rows), 3, figsize=(11, 2.4 * len(rows) + 0.7), squeeze=False)
     xlab, ylab = problem.variables[1], problem.variables[0]
     for i, ((label, _), u, err) in enumerate(zip(rows, preds, errs)):
         for ax, data, name in ((axs[i, 0], u, f"{label}\nprediction"), (axs[i, 1], r, "reference")):
@@ -295,7 +295,7 @@ def plot_solution_rows(problem: Any, rows: Sequence[tuple[str, torch.nn.Module]]
         axs[i, 2].set(title=f"|error| (rel. L2 {rel:.2e})", xlabel=xlab, ylabel=ylab)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
+    fig.savefig(path, dpi=70)
     plt.close(fig)
     return Path(path)
