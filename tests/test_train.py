@@ -85,3 +85,52 @@ def test_checkpoint_holds_a_verified_state(tmp_path):
         net.load_state_dict({k: fh.get_tensor(k) for k in fh.keys()})
     pts = torch.as_tensor(prob.sample(64, seed=0))
     assert math.isfinite(float(residual_loss(prob, net, pts)))
+
+
+def test_non_finite_step_is_left_to_the_divergence_check():
+    """A step that produces non-finite factors (here: NaN gradients) must not raise in ODELoRA's
+    rebalance or OD-LoRA's split/refresh (their QR/SVD fail on NaN); the loop then rolls it back."""
+    from tiny import make_closure, setup
+
+    from pinn_lora.adapters import adapter_layers
+
+    prob, _, model, meth, pts = setup("helmholtz", "odelora", precondition="none")
+    dyn = meth.dynamics(model)
+    inner = make_closure(prob, model, pts)
+
+    def poisoned():
+        loss = inner()
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.fill_(float("nan"))
+        return loss
+
+    dyn.step(poisoned)  # raised torch.linalg.LinAlgError in the rebalance before
+    assert not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+    prob, _, model, meth, pts = setup("helmholtz", "odlora", warmup=1)
+    lay = next(lay for _, lay in adapter_layers(model))
+    with torch.no_grad():
+        lay.lora_A.fill_(float("nan"))
+    lay.split()  # left alone
+    assert not lay.split_done
+    with torch.no_grad():
+        lay.lora_A.normal_()
+    lay.split()
+    with torch.no_grad():
+        lay.lora_B.fill_(float("nan"))
+    q_a = lay.Q_A.clone()
+    lay.refresh()  # left alone
+    assert torch.equal(lay.Q_A, q_a)
+
+
+def test_blow_up_ends_as_diverged_not_as_an_exception():
+    """End to end: a step size far past stability ends the run as diverged with the last good state."""
+    from tiny import setup
+
+    from pinn_lora.train import TrainConfig, Trainer
+
+    prob, _, model, meth, _ = setup("helmholtz", "odelora", lr=1e4, precondition="none")
+    hist = Trainer(prob, model, meth.dynamics(model), TrainConfig(steps=30, n_points=64, progress=False)).run()
+    assert hist.status == "diverged"
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

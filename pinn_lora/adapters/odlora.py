@@ -91,6 +91,11 @@ class ODLoRALinear(AdapterLinear):
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_B, self.lora_A
 
+    def _finite(self) -> bool:
+        """False after a step that blew up: split and refresh then leave the layer alone (their QR/SVD
+        would raise on non-finite factors); the training loop's divergence check rolls the step back."""
+        return bool(torch.isfinite(self.lora_A).all() and torch.isfinite(self.lora_B).all())
+
     # -- ΔW -------------------------------------------------------------------------
     def delta_weight(self) -> torch.Tensor:
         if self.split_done:
@@ -121,6 +126,8 @@ class ODLoRALinear(AdapterLinear):
         A factor that is exactly zero (B at initialisation) gets a random orthonormal basis."""
         if self.split_done:
             raise RuntimeError("ODLoRALinear.split: already split (use refresh)")
+        if not self._finite():
+            return
         q_b, r_b = _orthonormal_basis(self.lora_B.detach(), self._basis_seed)            # B = Q_B R_B
         q_a, r_a = _orthonormal_basis(self.lora_A.detach().T, self._basis_seed + 1)      # Aᵀ = Q_A R_A
         u, sigma, vh = torch.linalg.svd(self.scale * r_b @ r_a.T)                       # r × r core
@@ -132,6 +139,8 @@ class ODLoRALinear(AdapterLinear):
         the old bases, re-split; the truncated tail is folded into ``weight0`` (W exact)."""
         if not self.split_done:
             raise RuntimeError("ODLoRALinear.refresh: split first")
+        if not self._finite():
+            return
         left = torch.cat([self.Q_B, self.lora_B], dim=1)           # out × 2r
         right = torch.cat([self.lora_A.T, self.Q_A], dim=1)        # in × 2r
         delta = self.scale * left @ right.T

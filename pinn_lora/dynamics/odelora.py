@@ -239,7 +239,9 @@ class ODELoRADynamics(Dynamics):
             self.accepted += 1
             self.rejected += res.rejected
             self.forced += int(res.forced)
-        if self.rebalance:
+        # a step that blew up is left as it is: the loop's divergence check sees the non-finite loss
+        # and rolls back (an SVD of non-finite factors would raise instead)
+        if self.rebalance and bool(torch.stack([torch.isfinite(t).all() for t in y1]).all()):
             y1 = [t for i in range(0, len(y1), 2) for t in rebalance(y1[i], y1[i + 1])]
         self._load(y1)
         return loss0
