@@ -151,13 +151,7 @@ def plot_compare_curves(series: Sequence[tuple[str, dict[str, Any], int]], path:
         lo_data = [b[2].min() for _, bands, _ in series for b in [bands.get("rel_l2")] if b is not None and b[0].size]
         if lo_data:
             axes[1].set_ylim(bottom=min(min(lo_data), min(levels)) / 2)
-    bottom = _legend_below(fig, handles, labels)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save_with_legend(fig, handles, labels, title, path)
 
 
 def plot_lr_window(series: Sequence[tuple[str, Sequence[tuple[float, float, bool]]]], path: str | Path,
@@ -247,13 +241,7 @@ def plot_adapter_state(series: Sequence[tuple[str, dict[str, Any]]], path: str |
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
-    bottom = _legend_below(fig, handles, labels)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save_with_legend(fig, handles, labels, title, path)
 
 
 def plot_solution_rows(problem: Any, rows: Sequence[tuple[str, torch.nn.Module]], path: str | Path,
@@ -298,4 +286,15 @@ def plot_solution_rows(problem: Any, rows: Sequence[tuple[str, torch.nn.Module]]
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=70)
     plt.close(fig)
+    return Path(path)
+
+
+def _save_with_legend(fig, handles, labels, title: str, path: str | Path) -> Path:
+    """A shared legend below the panels, the title, and the PNG."""
+    bottom = _legend_below(fig, handles, labels)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
     return Path(path)
