@@ -216,7 +216,11 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     history = trainer.run()
     error = history.last("rel_l2") if history.records else base_error
     main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
-    extra = {"device": device_name(dev), "seed": seed}
+    extra = {"device": device_name(dev), "seed": seed,
+             # the loop settings, so a run directory describes itself without Hydra's config
+             "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
+                          "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "sampler": sampler,
+                          "dtype": dtype, "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}}
     if lbfgs_steps and main:
         extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
     result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
