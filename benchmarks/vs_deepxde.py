@@ -1,6 +1,6 @@
 """Our training step against DeepXDE's ``Model.train`` on the same network, points, float type and optimiser.
 
-    python benchmarks/vs_deepxde.py [--points 2000 8192] [--steps 60] [--device cpu]
+    python benchmarks/vs_deepxde.py [--points 2000 8192] [--steps 200] [--device cpu]
 
 Burgers (the target ν = 0.02/π), the shipped 4×64 tanh base network with its hard initial/boundary
 transform, float64, Adam (lr 1e-3), collocation points fixed (no resampling in either loop). DeepXDE
@@ -65,7 +65,7 @@ def time_ours(name: str, net, problem, n_points: int, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, nargs="+", default=[2000, 8192])
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     problem = get_problem("burgers").default_target()

@@ -35,12 +35,15 @@ def deepxde() -> Any:
         )
     os.environ["DDE_BACKEND"] = "pytorch"
     device, dtype = torch.get_default_device(), torch.get_default_dtype()
+    # was a default device set (a DeviceContext mode active)? set_default_device(x), even for "cpu",
+    # installs a Python TorchFunctionMode that every later torch call goes through
+    had_device = getattr(getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None), "device_context", None) is not None
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             import deepxde as dde  # noqa: WPS433 (deliberately lazy)
     finally:
-        torch.set_default_device(device)
+        torch.set_default_device(device if had_device else None)
         torch.set_default_dtype(dtype)
     _DDE = dde
     return dde
