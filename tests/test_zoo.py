@@ -69,3 +69,16 @@ def test_paths_shipped_names_dots_and_missing_weights(tmp_path, monkeypatch):
     (tmp_path / "k1.5.safetensors").unlink()
     with pytest.raises(CheckpointError, match="weights file .* is missing"):
         load_base(tmp_path / "k1.5")
+
+
+def test_public_api_names_resolve():
+    """The top-level names of ``pinn_lora`` (lazily imported) are the objects of their modules."""
+    import pinn_lora
+    from pinn_lora.registry import get_problem
+    from pinn_lora.session import adapt
+
+    for name in pinn_lora.__all__:
+        assert getattr(pinn_lora, name) is not None, name
+    assert pinn_lora.get_problem is get_problem and pinn_lora.adapt is adapt
+    with pytest.raises(AttributeError, match="no attribute 'adaptt'"):
+        pinn_lora.adaptt  # noqa: B018
