@@ -322,7 +322,7 @@ class RandomC3LA(C3LA):
         return order[visit]
 
 
-class PaCA(CLA):
+class PaCA(RandomCLA):
     name = "paca"
     summary = ("PaCA, partial connection adaptation (Woo et al. 2025, arXiv 2503.01905): a fixed random set "
                "of r input columns of W0 trained directly")
@@ -330,8 +330,7 @@ class PaCA(CLA):
     positive = tuple(k for k in LoRA.positive if k != "alpha")
 
     def make_layer_at(self, index: int, lin: nn.Linear) -> AdapterLinear:
-        r = selector_rank(self.rank, lin)
-        return PaCALinear(lin, self.rank, torch.randperm(lin.in_features, generator=self.generator)[:r].sort().values)
+        return PaCALinear(lin, self.rank, self.first_columns(index, lin))  # random columns, drawn as rcla's
 
 
 class ODELoRA(LoRA):

@@ -131,7 +131,7 @@ class TensorBoardWriter(Monitor):
 def effective_weight(layer: AdapterLinear) -> torch.Tensor:
     """The merged weight W0 + ΔW of an adapted layer (what the layer computes with)."""
     with torch.no_grad():
-        return (layer.weight0 + layer.delta_weight()).detach()
+        return layer.weight().detach()
 
 
 def adapted_layers(model: nn.Module) -> list[tuple[int, AdapterLinear]]:

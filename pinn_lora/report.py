@@ -8,6 +8,14 @@ import numpy as np
 import torch
 
 
+def _save(fig, path: str | Path, dpi: int = 110, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    """Lay out ``fig`` inside ``rect``, write it to ``path`` as PNG and close it."""
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return Path(path)
+
+
 def _plt():
     import matplotlib
 
@@ -46,10 +54,7 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str 
     ax2.grid(True, which="both", alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_solution(problem: Any, net: torch.nn.Module, path: str | Path, title: str = "") -> Path:
@@ -76,10 +81,7 @@ def plot_solution(problem: Any, net: torch.nn.Module, path: str | Path, title: s
     rel = np.linalg.norm(u - r) / np.linalg.norm(r)
     axs[2].set(title=f"|error| (rel. L2 {rel:.2e})", xlabel=problem.variables[1], ylabel=problem.variables[0])
     fig.suptitle(title or repr(problem))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 # -- sweep comparison (python -m pinn_lora.compare) ------------------------------------------------
@@ -193,10 +195,7 @@ def plot_lr_window(series: Sequence[tuple[str, Sequence[tuple[float, float, bool
     ax.legend(handles, labels, fontsize=9)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 ADAPTER_STATE_NAMES = {  # name in metrics.jsonl (layer<i>/<name>) -> (panel title, axis label)
@@ -283,10 +282,7 @@ def plot_solution_rows(problem: Any, rows: Sequence[tuple[str, torch.nn.Module]]
         axs[i, 2].set(title=f"|error| (rel. L2 {rel:.2e})", xlabel=xlab, ylabel=ylab)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, dpi=70, rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
 
 
 def _save_with_legend(fig, handles, labels, title: str, path: str | Path) -> Path:
@@ -294,7 +290,4 @@ def _save_with_legend(fig, handles, labels, title: str, path: str | Path) -> Pat
     bottom = _legend_below(fig, handles, labels)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return Path(path)
+    return _save(fig, path, rect=(0, bottom, 1, 1))

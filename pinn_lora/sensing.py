@@ -120,7 +120,7 @@ def sensing_closure(problem: MatrixSensing, layer: LoRALinear, calls: list[int] 
             calls.append(1)
         for p in layer.parameters():
             p.grad = None
-        loss = problem.loss(layer.weight0 + layer.delta_weight())
+        loss = problem.loss(layer.weight())
         loss.backward()
         return loss.detach()
     return closure
@@ -185,7 +185,7 @@ def train(problem: MatrixSensing, method: str, h: float, steps: int, *, rank: in
             break
     else:
         with torch.no_grad():
-            final = float(problem.loss(layer.weight0 + layer.delta_weight()))
+            final = float(problem.loss(layer.weight()))
         losses.append(final)
         evals.append(len(calls))
         diverged = not math.isfinite(final) or final > divergence_factor * losses[0]

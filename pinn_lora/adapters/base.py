@@ -27,6 +27,10 @@ class AdapterLinear(nn.Module):
         """ΔW (out × in), the one formula every other method derives from."""
         raise NotImplementedError
 
+    def weight(self) -> torch.Tensor:
+        """W = W0 + ΔW, the weight the layer computes with."""
+        return self.weight0 + self.delta_weight()
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.delta_weight())
 
@@ -38,7 +42,7 @@ class AdapterLinear(nn.Module):
         with torch.no_grad():
             lin = nn.Linear(self.in_features, self.out_features, bias=self.bias0 is not None)
             lin = lin.to(dtype=self.weight0.dtype, device=self.weight0.device)
-            lin.weight.copy_(self.weight0 + self.delta_weight())
+            lin.weight.copy_(self.weight())
             if self.bias0 is not None:
                 lin.bias.copy_(self.bias0)
         return lin

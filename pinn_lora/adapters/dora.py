@@ -24,7 +24,7 @@ class DoRALinear(LoRALinear):
 
     def direction(self) -> torch.Tensor:
         """V/‖V‖ per output unit, V = W0 + s·B·A."""
-        v = self.weight0 + self.scale * (self.lora_B @ self.lora_A)
+        v = self.weight0 + super().delta_weight()  # LoRA's ΔW = s·B·A
         return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
 
     def weight(self) -> torch.Tensor:

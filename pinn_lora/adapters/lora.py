@@ -15,14 +15,28 @@ from torch.nn import functional as F
 from pinn_lora.adapters.base import AdapterLinear
 
 
+def check_rank(rank: int) -> int:
+    """``rank`` as an int, or a ValueError unless it is an integer >= 1."""
+    r = int(rank)
+    if isinstance(rank, bool) or r != rank or r < 1:
+        raise ValueError(f"rank={rank!r}: must be an integer >= 1")
+    return r
+
+
 def layer_rank(rank: int, base: nn.Linear) -> int:
     """The rank used on ``base``: ``rank`` clipped to min(out, in). PINN input
     and output layers are thin (2 → 64, 64 → 1), where a larger rank is
     impossible; the scale α/rank still uses the configured rank."""
-    r = int(rank)
-    if isinstance(rank, bool) or r != rank or r < 1:
-        raise ValueError(f"rank={rank!r}: must be an integer >= 1")
-    return min(r, base.in_features, base.out_features)
+    return min(check_rank(rank), base.in_features, base.out_features)
+
+
+def kaiming_factors(rank: int, in_features: int, out_features: int, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA's start (float64): B = 0 (out × r), A Kaiming-uniform (r × in) with bound 1/sqrt(in),
+    as nn.Linear's and PEFT's kaiming_uniform_(a=sqrt(5))."""
+    bound = 1.0 / math.sqrt(in_features)
+    a = (torch.rand(rank, in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    return torch.zeros(out_features, rank, dtype=torch.float64), a
 
 
 class LoRALinear(AdapterLinear):
@@ -34,7 +48,7 @@ class LoRALinear(AdapterLinear):
         self.scale = float(alpha) / int(rank) if scale is None else float(scale)
         like = dict(dtype=self.weight0.dtype, device=self.weight0.device)
         if factors is None:
-            b, a = self.kaiming_factors(generator)
+            b, a = kaiming_factors(self.rank, self.in_features, self.out_features, generator)
         else:
             b, a = factors
             with torch.no_grad():
@@ -47,18 +61,12 @@ class LoRALinear(AdapterLinear):
         self.capture_weight_grad = False  # set by dynamics that need G = dL/dW itself
         self.weight_grad: torch.Tensor | None = None
 
-    def kaiming_factors(self, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """LoRA's start: B = 0, A Kaiming-uniform (as nn.Linear and PEFT: bound 1/sqrt(in))."""
-        bound = 1.0 / math.sqrt(self.in_features)
-        a = (torch.rand(self.rank, self.in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-        return torch.zeros(self.out_features, self.rank, dtype=torch.float64), a
-
     @torch.no_grad()
     def restart(self, generator: torch.Generator | None) -> None:
         """Merge s·B·A into the frozen weight and start again from B = 0 and a fresh A
         (chained methods: CoLA, RAC). The layer's function is unchanged."""
         self.weight0 += self.delta_weight()
-        b, a = self.kaiming_factors(generator)
+        b, a = kaiming_factors(self.rank, self.in_features, self.out_features, generator)
         self.lora_B.copy_(b)
         self.lora_A.copy_(a)
 
@@ -76,7 +84,7 @@ class LoRALinear(AdapterLinear):
             return super().forward(x)
         # materialise W so a hook sees the full gradient G = dL/dW, summed over every use of the
         # layer in the residual's derivative graph (cheap for PINN-sized layers)
-        w = self.weight0 + self.delta_weight()
+        w = self.weight()
         if w.requires_grad:
             w.register_hook(self._store_weight_grad)
         return F.linear(x, w, self.bias0)

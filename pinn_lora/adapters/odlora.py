@@ -39,14 +39,12 @@ derivatives differentiate through them; :meth:`delta` never builds ΔW.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pinn_lora.adapters.base import AdapterLinear
-from pinn_lora.adapters.lora import layer_rank
+from pinn_lora.adapters.lora import kaiming_factors, layer_rank
 
 
 def _orthonormal_basis(m: torch.Tensor, gen_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,10 +72,9 @@ class ODLoRALinear(AdapterLinear):
         self.rank = layer_rank(rank, base)
         self.scale = float(alpha) / int(rank)
         like = {"dtype": self.weight0.dtype, "device": self.weight0.device}
-        bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEFT
-        a = (torch.rand(self.rank, self.in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        b, a = kaiming_factors(self.rank, self.in_features, self.out_features, generator)  # LoRA's start
         self.lora_A = nn.Parameter(a.to(**like))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, **like))
+        self.lora_B = nn.Parameter(b.to(**like))
         self.register_buffer("Q_A", torch.zeros(self.in_features, self.rank, **like))
         self.register_buffer("Q_B", torch.zeros(self.out_features, self.rank, **like))
         self.register_buffer("is_split", torch.zeros((), dtype=torch.bool, device=self.weight0.device))

@@ -20,15 +20,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from pinn_lora.adapters.base import AdapterLinear
+from pinn_lora.adapters.lora import check_rank
 
 
 def selector_rank(rank: int, base: nn.Linear) -> int:
     """Number of selected columns: ``rank`` clipped to the layer's input width
     (the output width does not limit a column selector: B is out × r)."""
-    r = int(rank)
-    if isinstance(rank, bool) or r != rank or r < 1:
-        raise ValueError(f"rank={rank!r}: must be an integer >= 1")
-    return min(r, base.in_features)
+    return min(check_rank(rank), base.in_features)
 
 
 def window(index: int, rank: int, n: int) -> torch.Tensor:

@@ -10,6 +10,14 @@ Closure = Callable[[], torch.Tensor]
 SCHEDULES = ("constant", "cosine", "exponential")
 
 
+def damped_cholesky(s: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
+    """Cholesky factor of S + λI for a symmetric positive semi-definite r×r S, in float64, without a
+    host sync (``cholesky_ex``: a failure gives NaN, which the loop's divergence check catches)."""
+    eye = torch.eye(s.shape[0], dtype=torch.float64, device=s.device)
+    chol, _ = torch.linalg.cholesky_ex(s.double() + lam * eye)
+    return chol
+
+
 def lr_factor(schedule: str, progress: float, final_ratio: float) -> float:
     """Multiplier of the base learning rate at ``progress`` in [0, 1]."""
     p = min(max(progress, 0.0), 1.0)

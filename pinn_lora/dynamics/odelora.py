@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 
 from pinn_lora.adapters.lora import LoRALinear
-from pinn_lora.dynamics.base import Closure, Dynamics
+from pinn_lora.dynamics.base import Closure, Dynamics, damped_cholesky
 from pinn_lora.dynamics.runge_kutta import (
     StepController,
     adaptive_step,
@@ -46,12 +46,8 @@ PRECONDITIONERS = ("none", "rmsprop")
 
 def _spd_factor(s: torch.Tensor, damping: float) -> torch.Tensor:
     """Cholesky factor of S + λI, λ = damping·tr(S)/r, in float64 (no host sync)."""
-    r = s.shape[0]
-    s64 = s.double()
-    lam = damping * torch.diagonal(s64).sum() / r
-    eye = torch.eye(r, dtype=torch.float64, device=s.device)
-    chol, _ = torch.linalg.cholesky_ex(s64 + lam * eye + 1e-300 * eye)
-    return chol
+    lam = damping * torch.diagonal(s.double()).sum() / s.shape[0]
+    return damped_cholesky(s, lam + 1e-300)
 
 
 def odelora_field(b: torch.Tensor, a: torch.Tensor, g_b: torch.Tensor, g_a: torch.Tensor, scale: float,

@@ -28,15 +28,12 @@ from collections.abc import Sequence
 import torch
 
 from pinn_lora.adapters.lora import LoRALinear
-from pinn_lora.dynamics.base import Closure, GradientDynamics
+from pinn_lora.dynamics.base import Closure, GradientDynamics, damped_cholesky
 
 
 def _damped_solve(s: torch.Tensor, rhs: torch.Tensor, damping: float) -> torch.Tensor:
     """(S + λI)⁻¹ rhs for symmetric positive semi-definite S (r×r), in float64."""
-    s64 = s.double()
-    eye = torch.eye(s.shape[0], dtype=torch.float64, device=s.device)
-    chol, _ = torch.linalg.cholesky_ex(s64 + damping * eye)
-    return torch.cholesky_solve(rhs.double(), chol)
+    return torch.cholesky_solve(rhs.double(), damped_cholesky(s, damping))
 
 
 def preconditioned_gradients(b: torch.Tensor, a: torch.Tensor, g_b: torch.Tensor, g_a: torch.Tensor,
