@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pinn_lora.derivatives import Derivatives
+from pinn_lora.derivatives import ENGINES, provider
 from pinn_lora.dynamics import Dynamics
 from pinn_lora.problem import SAMPLERS
 
@@ -37,6 +37,7 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 0  # steps between checkpoints (0 = off); needs a checkpoint path
     divergence_factor: float = 1e6  # stop when loss > factor × initial loss
+    derivatives: str = "auto"  # autograd | jets | auto (jets on CUDA, autograd on CPU)
 
     def __post_init__(self) -> None:
         for key in ("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every"):
@@ -47,16 +48,19 @@ class TrainConfig:
                 raise ValueError(f"train: {key}={getattr(self, key)!r} must be >= 1")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"train: sampler={self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.derivatives not in ENGINES:
+            raise ValueError(f"train: derivatives={self.derivatives!r}; choose one of {', '.join(ENGINES)}")
         if not self.causal_eps >= 0:
             raise ValueError(f"train: causal_eps={self.causal_eps!r} must be >= 0")
 
 
 def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_eps: float = 0.0,
-                    causal_bins: int = 32) -> dict[str, torch.Tensor]:
+                    causal_bins: int = 32, derivatives: str = "auto") -> dict[str, torch.Tensor]:
     """Normalised mean-square residual per term. With ``causal_eps`` > 0 and a
     time variable, points are binned in time and bin i is weighted by
-    exp(−ε Σ_{k<i} L_k) (weights not differentiated)."""
-    d = Derivatives(net, points, problem.variables)
+    exp(−ε Σ_{k<i} L_k) (weights not differentiated). ``derivatives``: the engine
+    (see :func:`pinn_lora.derivatives.provider`)."""
+    d = provider(problem, net, points, derivatives)
     scale = problem.residual_scale()
     out = {}
     for name, r in problem.residuals(d).items():
@@ -78,9 +82,9 @@ def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_e
 
 
 def residual_loss(problem: Any, net: nn.Module, points: torch.Tensor, causal_eps: float = 0.0,
-                  causal_bins: int = 32) -> torch.Tensor:
+                  causal_bins: int = 32, derivatives: str = "auto") -> torch.Tensor:
     """The training loss: the sum of :func:`residual_losses`."""
-    return sum(residual_losses(problem, net, points, causal_eps, causal_bins).values())
+    return sum(residual_losses(problem, net, points, causal_eps, causal_bins, derivatives).values())
 
 
 @dataclass
@@ -141,7 +145,8 @@ class Trainer:
         def closure() -> torch.Tensor:
             for p in self.params:
                 p.grad = None
-            terms = residual_losses(self.problem, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins)
+            terms = residual_losses(self.problem, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins,
+                                    self.cfg.derivatives)
             loss = sum(terms.values())
             loss.backward()
             for p in self.params:  # autograd may leave a transposed (non-contiguous) gradient; L-BFGS views it flat

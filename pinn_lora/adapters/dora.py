@@ -33,5 +33,7 @@ class DoRALinear(LoRALinear):
     def delta_weight(self) -> torch.Tensor:
         return self.weight() - self.weight0
 
+    forward_is_linear = True  # the jet path may use weight() for this layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight(), self.bias0)
