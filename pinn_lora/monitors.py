@@ -43,6 +43,8 @@ METRICS_SCHEMA = {
     "evaluations": "int: loss+gradient evaluations so far",
     "time": "float: seconds since the start of training",
     "rel_l2": "float: relative L2 error vs the reference (every eval_every steps and at the end)",
+    "between_syncs": "true on graph-mode records the host read after the fact (the model had moved on); "
+                     "absent otherwise. Model-reading monitors skip them: their values cover the whole block",
     # UpdateNorm (every record)
     "update_norm": "float: ‖θ_now − θ_previous record‖ of the effective weights W0 + ΔW of adapted layers "
                    "and the plain trainable parameters (merges and basis refreshes do not count)",
@@ -222,6 +224,8 @@ class _Periodic(Monitor):
         self.final: dict[str, Any] = {}  # measured in on_end (the state the run ends with)
 
     def _due(self, record: dict[str, Any]) -> bool:
+        if record.get("between_syncs"):
+            return False  # graph mode: the model has moved on; the block's synced record measures
         step = record.get("step")
         bucket = self._bucket if step is None else (int(step) + 1) // self.every
         due = bucket > self._bucket or (self.at_eval and "rel_l2" in record)
@@ -265,6 +269,8 @@ class UpdateNorm(Monitor):
         self._prev = self._state()
 
     def on_record(self, record: dict[str, Any]) -> None:
+        if record.get("between_syncs"):
+            return  # graph mode: the next synced record measures the whole block
         now = self._state()
         with torch.no_grad():
             sq = sum((torch.sub(a, b).square().sum() for a, b in zip(now, self._prev)), 0.0)

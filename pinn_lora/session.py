@@ -147,7 +147,8 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
           eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
           checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
-          monitors: Sequence[Monitor] = (), default_monitors: bool = True,
+          monitors: Sequence[Monitor] = (), default_monitors: bool = True, derivatives: str = "auto",
+          cuda_graph: bool | str = "auto", sync_every: int = 0,
           recommended: Mapping[str, Any] | None = None, **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
@@ -163,7 +164,12 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     :class:`~pinn_lora.monitors.AdapterState` (adapter methods) and
     :class:`~pinn_lora.monitors.FeatureChange` (256 probe points), the last two every
     ``eval_every`` steps; then ``monitors``; then, with ``run_dir``, the ``metrics.jsonl`` writer
-    (so it writes every key the monitors before it add)."""
+    (so it writes every key the monitors before it add).
+
+    Speed: ``derivatives`` picks the derivative engine (``auto``: Taylor-mode jets on CUDA,
+    nested autograd on CPU); ``cuda_graph`` (``auto``: on CUDA when the method allows) captures
+    the whole step in a CUDA graph, the host reading results every ``sync_every`` steps
+    (0: ``eval_every``); in that mode the model-reading monitors see the model at those reads."""
     if run_dir is not None and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "summary.json")):
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another (out=...) so it is not "
                           "overwritten")
@@ -182,7 +188,8 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
         meth = get_method(method, **{**((rec.get("method") or {}).get(method) or {}), **method_options})
     train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
                             seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
-                            sampler=sampler, lbfgs_steps=lbfgs_steps)
+                            sampler=sampler, lbfgs_steps=lbfgs_steps, derivatives=derivatives,
+                            cuda_graph=cuda_graph, sync_every=sync_every)
     torch.manual_seed(seed)
     if isinstance(base, tuple):
         net, card = base
@@ -211,7 +218,8 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
-    trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.after_step,
+    hook = meth.after_step if type(meth).after_step is not Method.after_step else None  # None: no schedule hook
+    trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=hook,
                       checkpoint_path=Path(run_dir) / "checkpoint.safetensors" if run_dir else None)
     history = trainer.run()
     error = history.last("rel_l2") if history.records else base_error
@@ -220,6 +228,7 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
              # the loop settings, so a run directory describes itself without Hydra's config
              "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
                           "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "sampler": sampler,
+                          "derivatives": derivatives, "cuda_graph": trainer.graph_captured,
                           "dtype": dtype, "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}}
     if lbfgs_steps and main:
         extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
@@ -260,7 +269,7 @@ def check_strings(cfg: Mapping[str, Any], keys: Sequence[str]) -> None:
 def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult:
     """Run one adaptation from a composed (plain dict) config; values left null
     take the problem config's ``adapt`` recommendations."""
-    check_strings(cfg, ("device", "dtype", "base", "sampler"))
+    check_strings(cfg, ("device", "dtype", "base", "sampler", "derivatives"))
     pcfg, mcfg = cfg["problem"], cfg["method"]
     problem = problem_from_config(pcfg, "adapt")
     options = {k: v for k, v in mcfg.items() if k != "name" and v is not None}
@@ -270,4 +279,6 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
                  dtype=cfg.get("dtype", "float64"), run_dir=run_dir, progress=bool(cfg.get("progress", True)),
                  plots=bool(cfg.get("plots", True)), sampler=cfg.get("sampler", "pseudo"),
                  checkpoint_every=cfg.get("checkpoint_every", 500), recommended=pcfg.get("adapt") or {},
+                 derivatives=cfg.get("derivatives", "auto"), cuda_graph=cfg.get("cuda_graph", "auto"),
+                 sync_every=cfg.get("sync_every", 0),
                  **options)

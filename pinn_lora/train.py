@@ -38,9 +38,13 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0 = off); needs a checkpoint path
     divergence_factor: float = 1e6  # stop when loss > factor × initial loss
     derivatives: str = "auto"  # autograd | jets | auto (jets on CUDA, autograd on CPU)
+    cuda_graph: Any = "auto"  # capture the whole step in a CUDA graph: auto (on CUDA when possible) | True | False
+    sync_every: int = 0  # graph mode: steps between host reads of the losses (0: eval_every)
 
     def __post_init__(self) -> None:
-        for key in ("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every"):
+        if self.cuda_graph not in ("auto", True, False):
+            raise ValueError(f"train: cuda_graph={self.cuda_graph!r}; use auto, true or false")
+        for key in ("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every", "sync_every"):
             if int(getattr(self, key)) < 0:
                 raise ValueError(f"train: {key}={getattr(self, key)!r} must be >= 0")
         for key in ("n_points", "resample_every", "eval_every", "causal_bins"):
@@ -135,6 +139,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rng = np.random.default_rng(cfg.seed)
         self.history = History()
+        self.graph_captured = False  # set when the steps ran from a CUDA graph
 
     def points(self, n: int) -> torch.Tensor:
         seed = int(self.rng.integers(2**31 - 1))
@@ -173,6 +178,13 @@ class Trainer:
         self._good: list[torch.Tensor] | None = None  # the last parameters whose loss passed the check
         points = None
         try:
+            static = self._static_mode()
+            if static is not None:
+                if not self._run_static(capture=static, bar=bar):
+                    return hist
+                if cfg.lbfgs_steps:
+                    self._lbfgs(cfg.steps, bar)
+                return hist
             for step in range(cfg.steps):
                 if points is None or step % cfg.resample_every == 0:
                     points = self.points(cfg.n_points)
@@ -203,6 +215,148 @@ class Trainer:
             for m in self.monitors:
                 m.on_end(hist)
         return hist
+
+    # -- graph mode: a static step, replayed from a CUDA graph, the host reading results every N steps
+    def _static_mode(self) -> bool | None:
+        """None: the eager loop (a host read every step); True: the static step captured in a CUDA
+        graph; False: the static step without capture (``sync_every`` > 0 where no graph is used)."""
+        want, why = self.cfg.cuda_graph, self.graph_unsafe_reason()
+        if want is True and why:
+            raise ValueError(f"cuda_graph=true: {why}")
+        if not self.cfg.steps:
+            return None
+        if want is not False and not why:
+            return True
+        if want == "auto" and self.device.type == "cuda":
+            _say_once(f"cuda_graph: eager steps ({why})")
+        if self.cfg.sync_every and not self._static_unsafe_reason():
+            return False
+        return None
+
+    def _static_unsafe_reason(self) -> str:
+        if self.after_step is not None:
+            return "the method changes the model between steps (merges, restarts or basis refreshes)"
+        return self.dynamics.graph_unsafe_reason()
+
+    def graph_unsafe_reason(self) -> str:
+        """'' when the step can be captured in a CUDA graph, else why not."""
+        if self.device.type != "cuda":
+            return f"the model is on {self.device.type}, not CUDA"
+        return self._static_unsafe_reason()
+
+    def _sync_every(self) -> int:
+        return self.cfg.sync_every or self.cfg.eval_every
+
+    def _run_static(self, capture: bool, bar: Any = None, warmup: int = 3) -> bool:
+        """The method's steps from a static step function: fixed buffers for the points and the
+        per-step results (loss, terms, gradient norm), written on the device into a ring of
+        ``sync_every`` rows; the host reads the ring every ``sync_every`` steps, then checks
+        divergence (restoring the state at the start of that block), evaluates and emits the
+        records. With ``capture`` the step is captured in a CUDA graph after ``warmup`` eager
+        steps (run on a side stream, as capture requires) and replayed; a capture that fails
+        falls back to calling the step function, saying why once. Points are drawn on the host
+        exactly as the eager loop draws them, so both loops see the same batches. Returns False
+        if the run diverged (the last good state restored)."""
+        cfg, hist = self.cfg, self.history
+        block = self._sync_every()
+        names = None
+        pts = self.points(cfg.n_points)
+        static_pts = pts.clone()
+        cursor = torch.zeros((), dtype=torch.long, device=self.device)
+        ring: list[torch.Tensor] = []
+
+        def step_fn() -> None:
+            nonlocal names
+            stash: dict[str, Any] = {}
+            loss = self.dynamics.step(self._closure(static_pts, stash))
+            if names is None:
+                names = list(stash["terms"])
+            row = torch.stack([loss.reshape(()).to(self.dtype), *(stash["terms"][k].reshape(()) for k in names),
+                               stash["grad_norm"].reshape(()).to(self.dtype)])
+            if not ring:
+                ring.append(torch.zeros(block, row.numel(), dtype=self.dtype, device=self.device))
+            ring[0].index_copy_(0, cursor.reshape(1) % block, row.unsqueeze(0))
+            cursor.add_(1)
+
+        graph = None
+        if capture:
+            self.dynamics.prepare_capture(self.device)
+        start_state = self._snapshot()
+        done = 0
+        while done < cfg.steps:
+            n = min(block - done % block, cfg.steps - done)
+            for i in range(n):
+                step = done + i
+                if step and step % cfg.resample_every == 0:
+                    static_pts.copy_(self.points(cfg.n_points), non_blocking=True)
+                self.dynamics.set_progress(step / max(cfg.steps, 1))
+                if graph is not None:
+                    graph.replay()
+                    self.dynamics.count_replays(1)
+                elif capture and step >= warmup:
+                    graph = self._capture(step_fn)
+                    if graph is not None:
+                        graph.replay()
+                        self.dynamics.count_replays(1)
+                    else:
+                        capture = False
+                        step_fn()
+                elif capture:
+                    side = torch.cuda.Stream(self.device)
+                    side.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(side):
+                        step_fn()
+                    torch.cuda.current_stream(self.device).wait_stream(side)
+                else:
+                    step_fn()
+            rows = ring[0][:n].tolist()  # the one host sync of the block
+            cursor.zero_()
+            for i, row in enumerate(rows):
+                step = done + i
+                loss = row[0]
+                rec = {"step": step, "phase": "train", "loss": loss,
+                       **{f"loss_{k}": v for k, v in zip(names, row[1:-1])}, "grad_norm": row[-1],
+                       "lr": self.dynamics.lr, "evaluations": hist.evaluations + self.dynamics.evaluations_per_step,
+                       "time": time.perf_counter() - self._start}
+                hist.evaluations = rec["evaluations"]
+                self._initial = loss if self._initial is None else self._initial
+                bad = _diverged(loss, self._initial, cfg.divergence_factor)
+                if bad:
+                    with torch.no_grad():
+                        for t, g in zip(self._state_tensors(), start_state):
+                            t.copy_(g)
+                    hist.status = "diverged"
+                    hist.message = (f"{bad} at step {step}; kept the state at step {done}, the start of its "
+                                    f"block of {block} graph steps")
+                    self._finish_diverged(rec, bar)
+                    return False
+                hist.steps += 1
+                last = i == n - 1
+                if not last:
+                    rec["between_syncs"] = True
+                if last and ((step + 1) // cfg.eval_every > done // cfg.eval_every or step + 1 == cfg.steps):
+                    rec["rel_l2"] = self.evaluate()
+                self._good = start_state
+                self._maybe_checkpoint(step)
+                self._emit(rec, bar)
+            done += n
+            start_state = self._snapshot()
+        return self._verify_end(static_pts, cfg.steps - 1, bar)
+
+    def _capture(self, step_fn: Callable[[], None]) -> Any:
+        """A CUDA graph of ``step_fn``, or None (and why, once) when capture fails."""
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                step_fn()
+        except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager
+            _say_once(f"cuda_graph: capture failed, eager steps from here ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''})")
+            torch.cuda.synchronize(self.device)
+            return None
+        self.graph_captured = True
+        return graph
 
     # -- divergence: the loss of a step is measured at the parameters *before* it, so each
     # -- step's result is verified by the next loss; the last one by one extra evaluation.
@@ -307,6 +461,17 @@ class Trainer:
                 post["L2"] = f"{self.history.last('rel_l2'):.2e}"
             bar.set_postfix(post, refresh=False)
             bar.update(advance)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        import warnings
+
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _diverged(loss: float, initial: float, factor: float) -> str:

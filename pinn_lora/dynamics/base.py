@@ -56,6 +56,19 @@ class Dynamics:
     def reset_state(self) -> None:
         """Forget optimiser moments (used by schedules that restart)."""
 
+    # -- CUDA graphs (see Trainer._run_static) --
+    def graph_unsafe_reason(self) -> str:
+        """'' when ``step`` reads nothing back to the host (no ``.item()``, no checked solver) and
+        keeps its tensors in place, so it can be captured in a CUDA graph; else why not."""
+        return f"{type(self).__name__} has not been checked for graph capture"
+
+    def prepare_capture(self, device: torch.device) -> None:
+        """Switch to capturable state (device-side step counters, tensor learning rates) before
+        the first step."""
+
+    def count_replays(self, n: int) -> None:
+        """Host-side bookkeeping that a replayed graph does not run (counters)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"progress": self.progress}
 
@@ -85,12 +98,32 @@ class GradientDynamics(Dynamics):
     def set_progress(self, progress: float) -> None:
         super().set_progress(progress)
         for g in self.optimizer.param_groups:
-            g["lr"] = self.lr * g.get("lr_mult", 1.0)
+            value = self.lr * g.get("lr_mult", 1.0)
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(value)  # in place: a captured graph reads this tensor
+            else:
+                g["lr"] = value
 
     def step(self, closure: Closure) -> torch.Tensor:
         loss = closure()
         self.optimizer.step()
         return loss
+
+    def graph_unsafe_reason(self) -> str:
+        return ""
+
+    def prepare_capture(self, device: torch.device) -> None:
+        """Adam with ``capturable=True`` and each group's learning rate a device tensor, updated
+        in place by the schedule (a Python float would be frozen into the graph)."""
+        if self._cls is torch.optim.Adam and device.type == "cuda":
+            self._options = {**self._options, "capturable": True}
+            if self.optimizer.state:
+                raise RuntimeError("prepare_capture must come before the first step")
+            self.optimizer = self._make()
+            for g in self.optimizer.param_groups:
+                g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=device)
+        elif self.schedule != "constant":
+            raise ValueError(f"a {self.schedule} schedule cannot be captured with {self._cls.__name__}")
 
     def reset_state(self) -> None:
         self.optimizer.state.clear()

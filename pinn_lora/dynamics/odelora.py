@@ -156,6 +156,7 @@ class ODELoRADynamics(Dynamics):
         self.precondition, self.beta2, self.eps = precondition, float(beta2), float(eps)
         self.second_moments: list[torch.Tensor | None] = [None] * len(self.layers)
         self.n_updates = 0
+        self._count: torch.Tensor | None = None
         self.metric: list[torch.Tensor] = []
         for lay in self.layers:
             lay.capture_weight_grad = precondition != "none"
@@ -203,14 +204,20 @@ class ODELoRADynamics(Dynamics):
         """RMSprop's second moments of the full-weight gradients; the metric is
         held fixed for all stages of a step, so each step integrates a
         (preconditioned) gradient flow."""
+        # updated in place, the step count on the device: a captured graph replays this correctly
         self.n_updates += 1
         self.metric = []
         for i, lay in enumerate(self.layers):
             g2 = lay.weight_grad**2
-            v = self.second_moments[i]
-            v = (1 - self.beta2) * g2 if v is None else self.beta2 * v + (1 - self.beta2) * g2
-            self.second_moments[i] = v
-            self.metric.append((v / (1 - self.beta2**self.n_updates)).sqrt() + self.eps)
+            if self.second_moments[i] is None:
+                self.second_moments[i] = torch.zeros_like(g2)
+            if self._count is None:
+                self._count = torch.zeros((), dtype=torch.float64, device=g2.device)
+            self.second_moments[i].mul_(self.beta2).add_(g2, alpha=1 - self.beta2)
+        self._count.add_(1)
+        correction = 1 - self.beta2**self._count
+        for v in self.second_moments:
+            self.metric.append((v / correction.to(v.dtype)).sqrt() + self.eps)
 
     def step(self, closure: Closure) -> torch.Tensor:
         y0 = self._state()
@@ -237,10 +244,24 @@ class ODELoRADynamics(Dynamics):
             self.forced += int(res.forced)
         # a step that blew up is left as it is: the loop's divergence check sees the non-finite loss
         # and rolls back (an SVD of non-finite factors would raise instead)
-        if self.rebalance and bool(torch.stack([torch.isfinite(t).all() for t in y1]).all()):
-            y1 = [t for i in range(0, len(y1), 2) for t in rebalance(y1[i], y1[i + 1])]
+        if self.rebalance:  # without a host read: the rebalanced factors only where all are finite
+            finite = torch.stack([torch.isfinite(t).all() for t in y1]).all()
+            safe = [torch.where(finite, t, torch.zeros_like(t)) for t in y1]
+            balanced = [t for i in range(0, len(safe), 2) for t in rebalance(safe[i], safe[i + 1])]
+            y1 = [torch.where(finite, b, t) for b, t in zip(balanced, y1)]
         self._load(y1)
         return loss0
+
+    def graph_unsafe_reason(self) -> str:
+        if self.controller is not None:
+            return f"scheme {self.tableau.name} chooses its step size on the host"
+        if self.schedule != "constant":
+            return f"a {self.schedule} schedule changes the step size, which a graph freezes"
+        return ""
+
+    def count_replays(self, n: int) -> None:
+        self.accepted += n
+        self.field_evaluations += n * self.tableau.stages
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "h_accepted": self.h_accepted, "h_next": self.h_next,
