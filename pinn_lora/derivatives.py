@@ -159,8 +159,9 @@ def mlp_jets(weights: Sequence[tuple[torch.Tensor, torch.Tensor | None]], activa
     for i, j in second:
         if i not in slot or j not in slot:
             raise ValueError("mlp_jets: each second-derivative variable must also be in 'first'")
-    pi = [slot[i] for i, _ in second]
-    pj = [slot[j] for _, j in second]
+    dev = x.device
+    pi = _index(tuple(slot[i] for i, _ in second), dev)
+    pj = _index(tuple(slot[j] for _, j in second), dev)
 
     def affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         # h (K, S, N, in) -> (K, S, N, out); the bias on slot 0 only
@@ -177,13 +178,13 @@ def mlp_jets(weights: Sequence[tuple[torch.Tensor, torch.Tensor | None]], activa
     wt = w.transpose(-1, -2) if batched else w.T.unsqueeze(0)  # (K, d, out)
     z0 = x @ wt + (b.reshape(wt.shape[0], 1, -1) if b is not None else 0)  # (K, N, out)
     n = x.shape[0]
-    zd = wt[:, list(first)].unsqueeze(2).expand(-1, -1, n, -1)  # (K, F, N, out)
+    zd = wt.index_select(1, _index(tuple(first), dev)).unsqueeze(2).expand(-1, -1, n, -1)  # (K, F, N, out)
     zdd = None  # second derivatives are zero after the first (affine) layer
     for w, b in weights[1:]:
         a, s1, s2 = _activation_jet(activation, z0)
         s1u, s2u = s1.unsqueeze(1), s2.unsqueeze(1)
         ad = s1u * zd
-        add = s2u * zd[:, pi] * zd[:, pj]
+        add = s2u * zd.index_select(1, pi) * zd.index_select(1, pj)
         if zdd is not None:
             add = add + s1u * zdd
         out = affine(torch.cat([a.unsqueeze(1), ad, add], dim=1), w, b)
@@ -191,6 +192,18 @@ def mlp_jets(weights: Sequence[tuple[torch.Tensor, torch.Tensor | None]], activa
     if zdd is None:
         zdd = zd.new_zeros(zd.shape[0], len(second), *zd.shape[2:])
     return torch.cat([z0.unsqueeze(1), zd, zdd], dim=1)
+
+
+_INDEX: dict[tuple, torch.Tensor] = {}
+
+
+def _index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An index tensor on ``device``, made once: indexing with a Python list would copy it from
+    the host at every call, which a CUDA graph capture refuses."""
+    key = (values, str(device))
+    if key not in _INDEX:
+        _INDEX[key] = torch.tensor(values, dtype=torch.long, device=device)
+    return _INDEX[key]
 
 
 def _plan(names: Sequence[str], variables: tuple[str, ...]) -> tuple[list[int], list[tuple[int, int]]]:
