@@ -18,9 +18,12 @@ def _task(cfg) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    result = guarded(lambda: run_config(plain, run_dir))
-    print(result.summary_line())
-    print(f"run directory: {run_dir}")
+    out = guarded(lambda: run_config(plain, run_dir))
+    results = out if isinstance(out, list) else [out]
+    for result in results:
+        print(result.summary_line())
+    print(f"run directory: {run_dir}" + (" (one subdirectory per coefficient)" if isinstance(out, list) else ""))
+    result = results[0]
     if result.history.status == "diverged":
         print(f"error: diverged: {result.history.message}", file=sys.stderr)
         from hydra.types import RunMode

@@ -266,13 +266,32 @@ def check_strings(cfg: Mapping[str, Any], keys: Sequence[str]) -> None:
             raise ConfigError(f"{key}={cfg.get(key)!r} must be a string")
 
 
-def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult:
+def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult | list[AdaptResult]:
     """Run one adaptation from a composed (plain dict) config; values left null
-    take the problem config's ``adapt`` recommendations."""
+    take the problem config's ``adapt`` recommendations. A list for one coefficient
+    (``problem.nu=[0.005,0.01]``) runs them all in one batched run (:mod:`pinn_lora.batch`;
+    no L-BFGS finish) and returns one result per value."""
     check_strings(cfg, ("device", "dtype", "base", "sampler", "derivatives"))
     pcfg, mcfg = cfg["problem"], cfg["method"]
-    problem = problem_from_config(pcfg, "adapt")
     options = {k: v for k, v in mcfg.items() if k != "name" and v is not None}
+    lists = [k for k, v in pcfg.items() if isinstance(v, (list, tuple)) and k not in ("modes", "adapt", "pretrain")]
+    if lists:  # problem.nu=[0.005,0.01]: one batched run over the coefficients
+        if len(lists) > 1:
+            raise ConfigError(f"give a list for one coefficient at a time, not {', '.join(lists)}")
+        values = pcfg[lists[0]]
+        if not values:
+            raise ConfigError(f"problem.{lists[0]}=[]: the list of coefficients is empty")
+        from pinn_lora.batch import adapt_many
+
+        problems = [problem_from_config({**pcfg, lists[0]: v}, "adapt") for v in values]
+        return adapt_many(cfg.get("base") or problems[0].name, problems, mcfg["name"], steps=cfg.get("steps"),
+                          n_points=cfg.get("n_points"), lbfgs_steps=0, eval_every=cfg.get("eval_every", 100),
+                          seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
+                          dtype=cfg.get("dtype", "float64"), run_dir=run_dir,
+                          progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
+                          sampler=cfg.get("sampler", "pseudo"), recommended=pcfg.get("adapt") or {},
+                          cuda_graph=cfg.get("cuda_graph", "auto"), sync_every=cfg.get("sync_every", 0), **options)
+    problem = problem_from_config(pcfg, "adapt")
     return adapt(cfg.get("base") or problem.name, problem, mcfg["name"], steps=cfg.get("steps"),
                  n_points=cfg.get("n_points"), lbfgs_steps=cfg.get("lbfgs_steps"),
                  eval_every=cfg.get("eval_every", 100), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),

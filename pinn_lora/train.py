@@ -64,7 +64,12 @@ def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_e
     time variable, points are binned in time and bin i is weighted by
     exp(−ε Σ_{k<i} L_k) (weights not differentiated). ``derivatives``: the engine
     (see :func:`pinn_lora.derivatives.provider`)."""
-    d = provider(problem, net, points, derivatives)
+    return residual_terms(problem, provider(problem, net, points, derivatives), points, causal_eps, causal_bins)
+
+
+def residual_terms(problem: Any, d: Any, points: torch.Tensor, causal_eps: float = 0.0,
+                   causal_bins: int = 32) -> dict[str, torch.Tensor]:
+    """:func:`residual_losses` from a derivative provider ``d`` already built on ``points``."""
     scale = problem.residual_scale()
     out = {}
     for name, r in problem.residuals(d).items():
