@@ -284,7 +284,7 @@ class Trainer:
             cursor.add_(1)
 
         graph = None
-        if capture:
+        if self.device.type == "cuda":  # the same (capturable) optimiser with or without the graph
             self.dynamics.prepare_capture(self.device)
         start_state = self._snapshot()
         done = 0

@@ -9,22 +9,28 @@ from pinn_lora.session import adapt
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("method,opts", [("lora", {}), ("full", {}), ("odelora", {"precondition": "rmsprop", "lr": 1e-3}),
-                                         ("odelora", {"scheme": "rk4"}), ("riemannian", {})])
-def test_graph_equals_eager_on_cuda(method, opts):
+@pytest.mark.parametrize("method,opts,captured", [
+    ("lora", {}, True), ("full", {}, True), ("riemannian", {}, True),
+    ("odelora", {"precondition": "rmsprop", "lr": 1e-3, "rebalance": False}, True),
+    ("odelora", {"scheme": "rk4", "rebalance": False}, True),
+    # the rebalance's r×r QR/SVD go through the host on CUDA: capture fails, eager steps follow
+    ("odelora", {"precondition": "rmsprop", "lr": 1e-3}, False)])
+def test_graph_equals_static_eager_on_cuda(method, opts, captured):
+    """The captured graph replays exactly the steps of the same static loop run without capture."""
     prob = get_problem("helmholtz", k=3.0)
     runs = {}
     for graph in (False, True):
         runs[graph] = adapt("helmholtz", prob, method, steps=30, n_points=256, resample_every=7, eval_every=10,
                             lbfgs_steps=0, device="cuda", progress=False, plots=False, cuda_graph=graph,
                             derivatives="jets", sync_every=10, **opts)
-    assert runs[True].extra["settings"]["cuda_graph"] is True
+    assert runs[True].extra["settings"]["cuda_graph"] is captured
+    assert runs[False].extra["settings"]["cuda_graph"] is False
     e = [r["loss"] for r in runs[False].history.records if r["phase"] == "train"]
     g = [r["loss"] for r in runs[True].history.records if r["phase"] == "train"]
     assert len(g) == 30
     for a, b in zip(e, g):
-        assert abs(a - b) <= 1e-9 * max(abs(a), 1e-12)
-    assert abs(runs[True].error - runs[False].error) <= 1e-9
+        assert abs(a - b) <= 1e-10 * max(abs(a), 1e-12)
+    assert abs(runs[True].error - runs[False].error) <= 1e-10
 
 
 def test_jets_equal_autograd_on_cuda():

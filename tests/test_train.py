@@ -44,7 +44,7 @@ def test_divergence_stops_cleanly(tmp_path, method, lr):
     assert summary["status"] == "diverged"
     assert summary["settings"] == {"steps": 50, "n_points": 64, "resample_every": 100, "lbfgs_steps": 0,
                                    "eval_every": 100, "sampler": "pseudo", "dtype": "float64",
-                                   "base": "(network given)"}  # the run describes itself without Hydra
+                                   "base": "(network given)", "derivatives": "auto", "cuda_graph": False}  # the run describes itself without Hydra
     assert all(torch.isfinite(p).all() for p in res.model.parameters())  # the last good state is kept
     assert math.isfinite(res.model(torch.zeros(3, 2, dtype=torch.float64)).sum().item())
     if (tmp_path / "checkpoint.safetensors").exists():  # the last good state is finite
