@@ -182,3 +182,20 @@ def test_static_loop_divergence_restores_block_start():
     assert res.history.status == "diverged"
     assert "start of its block of 4 graph steps" in res.history.message
     assert math.isfinite(res.error)
+
+
+def test_graph_reasons_on_cpu():
+    """Why a step cannot be captured is said plainly; cuda_graph=true off CUDA is refused."""
+    from pinn_lora.dynamics.base import GradientDynamics
+    from pinn_lora.train import TrainConfig, Trainer
+
+    prob = get_problem("burgers")
+    net = build_network([2, 8, 1], "tanh", seed=0)
+    dyn = GradientDynamics(list(net.parameters()), lr=1e-3, optimizer="sgd", schedule="cosine")
+    assert "cosine schedule with SGD" in dyn.graph_unsafe_reason()
+    tr = Trainer(prob, net, dyn, TrainConfig(steps=2, n_points=8, cuda_graph=True, progress=False))
+    assert tr.graph_unsafe_reason() == "the model is on cpu, not CUDA"
+    with pytest.raises(ValueError, match="cuda_graph=true: the model is on cpu, not CUDA"):
+        tr.run()
+    with pytest.raises(ValueError, match="cuda_graph='yes'"):
+        TrainConfig(cuda_graph="yes")

@@ -110,6 +110,8 @@ class GradientDynamics(Dynamics):
         return loss
 
     def graph_unsafe_reason(self) -> str:
+        if self._cls is not torch.optim.Adam and self.schedule != "constant":
+            return f"a {self.schedule} schedule with {self._cls.__name__} would be frozen into the graph"
         return ""
 
     def prepare_capture(self, device: torch.device) -> None:
@@ -122,8 +124,6 @@ class GradientDynamics(Dynamics):
             self.optimizer = self._make()
             for g in self.optimizer.param_groups:
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=device)
-        elif self.schedule != "constant":
-            raise ValueError(f"a {self.schedule} schedule cannot be captured with {self._cls.__name__}")
 
     def reset_state(self) -> None:
         self.optimizer.state.clear()
