@@ -265,8 +265,7 @@ class Trainer:
         cfg, hist = self.cfg, self.history
         block = self._sync_every()
         names = None
-        pts = self.points(cfg.n_points)
-        static_pts = pts.clone()
+        static_pts = self.points(cfg.n_points)
         cursor = torch.zeros((), dtype=torch.long, device=self.device)
         ring: list[torch.Tensor] = []
 
@@ -295,17 +294,12 @@ class Trainer:
                 if step and step % cfg.resample_every == 0:
                     static_pts.copy_(self.points(cfg.n_points), non_blocking=True)
                 self.dynamics.set_progress(step / max(cfg.steps, 1))
+                if capture and graph is None and step >= warmup:
+                    graph = self._capture(step_fn)
+                    capture = graph is not None
                 if graph is not None:
                     graph.replay()
                     self.dynamics.count_replays(1)
-                elif capture and step >= warmup:
-                    graph = self._capture(step_fn)
-                    if graph is not None:
-                        graph.replay()
-                        self.dynamics.count_replays(1)
-                    else:
-                        capture = False
-                        step_fn()
                 elif capture:
                     side = torch.cuda.Stream(self.device)
                     side.wait_stream(torch.cuda.current_stream(self.device))
@@ -324,15 +318,11 @@ class Trainer:
                        "lr": self.dynamics.lr, "evaluations": hist.evaluations + self.dynamics.evaluations_per_step,
                        "time": time.perf_counter() - self._start}
                 hist.evaluations = rec["evaluations"]
-                self._initial = loss if self._initial is None else self._initial
-                bad = _diverged(loss, self._initial, cfg.divergence_factor)
-                if bad:
-                    with torch.no_grad():
-                        for t, g in zip(self._state_tensors(), start_state):
-                            t.copy_(g)
-                    hist.status = "diverged"
-                    hist.message = (f"{bad} at step {step}; kept the state at step {done}, the start of its "
-                                    f"block of {block} graph steps")
+                # the block's start state is verified by the block's first loss; a blow-up restores it
+                # (or, when that first loss is already bad, the previous block's start)
+                if self._check(loss, start_state, step):
+                    hist.message += (f" (graph mode: the start of its block of {block} graph steps, or of the "
+                                     "block before when the block's first loss is bad)")
                     self._finish_diverged(rec, bar)
                     return False
                 hist.steps += 1
@@ -341,7 +331,6 @@ class Trainer:
                     rec["between_syncs"] = True
                 if last and ((step + 1) // cfg.eval_every > done // cfg.eval_every or step + 1 == cfg.steps):
                     rec["rel_l2"] = self.evaluate()
-                self._good = start_state
                 self._maybe_checkpoint(step)
                 self._emit(rec, bar)
             done += n

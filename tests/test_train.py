@@ -182,6 +182,12 @@ def test_static_loop_divergence_restores_block_start():
     assert res.history.status == "diverged"
     assert "start of its block of 4 graph steps" in res.history.message
     assert math.isfinite(res.error)
+    first = res.history.records[0]["loss"]
+    pts = torch.as_tensor(prob.sample(64, seed=0))
+    from pinn_lora.train import residual_loss
+
+    kept = float(residual_loss(prob, res.model, pts).detach())  # the restored state is one whose loss passed
+    assert math.isfinite(kept) and kept < 1e6 * first
 
 
 def test_graph_reasons_on_cpu():
