@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pinn_lora.methods import AttachContext, Method, get_method
+from pinn_lora.methods import AttachContext, get_method
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import get_problem
 from pinn_lora.session import recommendations
@@ -47,8 +47,7 @@ def time_ours(label: str, net, problem, n_points: int, steps: int, variant: str,
     model = method.attach(copy.deepcopy(net), AttachContext(problem, lambda m: residual_loss(problem, m, probe), 0))
     cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=10**9, eval_every=10**9, progress=False,
                       sync_every=100, **VARIANTS[variant])
-    hook = method.after_step if type(method).after_step is not Method.after_step else None
-    tr = Trainer(problem, model, method.dynamics(model), cfg, after_step=hook)
+    tr = Trainer(problem, model, method.dynamics(model), cfg, after_step=method.step_hook())
     hist = tr.run()
     t = {r["step"]: r["time"] for r in hist.records if r["phase"] == "train"}
     ms = 1e3 * (t[steps - 1] - t[99]) / (steps - 100)

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from pinn_lora.derivatives import JetDerivatives, jets_supported, layer_weight, mlp_jets, needed_derivatives
-from pinn_lora.train import History, Trainer, TrainConfig, residual_terms
+from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
+from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
 
 
 class Stacked(nn.Module):
@@ -55,49 +55,32 @@ class BatchTrainer(Trainer):
         self.problems, self.members = list(problems), list(stacked.members)
         names = {needed_derivatives(p) for p in self.problems}
         self.names = sorted(set().union(*names))
+        self.plan = _plan(self.names, self.problem.variables)  # (first, second) derivative variables
         self.member_params = [[p for p in m.parameters() if p.requires_grad] for m in self.members]
         self.errors: list[float] = []
 
-    def _closure(self, points: torch.Tensor, stash: dict[str, Any]) -> Callable[[], torch.Tensor]:
-        from pinn_lora.derivatives import _plan
+    def _loss_terms(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every copy's terms (``pde@k`` …) from one stacked jet pass; the loss is their sum."""
+        weights = []
+        for i in range(len(self.members[0].linears)):
+            pairs = [layer_weight(m.linears[i]) for m in self.members]
+            w = torch.stack([wb[0] for wb in pairs])
+            b = None if pairs[0][1] is None else torch.stack([wb[1] for wb in pairs])
+            weights.append((w, b))
+        jets = mlp_jets(weights, self.model.activation_name, points.detach(), *self.plan)
+        per: dict[str, torch.Tensor] = {}
+        for k, (prob, m) in enumerate(zip(self.problems, self.members)):
+            d = JetDerivatives(None, points, prob.variables, self.names, stacked=jets[k:k + 1],
+                               transform=getattr(m, "_output_transform", None))
+            terms = residual_terms(prob, d, points, self.cfg.causal_eps, self.cfg.causal_bins)
+            per.update({f"{name}@{k}": v for name, v in terms.items()})
+        return per
 
-        first, second = _plan(self.names, self.problem.variables)
-
-        def closure() -> torch.Tensor:
-            for p in self.params:
-                p.grad = None
-            n_layers = len(self.members[0].linears)
-            weights = []
-            for i in range(n_layers):
-                pairs = [layer_weight(m.linears[i]) for m in self.members]
-                w = torch.stack([wb[0] for wb in pairs])
-                b = None if pairs[0][1] is None else torch.stack([wb[1] for wb in pairs])
-                weights.append((w, b))
-            jets = mlp_jets(weights, self.model.activation_name, points.detach(), first, second)
-            per: dict[str, torch.Tensor] = {}
-            total = 0.0
-            for k, (prob, m) in enumerate(zip(self.problems, self.members)):
-                d = JetDerivatives(None, points, prob.variables, self.names, stacked=jets[k:k + 1],
-                                   transform=getattr(m, "_output_transform", None))
-                terms = residual_terms(prob, d, points, self.cfg.causal_eps, self.cfg.causal_bins)
-                loss_k = sum(terms.values())
-                total = total + loss_k
-                for name, v in terms.items():
-                    per[f"{name}@{k}"] = v
-            total.backward()
-            for p in self.params:
-                if p.grad is not None and not p.grad.is_contiguous():
-                    p.grad = p.grad.contiguous()
-            stash["evals"] = stash.get("evals", 0) + 1
-            if "terms" not in stash:
-                stash["terms"] = {k: v.detach() for k, v in per.items()}
-                for k, ps in enumerate(self.member_params):
-                    stash["terms"][f"grad_norm@{k}"] = torch.sqrt(
-                        sum((p.grad.detach() ** 2).sum() for p in ps if p.grad is not None))
-                stash["grad_norm"] = torch.sqrt(sum(stash["terms"][f"grad_norm@{k}"] ** 2
-                                                    for k in range(len(self.members))))
-            return total.detach()
-        return closure
+    def _gradient_stats(self, stash: dict[str, Any]) -> None:
+        """Each copy's gradient norm (recorded as ``loss_grad_norm@k``) and the total."""
+        for k, ps in enumerate(self.member_params):
+            stash["terms"][f"grad_norm@{k}"] = _norm(ps)
+        stash["grad_norm"] = torch.sqrt(sum(stash["terms"][f"grad_norm@{k}"] ** 2 for k in range(len(self.members))))
 
     def evaluate(self) -> float:
         """Every copy's relative L2 error (kept in ``errors``); returns the largest."""
@@ -146,8 +129,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     """Adapt one base model to each of ``problems`` (the same family, other coefficients) in one
     batched run; returns one :class:`~pinn_lora.session.AdaptResult` per problem (and, with
     ``run_dir``, writes one run directory per problem under it: ``<k>_<coefficients>/``)."""
-    from pinn_lora.methods import AttachContext, Method, get_method, trainable_parameters
-    from pinn_lora.monitors import json_safe
+    from pinn_lora.methods import AttachContext, get_method, trainable_parameters
+    from pinn_lora.monitors import MetricsWriter
     from pinn_lora.session import (AdaptResult, ConfigError, recommendations, resolve_device, resolve_dtype,
                                    check_ints)
     from pinn_lora.train import residual_loss
@@ -192,7 +175,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
                           "use a fixed-step scheme (euler, heun, midpoint, rk4)")
     stacked = Stacked(models)
     dynamics = methods[0].dynamics(stacked)
-    hooked = type(methods[0]).after_step is not Method.after_step
+    hooked = methods[0].step_hook() is not None
 
     def after_step(step: int, model: nn.Module, dyn: Any) -> None:
         for meth, m in zip(methods, models):
@@ -212,14 +195,14 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
         if run_dir is not None:
             label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
             sub = Path(run_dir) / f"{k:02d}_{label}"
-            if (sub / "summary.json").exists():
+            if any((sub / f).exists() for f in ("metrics.jsonl", "summary.json")):  # the writer appends
                 raise ConfigError(f"run directory {sub} already holds a run; choose another out=")
             sub.mkdir(parents=True, exist_ok=True)
-            import json
-
-            with open(sub / "metrics.jsonl", "w", encoding="utf-8") as fh:
-                for r in hist.records:
-                    fh.write(json.dumps({key: json_safe(v) for key, v in r.items()}) + "\n")
+            writer = MetricsWriter(sub / "metrics.jsonl")
+            writer.on_start(m, prob)
+            for r in hist.records:
+                writer.on_record(r)
+            writer.on_end(hist)
             res.run_dir = sub
             res.save(sub, plots=plots)
         results.append(res)

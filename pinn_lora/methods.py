@@ -105,6 +105,11 @@ class Method:
     def after_step(self, step: int, model: nn.Module, dynamics: Dynamics) -> None:
         """Schedule hook, called after every step (merges, restarts …)."""
 
+    def step_hook(self) -> Callable[[int, nn.Module, Dynamics], None] | None:
+        """``after_step`` when this method overrides it, else None (no hook: the step can be a
+        static, graph-captured one)."""
+        return self.after_step if type(self).after_step is not Method.after_step else None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}
 

@@ -218,8 +218,7 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
-    hook = meth.after_step if type(meth).after_step is not Method.after_step else None  # None: no schedule hook
-    trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=hook,
+    trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.step_hook(),
                       checkpoint_path=Path(run_dir) / "checkpoint.safetensors" if run_dir else None)
     history = trainer.run()
     error = history.last("rel_l2") if history.records else base_error

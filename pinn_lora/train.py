@@ -151,12 +151,20 @@ class Trainer:
         pts = self.problem.sample(n, seed=seed, sampler=self.cfg.sampler)
         return torch.as_tensor(pts, dtype=self.dtype, device=self.device)
 
+    def _loss_terms(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss terms on ``points``; the loss is their sum."""
+        return residual_losses(self.problem, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins,
+                               self.cfg.derivatives)
+
+    def _gradient_stats(self, stash: dict[str, Any]) -> None:
+        """After the step's first backward: the gradient norm for its record."""
+        stash["grad_norm"] = _norm(self.params)
+
     def _closure(self, points: torch.Tensor, stash: dict[str, Any]) -> Callable[[], torch.Tensor]:
         def closure() -> torch.Tensor:
             for p in self.params:
                 p.grad = None
-            terms = residual_losses(self.problem, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins,
-                                    self.cfg.derivatives)
+            terms = self._loss_terms(points)
             loss = sum(terms.values())
             loss.backward()
             for p in self.params:  # autograd may leave a transposed (non-contiguous) gradient; L-BFGS views it flat
@@ -165,8 +173,7 @@ class Trainer:
             stash["evals"] = stash.get("evals", 0) + 1
             if "terms" not in stash:  # first evaluation of the step: record it
                 stash["terms"] = {k: v.detach() for k, v in terms.items()}
-                stash["grad_norm"] = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.params
-                                                    if p.grad is not None))
+                self._gradient_stats(stash)
             return loss.detach()
         return closure
 
@@ -455,6 +462,11 @@ class Trainer:
                 post["L2"] = f"{self.history.last('rel_l2'):.2e}"
             bar.set_postfix(post, refresh=False)
             bar.update(advance)
+
+
+def _norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖gradient‖ over ``params`` (those with a gradient), on the device."""
+    return torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params if p.grad is not None))
 
 
 _SAID: set[str] = set()
