@@ -79,6 +79,8 @@ class LoRALinear(AdapterLinear):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
+    forward_is_linear = True  # both branches compute F.linear(x, weight(), bias0): the jet path may use weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.capture_weight_grad or not torch.is_grad_enabled():
             return super().forward(x)
