@@ -1,13 +1,21 @@
 """pinn_lora: adapt pretrained PINNs to new PDE coefficients with low-rank adapters.
 
-The public entry points (imported lazily, so ``import pinn_lora`` stays light)::
+The public surface (imported lazily, so ``import pinn_lora`` stays light)::
 
     import math, pinn_lora
     problem = pinn_lora.get_problem("burgers", nu=0.02 / math.pi)   # a PDE family at its coefficients
     net, card, source = pinn_lora.load_base("burgers")              # a shipped (or saved) base model
-    result = pinn_lora.adapt("burgers", problem, method="odelora")  # adapt, with monitors
-    pinn_lora.get_method("lora", rank=8)                            # a method object by name
+    result = pinn_lora.adapt("burgers", problem, method="odelora")  # attach + train, with monitors
+    model = pinn_lora.attach(my_net, "lora", problem, rank=8)       # attach a method to any PINN module
+    pinn_lora.save_adapter(model, "out/a", model_method, problem)   # safetensors + card (names the base)
+    loaded = pinn_lora.load_adapter("out/a", base="burgers")        # refused on the wrong base
+    pinn_lora.merge_adapters(loaded.model)                          # plain linear layers again
+    pinn_lora.evaluate(loaded.model, problem).rel_l2                # against the reference, on a grid
+    pinn_lora.adapt_many("burgers", [p1, p2, p3], "lora")           # several coefficients, one batched run
     pinn_lora.METHODS.names(), pinn_lora.PROBLEMS.names()           # what is registered
+
+DeepXDE users: :mod:`pinn_lora.interop.deepxde` (methods on ``deepxde.nn.FNN``, dynamics as
+``torch.optim.Optimizer``, monitors as callbacks).
 """
 from __future__ import annotations
 
@@ -26,6 +34,15 @@ _EXPORTS = {
     "get_method": "pinn_lora.methods",
     "Method": "pinn_lora.methods",
     "merge_adapters": "pinn_lora.adapters",
+    "attach": "pinn_lora.api",
+    "save_adapter": "pinn_lora.api",
+    "load_adapter": "pinn_lora.api",
+    "LoadedAdapter": "pinn_lora.api",
+    "AdapterMismatchError": "pinn_lora.api",
+    "evaluate": "pinn_lora.api",
+    "Evaluation": "pinn_lora.api",
+    "adapt_many": "pinn_lora.batch",
+    "Monitor": "pinn_lora.train",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -129,12 +129,11 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     """Adapt one base model to each of ``problems`` (the same family, other coefficients) in one
     batched run; returns one :class:`~pinn_lora.session.AdaptResult` per problem (and, with
     ``run_dir``, writes one run directory per problem under it: ``<k>_<coefficients>/``)."""
-    from pinn_lora.methods import AttachContext, get_method, trainable_parameters
+    from pinn_lora.api import attach
+    from pinn_lora.methods import get_method, trainable_parameters
     from pinn_lora.monitors import MetricsWriter
-    from pinn_lora.session import (AdaptResult, ConfigError, recommendations, resolve_device, resolve_dtype,
-                                   check_ints)
-    from pinn_lora.train import residual_loss
-    from pinn_lora.zoo import load_base
+    from pinn_lora.session import (AdaptResult, ConfigError, check_ints, recommendations, resolve_base,
+                                   resolve_device, resolve_dtype)
 
     if not problems:
         raise ConfigError("adapt_many: no problems given")
@@ -152,11 +151,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
     check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1), "seed": (seed, 0)})
     options = {**((rec.get("method") or {}).get(method) or {}), **method_options}
-    if isinstance(base, tuple):
-        net0, card = base
-        net0 = copy.deepcopy(net0).to(dtype=dt, device=dev)
-    else:
-        net0, card, _ = load_base(base, dtype=dt, device=dev)
+    net0, card = resolve_base(base, prob0, dt, dev)
     cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every, seed=seed,
                       progress=progress, sampler=sampler, derivatives="jets", cuda_graph=cuda_graph,
                       sync_every=sync_every)
@@ -167,8 +162,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
         net = copy.deepcopy(net0)
         net.apply_output_transform(prob.output_transform)
         base_errors.append(prob.relative_l2(net))
-        probe = torch.as_tensor(prob.sample(n_points, seed=seed + 104729), dtype=dt, device=dev)
-        models.append(meth.attach(net, AttachContext(prob, lambda m, p=prob, x=probe: residual_loss(p, m, x), seed)))
+        models.append(attach(net, meth, prob, seed=seed, n_points=n_points, base_card=card))
         methods.append(meth)
     if getattr(methods[0], "scheme", None) in ("bs23", "dopri5"):
         raise ConfigError(f"adapt_many: scheme {methods[0].scheme} chooses one step size for all copies; "

@@ -376,39 +376,19 @@ def median_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], n: int = 240,
 
 # ----------------------------------------------------------------------------- the adapted network
 def load_run_model(run: Run):
-    """Rebuild a run's adapted network from disk: the base architecture of card.json, the
-    method's adapters attached as in training, then adapter.safetensors (the full state
-    dict, frozen weights included). Returns (network, target problem)."""
-    import torch
-
-    from pinn_lora.checkpoint import load_tensors, read_json
-    from pinn_lora.methods import AttachContext, get_method
-    from pinn_lora.network import PINN
+    """Rebuild a run's adapted network from its adapter.safetensors and card.json
+    (:func:`pinn_lora.api.load_adapter`). Returns (network, target problem); the problem comes
+    from the run's Hydra config when it has one (it may set more than the coefficients)."""
+    from pinn_lora.api import load_adapter
     from pinn_lora.registry import get_problem
     from pinn_lora.session import problem_from_config
-    from pinn_lora.train import residual_loss
 
-    card = read_json(run.path / "card.json")
-    state = load_tensors(run.path / "adapter.safetensors")
-    base = card.get("base") or {}
-    arch = base.get("network") or {}
-    if not arch.get("layers"):
-        raise ValueError(f"{run.path / 'card.json'} does not name the base network")
+    model = load_adapter(run.path).model
     pcfg = (run.config or {}).get("problem")
     if isinstance(pcfg, dict) and pcfg.get("name") == run.problem:
         problem = problem_from_config({**pcfg, **run.coefficients}, "adapt")
     else:
         problem = get_problem(run.problem, **run.coefficients)
-    source = get_problem(base.get("problem", run.problem), **(base.get("coefficients") or {}))
-    net = PINN(arch["layers"], arch.get("activation", "tanh"), source.output_transform)
-    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float64)
-    net = net.to(dtype=dtype)
-    seed = int(run.seed) if isinstance(run.seed, int) else 0
-    probe = torch.as_tensor(problem.sample(256, seed=seed + 104729), dtype=dtype)
-    method = get_method(run.method, **run.options)
-    model = method.attach(net, AttachContext(problem, lambda m: residual_loss(problem, m, probe), seed))
-    model.load_state_dict(state, strict=True)
-    model.eval()
     return model, problem
 
 

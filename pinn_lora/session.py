@@ -13,14 +13,14 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-import pinn_lora
 from pinn_lora.adapters import adapter_layers
-from pinn_lora.checkpoint import save_tensors, write_json
-from pinn_lora.methods import AttachContext, Method, get_method, trainable_parameters
+from pinn_lora.api import attach, save_adapter
+from pinn_lora.checkpoint import write_json
+from pinn_lora.methods import Method, get_method, trainable_parameters
 from pinn_lora.monitors import AdapterState, FeatureChange, MetricsWriter, Stability, UpdateNorm, json_safe
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
-from pinn_lora.train import History, Monitor, TrainConfig, Trainer, residual_loss
+from pinn_lora.train import History, Monitor, TrainConfig, Trainer
 from pinn_lora.zoo import load_base
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -97,24 +97,10 @@ class AdaptResult:
                 f"({s['improvement']:.1f}x){'' if s['status'] == 'completed' else ' [' + s['status'] + ']'}")
 
     def save(self, run_dir: str | Path, plots: bool = True) -> Path:
-        """Write summary.json, adapter.safetensors + card.json and plots into ``run_dir``."""
+        """Write summary.json, adapter.safetensors + card.json (:func:`pinn_lora.api.save_adapter`;
+        reload with :func:`pinn_lora.load_adapter`) and plots into ``run_dir``."""
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v for k, v in self.model.state_dict().items()}
-        digest = save_tensors(run_dir / "adapter.safetensors", state)
-        card = {
-            "kind": "pinn_lora.adapter",
-            "package_version": pinn_lora.__version__,
-            "method": self.method.describe(),
-            "adapted_layers": [i for i, _ in adapter_layers(self.model)],
-            "trainable_parameters": self.trainable,
-            "problem": self.problem.name,
-            "coefficients": dict(self.problem.coefficients),
-            "base": {k: self.base_card.get(k) for k in ("problem", "coefficients", "network", "weights_sha256")},
-            "weights_sha256": digest,
-            "contents": "full adapted state dict (frozen weights as buffers + trainable factors)",
-        }
-        write_json(run_dir / "card.json", card)
+        save_adapter(self.model, run_dir, self.method, self.problem)
         write_json(run_dir / "summary.json", self.summary())
         if plots:
             from pinn_lora.report import plot_losses, plot_solution
@@ -142,7 +128,23 @@ def recommendations(problem_name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path)).get("adapt") or {}
 
 
-def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
+def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, Any]], problem: Any,
+                 dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """(a copy of the base network in ``dtype`` on ``device``, its card) from a shipped name, a saved
+    base's path, a (network, card) pair or a bare network (its card then names ``problem``'s family)."""
+    if isinstance(base, nn.Module):
+        base = (base, {"problem": problem.name})
+    if isinstance(base, tuple):
+        net, card = base
+        net, card = copy.deepcopy(net).to(dtype=dtype, device=device), dict(card)
+    else:
+        net, card, _ = load_base(base, dtype=dtype, device=device)
+    if card.get("problem") != problem.name:
+        raise ConfigError(f"base model is for problem {card.get('problem')!r}, not {problem.name!r}")
+    return net, card
+
+
+def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
           steps: int | None = None, n_points: int | None = None, resample_every: int | None = None,
           eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
           checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
@@ -152,8 +154,9 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
           recommended: Mapping[str, Any] | None = None, **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
-    ``base`` is a shipped name ("burgers"), a path to a saved base, or a
-    (network, card) pair. ``steps``, ``n_points``, ``lbfgs_steps`` and method
+    ``base`` is a shipped name ("burgers"), a path to a saved base, a
+    (network, card) pair, or a network (any module with ``linears``, e.g. a ``deepxde.nn.FNN``;
+    it is copied, not changed). ``steps``, ``n_points``, ``lbfgs_steps`` and method
     options left out take the problem's recommendations: ``recommended`` (the
     ``adapt`` section of a problem config), by default read from
     ``configs/problem/<name>.yaml``. Returns an :class:`AdaptResult`; with ``run_dir`` the metrics,
@@ -191,20 +194,9 @@ def adapt(base: str | Path | tuple[nn.Module, dict], problem: Any, method: str |
                             sampler=sampler, lbfgs_steps=lbfgs_steps, derivatives=derivatives,
                             cuda_graph=cuda_graph, sync_every=sync_every)
     torch.manual_seed(seed)
-    if isinstance(base, tuple):
-        net, card = base
-        net = copy.deepcopy(net).to(dtype=dt, device=dev)
-    else:
-        net, card, _ = load_base(base, dtype=dt, device=dev)
-    if card["problem"] != problem.name:
-        raise ConfigError(f"base model is for problem {card['problem']!r}, not {problem.name!r}")
+    net, card = resolve_base(base, problem, dt, dev)
     base_error = problem.relative_l2(net)
-    probe = torch.as_tensor(problem.sample(n_points, seed=seed + 104729), dtype=dt, device=dev)
-
-    def loss_fn(m: nn.Module) -> torch.Tensor:
-        return residual_loss(problem, m, probe)
-
-    model = meth.attach(net, AttachContext(problem, loss_fn, seed))
+    model = attach(net, meth, problem, seed=seed, n_points=n_points, base_card=card)
     dynamics = meth.dynamics(model)
     stability = Stability() if default_monitors else None
     mons: list[Monitor] = []

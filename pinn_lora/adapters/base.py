@@ -73,12 +73,26 @@ def resolve_targets(n_layers: int, targets: str | Sequence[int]) -> list[int]:
 
 def attach_adapters(net: nn.Module, make: Callable[[int, nn.Linear], AdapterLinear],
                     targets: str | Sequence[int] = "all") -> nn.Module:
-    """Freeze ``net`` and wrap the chosen ``net.linears`` with ``make(index, layer)``."""
-    for p in net.parameters():
-        p.requires_grad_(False)
+    """Freeze ``net`` and wrap the chosen ``net.linears`` with ``make(index, layer)``.
+
+    Every parameter of ``net`` becomes a buffer of the same name (state-dict keys unchanged), so
+    ``net.requires_grad_()`` — which DeepXDE's ``Model`` calls at every evaluation — cannot
+    unfreeze a layer left out of ``targets``; only the adapters' own tensors are parameters."""
+    freeze_as_buffers(net)
     for i in resolve_targets(len(net.linears), targets):
         net.linears[i] = make(i, net.linears[i])
     return net
+
+
+def freeze_as_buffers(module: nn.Module) -> nn.Module:
+    """Turn every parameter of ``module`` into a buffer with the same name and values (in place)."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is None:
+                continue
+            del sub._parameters[name]
+            sub.register_buffer(name, p.detach().requires_grad_(False))
+    return module
 
 
 def adapter_layers(net: nn.Module) -> Iterator[tuple[int, AdapterLinear]]:
