@@ -209,9 +209,11 @@ class DoRA(LoRA):
     name = "dora"
     summary = ("DoRA (Liu et al. 2024, arXiv 2402.09353): W = m * (W0 + sBA)/||W0 + sBA|| per output unit, "
                "trainable magnitude m and LoRA direction")
+    defaults = {**LoRA.defaults, "detach_norm": False}
 
     def make_layer(self, lin: nn.Linear, gen: torch.Generator) -> AdapterLinear:
-        return DoRALinear(lin, self.rank, self.alpha, generator=gen, scale=self.scale())
+        return DoRALinear(lin, self.rank, self.alpha, generator=gen, scale=self.scale(),
+                          detach_norm=self.detach_norm)
 
 
 class AsymLoRA(LoRA):
