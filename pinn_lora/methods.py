@@ -83,7 +83,7 @@ class Method:
             raise MethodOptionError(f"{bad} is not one of: {', '.join(map(str, self.choices[key]))}")
         if key in self.positive and not value > 0:
             raise MethodOptionError(f"{bad} must be > 0")
-        if key == "damping" and value < 0:
+        if key in ("damping", "metric_floor") and value < 0:
             raise MethodOptionError(f"{bad} must be >= 0")
         return value
 
@@ -345,7 +345,7 @@ class ODELoRA(LoRA):
     summary = ("ODELoRA (Gao & Tan 2026): balanced factors follow the projected full-FT gradient flow, "
                "integrated by a Runge–Kutta tableau (lr = time step h; bs23/dopri5 adapt h to rtol/atol)")
     defaults = {**LoRA.defaults, "lr": 0.05, "schedule": "constant", "scheme": "euler", "damping": 1e-8,
-                "rebalance": True, "init": "gradient", "init_scale": 0.1, "precondition": "none",
+                "rebalance": True, "init": "gradient", "init_scale": 0.1, "precondition": "none", "metric_floor": 0.1,
                 "rtol": 1e-3, "atol": 1e-6, "h_max_ratio": 10.0}
     choices = {**LoRA.choices, "scheme": tuple(TABLEAUS), "init": INITS, "precondition": PRECONDITIONERS}
     positive = LoRA.positive + ("init_scale", "rtol", "atol", "h_max_ratio")
@@ -368,7 +368,8 @@ class ODELoRA(LoRA):
         layers = [lay for _, lay in adapter_layers(model)]
         return ODELoRADynamics(layers, lr=self.lr, scheme=self.scheme, damping=self.damping,
                                rebalance=self.rebalance, schedule=self.schedule, final_ratio=self.final_ratio,
-                               precondition=self.precondition, rtol=self.rtol, atol=self.atol,
+                               precondition=self.precondition, metric_floor=self.metric_floor,
+                               rtol=self.rtol, atol=self.atol,
                                h_max=self.h_max_ratio * self.lr)
 
 

@@ -138,7 +138,8 @@ class ODELoRADynamics(Dynamics):
 
     def __init__(self, layers: Sequence[LoRALinear], lr: float, scheme: str = "euler", damping: float = 1e-8,
                  rebalance: bool = True, schedule: str = "constant", final_ratio: float = 0.1,
-                 precondition: str = "none", beta2: float = 0.999, eps: float = 1e-8, rtol: float = 1e-3,
+                 precondition: str = "none", beta2: float = 0.999, eps: float = 1e-8, metric_floor: float = 0.1,
+                 rtol: float = 1e-3,
                  atol: float = 1e-6, h_max: float | None = None, max_rejections: int = 10) -> None:
         if not layers:
             raise ValueError("odelora: no adapted layers")
@@ -154,6 +155,9 @@ class ODELoRADynamics(Dynamics):
         if precondition not in PRECONDITIONERS:
             raise ValueError(f"odelora: precondition={precondition!r}; choose one of {', '.join(PRECONDITIONERS)}")
         self.precondition, self.beta2, self.eps = precondition, float(beta2), float(eps)
+        if not metric_floor >= 0:
+            raise ValueError(f"odelora: metric_floor must be >= 0, got {metric_floor!r}")
+        self.metric_floor = float(metric_floor)
         self.second_moments: list[torch.Tensor | None] = [None] * len(self.layers)
         self.n_updates = 0
         self._count: torch.Tensor | None = None
@@ -194,7 +198,7 @@ class ODELoRADynamics(Dynamics):
             b, a = lay.factors()
             if self.precondition == "none":
                 g_b, g_a = b.grad, a.grad
-            else:  # the same flow in the diagonal metric of this step: G -> G / (sqrt(v) + eps)
+            else:  # the same flow in the diagonal metric of this step: G -> G / (sqrt(v) + eps + floor)
                 g = lay.weight_grad / self.metric[i]
                 g_b, g_a = lay.scale * g @ a.detach().T, lay.scale * b.detach().T @ g
             out.extend(odelora_field(b.detach(), a.detach(), g_b, g_a, lay.scale, self.damping))
@@ -217,7 +221,11 @@ class ODELoRADynamics(Dynamics):
         self._count.add_(1)
         correction = 1 - self.beta2**self._count
         for v in self.second_moments:
-            self.metric.append((v / correction.to(v.dtype)).sqrt() + self.eps)
+            root = (v / correction.to(v.dtype)).sqrt()
+            # floor: metric_floor x the layer's RMS of sqrt(v). Without it an entry whose gradient was ~0 at
+            # the first step has metric ~eps, and a later Runge-Kutta stage divides its (non-zero) gradient by
+            # that: the flow is stiff there and RK4 diverged in its first steps (Allen-Cahn, Burgers)
+            self.metric.append(root + (self.eps + self.metric_floor * root.square().mean().sqrt()))
 
     def step(self, closure: Closure) -> torch.Tensor:
         y0 = self._state()
