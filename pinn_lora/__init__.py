@@ -43,6 +43,7 @@ _EXPORTS = {
     "Evaluation": "pinn_lora.api",
     "adapt_many": "pinn_lora.batch",
     "Monitor": "pinn_lora.train",
+    "residual_loss": "pinn_lora.train",
 }
 
 __all__ = ["__version__", *_EXPORTS]
