@@ -113,6 +113,21 @@ class Method:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}
 
+    # -- resumable runs: what changes while training, besides the model and the dynamics
+    state_keys: ClassVar[tuple[str, ...]] = ()  # plain attributes to keep (e.g. c3la's visited windows)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own running state: its random generators' states and ``state_keys``."""
+        gens = {k: v.get_state() for k, v in vars(self).items() if isinstance(v, torch.Generator)}
+        return {"generators": gens, **{k: getattr(self, k) for k in self.state_keys if hasattr(self, k)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, st in state.get("generators", {}).items():
+            getattr(self, k).set_state(st)
+        for k in self.state_keys:
+            if k in state:
+                setattr(self, k, state[k])
+
     def label(self) -> str:
         """Name and the options that matter most, for one-line summaries."""
         keys = [k for k in ("rank", "lr", "scheme", "precondition") if k in self.options]
@@ -294,6 +309,8 @@ class C3LA(Chained, CLA):
     defaults = {**LoRA.defaults, **CHAIN_DEFAULTS}
     positive = LoRA.positive + ("chain_every",)
 
+    state_keys = ("visits",)
+
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         self.visits: dict[int, int] = {}  # layer index -> chain steps taken
         return super().attach(net, ctx)
@@ -317,6 +334,8 @@ class RandomC3LA(C3LA):
     name = "rc3la"
     summary = ("random c³LA (Cadenhead et al. 2026): c³LA visiting the windows in a random order without "
                "replacement (a new order each cycle)")
+
+    state_keys = ("visits", "orders")
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         self.orders: dict[int, list[int]] = {}  # layer index -> window order of each cycle so far

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -88,6 +89,12 @@ class MetricsWriter(Monitor):
         self._n += 1
         if self._n % self.flush_every == 0:
             self._fh.flush()
+
+    def flush(self) -> None:
+        """Write buffered records to disk (the Trainer calls this before each checkpoint)."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def on_end(self, history: History) -> None:
         if self._fh is not None:
@@ -215,6 +222,8 @@ class _Periodic(Monitor):
     """Measures on records whose step crosses a multiple of ``every`` and (``at_eval``) on every
     record carrying ``rel_l2`` — with the Trainer, its evaluation points, which include the end."""
 
+    state_keys = ("_bucket", "latest")
+
     def __init__(self, every: int, at_eval: bool = True) -> None:
         if int(every) < 1:
             raise ValueError(f"every={every!r} must be >= 1")
@@ -256,6 +265,8 @@ class UpdateNorm(Monitor):
     record covers its whole call (up to 10 iterations); a diverged record includes the
     roll-back to the last good state."""
 
+    state_keys = ("_prev", "total")
+
     def __init__(self, effective: bool = True) -> None:
         self.effective = effective
         self._prev: list[torch.Tensor] | None = None
@@ -287,6 +298,9 @@ class Stability(Monitor):
     gets ``spike`` = that ratio. *Oscillation* is the fraction of consecutive records (within
     one phase) whose loss rose. :meth:`summary` gives the counts and, after ``on_end``, the
     run's status and message (divergence is detected and rolled back by the Trainer)."""
+
+    state_keys = ("spikes", "largest_spike_ratio", "largest_loss_ratio", "first_spike_step", "rises", "pairs",
+                  "min_loss", "_prev")
 
     def __init__(self, factor: float = 10.0) -> None:
         if not factor > 1:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pinn_lora.adapters import adapter_layers
+from pinn_lora import resume as resume_state
 from pinn_lora.api import attach, save_adapter
 from pinn_lora.checkpoint import write_json
 from pinn_lora.methods import Method, get_method, trainable_parameters
@@ -150,7 +151,7 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
           checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
           monitors: Sequence[Monitor] = (), default_monitors: bool = True, derivatives: str = "auto",
-          cuda_graph: bool | str = "auto", sync_every: int = 0,
+          cuda_graph: bool | str = "auto", sync_every: int = 0, resume: bool = False,
           recommended: Mapping[str, Any] | None = None, **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
@@ -172,10 +173,23 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     Speed: ``derivatives`` picks the derivative engine (``auto``: Taylor-mode jets on CUDA,
     nested autograd on CPU); ``cuda_graph`` (``auto``: on CUDA when the method allows) captures
     the whole step in a CUDA graph, the host reading results every ``sync_every`` steps
-    (0: ``eval_every``); in that mode the model-reading monitors see the model at those reads."""
-    if run_dir is not None and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "summary.json")):
+    (0: ``eval_every``); in that mode the model-reading monitors see the model at those reads.
+
+    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint (written every
+    ``checkpoint_every`` steps and at the end of the method's steps; it holds the optimiser or
+    integrator state, the method's and monitors' running state and the random generators), with
+    the same settings (a difference is refused): the result is the one an uninterrupted run gives,
+    and ``metrics.jsonl`` continues without repeated or missing steps."""
+    if resume and run_dir is None:
+        raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
+    if resume and (Path(run_dir) / "summary.json").exists():
+        raise ConfigError(f"run directory {run_dir} holds a finished run (summary.json); nothing to resume")
+    if not resume and run_dir is not None and any((Path(run_dir) / f).exists()
+                                                  for f in ("metrics.jsonl", "summary.json")):
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another (out=...) so it is not "
-                          "overwritten")
+                          "overwritten, or continue it with resume=true")
+    checkpoint = Path(run_dir) / "checkpoint.safetensors" if run_dir is not None else None
+    saved = resume_state.load(checkpoint) if resume else None
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
     rec = recommendations(problem.name) if recommended is None else recommended
@@ -209,9 +223,25 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     mons += list(monitors)
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+    settings = json_safe_tree({
+        "problem": problem.name, "coefficients": dict(problem.coefficients), "method": meth.describe(),
+        "base_fingerprint": model.pinn_lora_base["fingerprint"], "steps": steps, "n_points": n_points,
+        "resample_every": resample_every, "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "seed": seed,
+        "sampler": sampler, "dtype": dtype, "derivatives": derivatives, "checkpoint_every": checkpoint_every,
+        "default_monitors": default_monitors, "monitors": len(mons)})
+    records: list[dict[str, Any]] = []
+    if saved is not None:
+        changed = [f"{k}: {saved[1]['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
+                   if saved[1]["settings"].get(k) != v]
+        if changed:
+            raise ConfigError(f"resume: the run in {run_dir} was started with other settings ({'; '.join(changed)}); "
+                              "resume with the same configuration")
+        records = resume_state.truncate_metrics(Path(run_dir) / "metrics.jsonl", saved[1]["records"])
+    if run_dir is not None:
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
     trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.step_hook(),
-                      checkpoint_path=Path(run_dir) / "checkpoint.safetensors" if run_dir else None)
+                      checkpoint_path=checkpoint, method=meth, resume_from=saved, settings=settings)
+    trainer.history.records = records
     history = trainer.run()
     error = history.last("rel_l2") if history.records else base_error
     main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
@@ -229,6 +259,13 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     if run_dir is not None:
         result.save(run_dir, plots=plots)
     return result
+
+
+def json_safe_tree(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples as lists), so settings compare equal after a round trip."""
+    import json
+
+    return json.loads(json.dumps(value))
 
 
 def problem_from_config(pcfg: Mapping[str, Any], job: str = "adapt") -> Any:
@@ -290,5 +327,5 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
                  plots=bool(cfg.get("plots", True)), sampler=cfg.get("sampler", "pseudo"),
                  checkpoint_every=cfg.get("checkpoint_every", 500), recommended=pcfg.get("adapt") or {},
                  derivatives=cfg.get("derivatives", "auto"), cuda_graph=cfg.get("cuda_graph", "auto"),
-                 sync_every=cfg.get("sync_every", 0),
+                 sync_every=cfg.get("sync_every", 0), resume=bool(cfg.get("resume", False)),
                  **options)

@@ -127,26 +127,48 @@ class Monitor:
 
     def on_end(self, history: History) -> None: ...
 
+    # resumable runs: the running state a monitor keeps between records (attributes named in
+    # ``state_keys``: tensors, numbers, lists, dicts), saved in checkpoints and restored after
+    # ``on_start`` (so baselines taken at the start of the run stay those of the original start)
+    state_keys: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.state_keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.state_keys:
+            if k in state:
+                setattr(self, k, state[k])
+
 
 class Trainer:
     """Runs a method's dynamics on a PINN loss. One instance per run."""
 
     def __init__(self, problem: Any, model: nn.Module, dynamics: Dynamics | None, cfg: TrainConfig,
                  monitors: Sequence[Monitor] = (), after_step: Callable[[int, nn.Module, Dynamics], None] | None = None,
-                 checkpoint_path: str | Path | None = None) -> None:
+                 checkpoint_path: str | Path | None = None, method: Any = None,
+                 resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
+        """``method`` (its running state goes into checkpoints), ``resume_from`` (a checkpoint's
+        (network state, resume state), :func:`pinn_lora.resume.load`: the run continues at its step;
+        ``history.records`` must already hold the records written before it) and ``settings``
+        (stored in checkpoints, compared on resume by the caller)."""
         self.problem, self.model, self.dynamics, self.cfg = problem, model, dynamics, cfg
         self.monitors = list(monitors)
         self.after_step = after_step
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.method, self.resume_from, self.settings = method, resume_from, settings or {}
         ref = next(iter(model.parameters()), None)
         ref = ref if ref is not None else next(iter(model.buffers()))
         self.dtype, self.device = ref.dtype, ref.device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rng = np.random.default_rng(cfg.seed)
+        self._draw_state: dict[str, Any] | None = None  # the generator's state before the last draw of points
         self.history = History()
         self.graph_captured = False  # set when the steps ran from a CUDA graph
 
     def points(self, n: int) -> torch.Tensor:
+        self._draw_state = self.rng.bit_generator.state
         seed = int(self.rng.integers(2**31 - 1))
         pts = self.problem.sample(n, seed=seed, sampler=self.cfg.sampler)
         return torch.as_tensor(pts, dtype=self.dtype, device=self.device)
@@ -185,40 +207,45 @@ class Trainer:
         for m in self.monitors:
             m.on_start(self.model, self.problem)
         self._start = time.perf_counter()
-        bar = _progress(cfg.steps + cfg.lbfgs_steps, cfg.progress)
         self._initial: float | None = None
         self._good: list[torch.Tensor] | None = None  # the last parameters whose loss passed the check
+        start, phase = (0, "train") if self.resume_from is None else self._restore(*self.resume_from)
+        bar = _progress(cfg.steps + cfg.lbfgs_steps, cfg.progress)
+        if bar is not None and hist.steps:
+            bar.update(hist.steps)
         points = None
         try:
-            static = self._static_mode()
+            static = self._static_mode() if phase == "train" else None
             if static is not None:
-                if not self._run_static(capture=static, bar=bar):
+                if not self._run_static(capture=static, bar=bar, start=start):
                     return hist
-                if cfg.lbfgs_steps:
-                    self._lbfgs(cfg.steps, bar)
-                return hist
-            for step in range(cfg.steps):
-                if points is None or step % cfg.resample_every == 0:
-                    points = self.points(cfg.n_points)
-                self.dynamics.set_progress(step / max(cfg.steps, 1))
-                stash: dict[str, Any] = {}
-                current = self._snapshot()
-                loss = float(self.dynamics.step(self._closure(points, stash)))
-                lr = self.dynamics.lr  # after the step: an adaptive scheme reports the step size it took
-                rec = self._record(step, "train", loss, lr, stash)
-                if self._check(loss, current, step):
-                    self._finish_diverged(rec, bar)
+            elif phase == "train":
+                for step in range(start, cfg.steps):
+                    pending = self._capture_state(step) if self._checkpoint_due(step, step + 1) else None
+                    if points is None or step % cfg.resample_every == 0:
+                        points = self.points(cfg.n_points)
+                    self.dynamics.set_progress(step / max(cfg.steps, 1))
+                    stash: dict[str, Any] = {}
+                    current = self._snapshot()
+                    loss = float(self.dynamics.step(self._closure(points, stash)))
+                    lr = self.dynamics.lr  # after the step: an adaptive scheme reports the step size it took
+                    rec = self._record(step, "train", loss, lr, stash)
+                    if self._check(loss, current, step):
+                        self._finish_diverged(rec, bar)
+                        return hist
+                    hist.steps += 1
+                    if self.after_step is not None:
+                        self.after_step(step, self.model, self.dynamics)
+                    if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                        rec["rel_l2"] = self.evaluate()
+                    self._emit(rec, bar)
+                    self._write_checkpoint(pending)  # the state before this step, verified by its loss
+                if cfg.steps and not self._verify_end(points, cfg.steps - 1, bar):
                     return hist
-                hist.steps += 1
-                if self.after_step is not None:
-                    self.after_step(step, self.model, self.dynamics)
-                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                    rec["rel_l2"] = self.evaluate()
-                self._emit(rec, bar)
-                self._maybe_checkpoint(step)
-            if cfg.steps and not self._verify_end(points, cfg.steps - 1, bar):
-                return hist
             if cfg.lbfgs_steps:
+                if phase == "train" and self.checkpoint_path is not None and cfg.checkpoint_every:
+                    # the verified end of the method's steps: a run killed during the finish restarts it here
+                    self._write_checkpoint(self._capture_state(cfg.steps, "lbfgs"))
                 self._lbfgs(cfg.steps, bar)
         finally:
             hist.wall_time = time.perf_counter() - self._start
@@ -259,7 +286,7 @@ class Trainer:
     def _sync_every(self) -> int:
         return self.cfg.sync_every or self.cfg.eval_every
 
-    def _run_static(self, capture: bool, bar: Any = None, warmup: int = 3) -> bool:
+    def _run_static(self, capture: bool, bar: Any = None, warmup: int = 3, start: int = 0) -> bool:
         """The method's steps from a static step function: fixed buffers for the points and the
         per-step results (loss, terms, gradient norm), written on the device into a ring of
         ``sync_every`` rows; the host reads the ring every ``sync_every`` steps, then checks
@@ -293,12 +320,17 @@ class Trainer:
         if self.device.type == "cuda":  # the same (capturable) optimiser with or without the graph
             self.dynamics.prepare_capture(self.device)
         start_state = self._snapshot()
-        done = 0
+        done = start
         while done < cfg.steps:
             n = min(block - done % block, cfg.steps - done)
+            # a checkpoint due in this block holds the block's start, verified by the block's first loss
+            pending = None
+            if self._checkpoint_due(done, done + n):  # the generator as before this step's own draw
+                drawn_here = done == start and done % cfg.resample_every == 0
+                pending = self._capture_state(done, rng=self._draw_state if drawn_here else None)
             for i in range(n):
                 step = done + i
-                if step and step % cfg.resample_every == 0:
+                if step != start and step % cfg.resample_every == 0:
                     static_pts.copy_(self.points(cfg.n_points), non_blocking=True)
                 self.dynamics.set_progress(step / max(cfg.steps, 1))
                 if capture and graph is None and step >= warmup:
@@ -338,8 +370,9 @@ class Trainer:
                     rec["between_syncs"] = True
                 if last and ((step + 1) // cfg.eval_every > done // cfg.eval_every or step + 1 == cfg.steps):
                     rec["rel_l2"] = self.evaluate()
-                self._maybe_checkpoint(step)
                 self._emit(rec, bar)
+                if i == 0:
+                    self._write_checkpoint(pending)
             done += n
             start_state = self._snapshot()
         return self._verify_end(static_pts, cfg.steps - 1, bar)
@@ -435,20 +468,64 @@ class Trainer:
             self._emit(rec, bar, advance=n)
         self._verify_end(points, offset + cfg.lbfgs_steps - 1, bar)
 
-    def _maybe_checkpoint(self, step: int) -> None:
-        """Atomically write the last verified state (the parameters before ``step``, whose loss
-        passed the check; a step's own result is verified only by the next loss)."""
+    # -- checkpoints: everything needed to continue at a step, captured before that step runs and
+    # -- written once the step's loss has verified it (a step's own result is verified only by the next loss)
+    def _checkpoint_due(self, first: int, end: int) -> bool:
+        """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``checkpoint_every``)."""
         every = self.cfg.checkpoint_every
-        if self.checkpoint_path is None or not every or (step + 1) % every or self._good is None:
-            return
-        from pinn_lora.checkpoint import save_tensors
+        return self.checkpoint_path is not None and every > 0 and (end // every) > (first // every)
 
-        state = dict(self.model.state_dict())
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        names += [n for n, _ in self.model.named_buffers()]
-        state.update(zip(names, self._good))
-        save_tensors(self.checkpoint_path, state,
-                     metadata={"step": str(step), "evaluations": str(self.history.evaluations)})
+    def _capture_state(self, step: int, phase: str = "train",
+                       rng: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], Any]:
+        """Everything to continue at ``step``, captured before it runs (``rng``: the points generator's
+        state before the step's own draw, when that draw has already happened)."""
+        from pinn_lora import resume
+
+        hist = self.history
+        state = {
+            "phase": phase, "step": step, "records": len(hist.records), "evaluations": hist.evaluations,
+            "steps_done": hist.steps, "initial": self._initial, "wall_time": time.perf_counter() - self._start,
+            "rng": rng if rng is not None else self.rng.bit_generator.state, "draw_rng": self._draw_state, "torch_rng": torch.get_rng_state(),
+            "dynamics": self.dynamics.state_dict() if self.dynamics is not None else {},
+            "method": self.method.state_dict() if self.method is not None else {},
+            "monitors": [m.state_dict() for m in self.monitors], "settings": self.settings,
+        }
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}, resume.capture(state)
+
+    def _write_checkpoint(self, pending: tuple[dict[str, torch.Tensor], Any] | None) -> None:
+        if pending is None:
+            return
+        from pinn_lora import resume
+
+        for m in self.monitors:  # the records before the checkpoint must be on disk with it
+            flush = getattr(m, "flush", None)
+            if callable(flush):
+                flush()
+        resume.save(self.checkpoint_path, *pending)
+
+    def _restore(self, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> tuple[int, str]:
+        """Continue from a checkpoint: the network, dynamics, method, monitors, generators and
+        counters as they were before its step. Returns (step, phase)."""
+        self.model.load_state_dict(model_state, strict=True)
+        if self.dynamics is not None:
+            self.dynamics.load_state_dict(state["dynamics"])
+        if self.method is not None:
+            self.method.load_state_dict(state["method"])
+        if len(state["monitors"]) != len(self.monitors):
+            raise ValueError(f"resume: the checkpoint was written with {len(state['monitors'])} monitors, "
+                             f"this run has {len(self.monitors)}")
+        for m, ms in zip(self.monitors, state["monitors"]):
+            m.load_state_dict(ms)
+        torch.set_rng_state(state["torch_rng"])
+        step, phase = int(state["step"]), state["phase"]
+        # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
+        redraw = phase == "train" and step % self.cfg.resample_every and state["draw_rng"] is not None
+        self.rng.bit_generator.state = state["draw_rng"] if redraw else state["rng"]
+        hist = self.history
+        hist.evaluations, hist.steps = int(state["evaluations"]), int(state["steps_done"])
+        self._initial = state["initial"]
+        self._start = time.perf_counter() - float(state["wall_time"])
+        return step, phase
 
     def _emit(self, rec: dict[str, Any], bar: Any, advance: int = 1) -> None:
         self.history.records.append(rec)

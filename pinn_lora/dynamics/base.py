@@ -119,9 +119,10 @@ class GradientDynamics(Dynamics):
         in place by the schedule (a Python float would be frozen into the graph)."""
         if self._cls is torch.optim.Adam and device.type == "cuda":
             self._options = {**self._options, "capturable": True}
-            if self.optimizer.state:
-                raise RuntimeError("prepare_capture must come before the first step")
+            saved = self.optimizer.state_dict() if self.optimizer.state else None  # a resumed run's moments
             self.optimizer = self._make()
+            if saved is not None:
+                self.optimizer.load_state_dict(saved)
             for g in self.optimizer.param_groups:
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=device)
 

@@ -271,13 +271,15 @@ class ODELoRADynamics(Dynamics):
         self.accepted += n
         self.field_evaluations += n * self.tableau.stages
 
+    _STATE = ("h_accepted", "h_next", "accepted", "rejected", "forced", "field_evaluations", "n_updates",
+              "second_moments", "_count")
+
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "h_accepted": self.h_accepted, "h_next": self.h_next,
-                "accepted": self.accepted, "rejected": self.rejected, "forced": self.forced,
-                "field_evaluations": self.field_evaluations}
+        """Counters, step sizes (the controller's next proposal ``h_next``) and the RMSprop moments."""
+        return {**super().state_dict(), **{k: getattr(self, k) for k in self._STATE}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        for key in ("h_accepted", "h_next", "accepted", "rejected", "forced", "field_evaluations"):
+        for key in self._STATE:
             if key in state:
                 setattr(self, key, state[key])

@@ -1,0 +1,117 @@
+"""Resumable checkpoints: one safetensors file, written atomically (temp file + rename), holding
+the network's state dict under its own keys plus everything else a run needs to continue
+exactly where it stopped — the dynamics' state (optimiser moments, ODELoRA's RMSprop metric,
+step-size controller), the method's state (chain generators, visited windows), the monitors'
+running state, the random number generators, the step, the number of records already written and
+the run's settings. Non-tensor state goes into the file's JSON metadata (``__resume__``), tensors
+under ``__resume__/…`` keys. Nothing is pickled: loading is ``safetensors`` + ``json``.
+
+The codec below turns nested dicts/lists/tuples of tensors, numbers, strings, booleans and None
+into (JSON, tensors) and back, including dicts with integer keys (``torch.optim`` state)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+
+from pinn_lora.checkpoint import CheckpointError, save_tensors
+
+PREFIX = "__resume__/"
+FORMAT = 1
+
+
+def pack(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """JSON-able form of ``obj``; its tensors are cloned into ``tensors`` under ``PREFIX + path``."""
+    if isinstance(obj, torch.Tensor):
+        key = PREFIX + (path or "root")
+        tensors[key] = obj.detach().clone().contiguous().cpu()
+        return {"__tensor__": key, "device": str(obj.device)}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: pack(v, tensors, f"{path}/{k}") for k, v in obj.items()}}
+        return {"__map__": [[k, pack(v, tensors, f"{path}/{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [pack(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"resume: cannot store a {type(obj).__name__} at {path or 'the top'}")
+
+
+def unpack(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [unpack(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            device = obj.get("device", "cpu")
+            return tensors[obj["__tensor__"]].to(device)
+        if "__dict__" in obj:
+            return {k: unpack(v, tensors) for k, v in obj["__dict__"].items()}
+        if "__map__" in obj:
+            return {k: unpack(v, tensors) for k, v in obj["__map__"]}
+        if "__tuple__" in obj:
+            return tuple(unpack(v, tensors) for v in obj["__tuple__"])
+        raise CheckpointError(f"resume: unknown entry {sorted(obj)} in the checkpoint's state")
+    return obj
+
+
+def capture(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``state`` packed now (tensors cloned), so later in-place updates do not reach it."""
+    tensors: dict[str, torch.Tensor] = {}
+    return pack(dict(state), tensors)["__dict__"], tensors
+
+
+def save(path: str | Path, model_state: Mapping[str, torch.Tensor],
+         captured: tuple[dict[str, Any], dict[str, torch.Tensor]]) -> None:
+    """Write the network's tensors and a :func:`capture`d state to ``path`` atomically."""
+    packed, extra = captured
+    meta = json.dumps({"format": FORMAT, **packed})
+    save_tensors(Path(path), {**model_state, **extra}, metadata={"__resume__": meta, "step": str(packed.get("step"))})
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(network state dict, resume state) from a checkpoint written by :func:`save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: no checkpoint {path} (checkpoint_every=0, or the run stopped "
+                              "before its first checkpoint)")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {path} as safetensors ({exc}); only safetensors files are "
+                              "accepted") from None
+    if "__resume__" not in meta:
+        raise CheckpointError(f"{path} holds no resume state (written by an older version?)")
+    state = json.loads(meta["__resume__"])
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: resume format {state.get('format')!r}, this version reads {FORMAT}")
+    model = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
+    return model, {k: unpack(v, tensors) for k, v in state.items() if k != "format"}
+
+
+def model_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Only the network's state dict of a checkpoint."""
+    return load(path)[0]
+
+
+def truncate_metrics(path: str | Path, n: int) -> list[dict[str, Any]]:
+    """Keep the first ``n`` records of ``metrics.jsonl`` (those written before the checkpoint; later
+    ones are written again by the resumed run) and return them. Rewritten atomically."""
+    from pinn_lora.checkpoint import atomic_write_bytes
+
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    lines = [x for x in lines if x.strip()]
+    if len(lines) < n:
+        raise CheckpointError(f"resume: {path} has {len(lines)} records, the checkpoint expects at least {n}")
+    try:
+        records = [json.loads(x) for x in lines[:n]]
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"resume: {path} is not valid JSON lines ({exc})") from None
+    atomic_write_bytes(path, "".join(lines[:n]).encode("utf-8"))
+    return records
