@@ -224,15 +224,17 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     settings = json_safe_tree({
-        "problem": problem.name, "coefficients": dict(problem.coefficients), "method": meth.describe(),
+        "problem": problem.name, **{f"problem.{k}": v for k, v in problem.coefficients.items()},
+        **{f"method.{k}": v for k, v in meth.describe().items()},
         "base_fingerprint": model.pinn_lora_base["fingerprint"], "steps": steps, "n_points": n_points,
         "resample_every": resample_every, "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "seed": seed,
         "sampler": sampler, "dtype": dtype, "derivatives": derivatives, "checkpoint_every": checkpoint_every,
         "default_monitors": default_monitors, "monitors": len(mons)})
     records: list[dict[str, Any]] = []
     if saved is not None:
-        changed = [f"{k}: {saved[1]['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
-                   if saved[1]["settings"].get(k) != v]
+        before = saved[1]["settings"]
+        changed = [f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in {**before, **settings}
+                   if before.get(k) != settings.get(k)]
         if changed:
             raise ConfigError(f"resume: the run in {run_dir} was started with other settings ({'; '.join(changed)}); "
                               "resume with the same configuration")

@@ -413,7 +413,12 @@ class Trainer:
             for t, g in zip(self._state_tensors(), self._good if self._good is not None else current):
                 t.copy_(g)
         self.history.status = "diverged"
-        self.history.message = f"{bad} at step {step}; kept the last state with a good loss"
+        spikes = next((m for m in self.monitors if hasattr(m, "first_spike_step")), None)
+        warned = (f"; the Stability monitor saw the first loss spike at step {spikes.first_spike_step}"
+                  if spikes is not None and spikes.first_spike_step is not None else "")
+        self.history.message = (f"divergence check (loss > {self.cfg.divergence_factor:g} x the first loss, or "
+                                f"non-finite) fired at step {step}: {bad}{warned}; kept the last state with a "
+                                f"good loss (step {max(step - 1, 0)})")
         return True
 
     def _finish_diverged(self, rec: dict[str, Any], bar: Any) -> None:

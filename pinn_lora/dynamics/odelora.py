@@ -75,12 +75,17 @@ def tangent_projection(g: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> tor
 
 
 def rebalance(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Balanced factors with the same product: BᵀB = AAᵀ = Σ afterwards."""
+    """Balanced factors with the same product: BᵀB = AAᵀ = Σ afterwards. Factors whose r×r core
+    overflows (a step that blew up) come back unchanged, for the loop's divergence check to see
+    (checked on the device: no host read)."""
     qb, rb = torch.linalg.qr(b.double())
     qa, ra = torch.linalg.qr(a.double().T)
-    u, sig, vh = torch.linalg.svd(rb @ ra.T)
+    core = rb @ ra.T
+    ok = torch.isfinite(core).all()
+    u, sig, vh = torch.linalg.svd(torch.where(ok, core, torch.zeros_like(core)))
     root = sig.clamp_min(0).sqrt()
-    return (qb @ (u * root)).to(b.dtype), ((root[:, None] * vh) @ qa.T).to(a.dtype)
+    return (torch.where(ok, (qb @ (u * root)).to(b.dtype), b),
+            torch.where(ok, ((root[:, None] * vh) @ qa.T).to(a.dtype), a))
 
 
 def balanced_factors(kind: str, weight0: torch.Tensor, grad: torch.Tensor | None, rank: int, scale: float,

@@ -1,0 +1,90 @@
+"""Interruption and resume: a run killed with SIGKILL and resumed ends exactly where an
+uninterrupted run ends, and metrics.jsonl has every step once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors import safe_open
+
+import pinn_lora
+from pinn_lora.checkpoint import CheckpointError
+from pinn_lora.session import ConfigError
+
+ARGS = ["problem=helmholtz", "method=odelora", "method.precondition=rmsprop", "method.lr=1e-3", "steps=600",
+        "n_points=64", "eval_every=50", "checkpoint_every=25", "lbfgs_steps=0", "device=cpu", "progress=false",
+        "plots=false", "seed=3"]
+
+
+def run(out, *extra, wait=True):
+    cmd = [sys.executable, "-m", "pinn_lora.adapt", *ARGS, f"out={out}", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def checkpoint_step(path):
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return int(fh.metadata()["step"])
+    except Exception:  # not written yet (or being replaced)
+        return -1
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    proc = run(cut, wait=False)
+    deadline = time.time() + 300
+    while checkpoint_step(cut / "checkpoint.safetensors") < 150 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint_step(cut / "checkpoint.safetensors")
+    assert 150 <= killed_at < 600 and not (cut / "summary.json").exists()
+    res = run(cut, "resume=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = run(full)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    a, b = records(full / "metrics.jsonl"), records(cut / "metrics.jsonl")
+    assert [r["step"] for r in b] == list(range(600)) == [r["step"] for r in a]  # none repeated, none missing
+    worst = 0.0
+    for ra, rb in zip(a, b):
+        assert set(ra) == set(rb)
+        for k, v in ra.items():
+            if k != "time" and isinstance(v, float):
+                worst = max(worst, abs(v - rb[k]) / max(abs(v), 1e-300))
+            elif k != "time":
+                assert v == rb[k], (k, ra["step"])
+    assert worst <= 1e-12, worst
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, cut))
+    for key in ("adapted_error", "steps", "evaluations", "stability", "status"):
+        assert sa[key] == sb[key], key
+    print(f"killed after checkpoint {killed_at}; worst relative difference {worst:.1e}")
+
+
+def test_resume_refusals(tmp_path):
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=6, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2)
+    with pytest.raises(ConfigError, match="needs the run directory"):
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, **kw)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "empty", **kw)
+    pinn_lora.adapt("helmholtz", prob, "lora", run_dir=tmp_path / "done", **kw)
+    with pytest.raises(ConfigError, match="finished run"):
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
+    (tmp_path / "done" / "summary.json").unlink()  # as if killed before the end
+    with pytest.raises(ConfigError, match=r"other settings \(method.rank: 4 -> 2\)"):
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", rank=2, **kw)
+    (tmp_path / "done" / "metrics.jsonl").write_text("")
+    with pytest.raises(CheckpointError, match="has 0 records, the checkpoint expects"):
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
