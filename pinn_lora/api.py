@@ -105,7 +105,17 @@ def attach(net: nn.Module, method: Any, problem: Any = None, *, seed: int = 0,
     described = base_description(net, base_card)
     model = meth.attach(net, AttachContext(problem, loss_fn, seed))
     setattr(model, BASE_ATTR, described)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(_contiguous_grad)
     return model
+
+
+def _contiguous_grad(p: torch.Tensor) -> None:
+    """Autograd can leave a factor's gradient transposed (non-contiguous); optimisers that view
+    gradients flat (torch's L-BFGS, as DeepXDE uses it) then fail. Make it contiguous once."""
+    if p.grad is not None and not p.grad.is_contiguous():
+        p.grad = p.grad.contiguous()
 
 
 def _default_loss(problem: Any, net: nn.Module, seed: int, n_points: int,
@@ -177,17 +187,30 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_adapter_card(path: str | Path) -> dict[str, Any]:
-    """The card of an adapter directory, checked to be an adapter card with the keys loading needs."""
+    """The card of an adapter directory, checked against the adapter card schema
+    (:func:`pinn_lora.schema.adapter_card_schema`) and its method, problem and base problem against
+    the registries (names and values), so loading uses no value that was not checked."""
     _, card_path = _paths(path)
     card = read_json(card_path)
     if card.get("kind") != CARD_KIND:
         raise CheckpointError(f"{card_path} is not a pinn_lora adapter card (kind={card.get('kind')!r}; "
                               f"expected {CARD_KIND!r})")
-    method, base = card.get("method"), card.get("base")
-    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
-        raise CheckpointError(f"{card_path}: 'method' must be an object with a 'name'")
-    if not isinstance(base, dict) or not isinstance((base.get("network") or {}).get("layers"), list):
-        raise CheckpointError(f"{card_path}: 'base' must describe the base network (base.network.layers)")
+    from pinn_lora.methods import get_method
+    from pinn_lora.registry import UnknownNameError, get_problem
+    from pinn_lora.schema import adapter_card_schema, validate
+
+    validate(card, adapter_card_schema(), f"card {card_path}")
+    try:
+        get_method(card["method"]["name"], **{k: v for k, v in card["method"].items() if k != "name"})
+        for where in (card, card["base"]):
+            if where.get("problem"):
+                problem = get_problem(where["problem"], **(where.get("coefficients") or {}))
+                layers = where.get("network", {}).get("layers")
+                if layers is not None and (layers[0] != problem.dim or layers[-1] != 1):
+                    raise ValueError(f"base.network.layers {layers} does not fit {problem.name} "
+                                     f"({problem.dim} inputs, 1 output)")
+    except (UnknownNameError, ValueError) as exc:
+        raise CheckpointError(f"card {card_path}: {exc}") from None
     return card
 
 

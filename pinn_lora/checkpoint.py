@@ -71,3 +71,22 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"card {path} must hold a JSON object")
     return data
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """How the tensors ``found`` (a file's) differ from ``expected`` (a network's state dict) in
+    names and shapes, in one line; empty when they fit."""
+    problems = []
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing:
+        problems.append(f"missing {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:4])}{' …' if len(unexpected) > 4 else ''}")
+    for key in expected:
+        if key in found and tuple(found[key].shape) != tuple(expected[key].shape):
+            problems.append(f"{key} is {tuple(found[key].shape)} in the file, {tuple(expected[key].shape)} expected")
+    for key in expected:
+        if key in found and found[key].dtype.is_floating_point != expected[key].dtype.is_floating_point:
+            problems.append(f"{key} has dtype {found[key].dtype}")
+    return "; ".join(problems)

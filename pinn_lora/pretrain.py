@@ -106,7 +106,9 @@ def _task(cfg) -> None:
     from pinn_lora.cli import guarded
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    _, card = guarded(lambda: run_config(OmegaConf.to_container(cfg, resolve=True), run_dir))
+    debug = OmegaConf.select(cfg, "debug", default=False, throw_on_resolution_failure=False) is True
+    _, card = guarded(lambda: run_config(OmegaConf.to_container(cfg, resolve=True), run_dir), debug=debug,
+                      run_dir=run_dir)
     print(f"{card['problem']} {card['coefficients']}: rel. L2 {card['relative_l2']:.3e} after {card['steps']} steps "
           f"in {card['wall_time_s']:.0f}s on {card['device']}")
     print(f"base model written: {run_dir / 'base.safetensors'} + base.json "
@@ -116,10 +118,12 @@ def _task(cfg) -> None:
 def main() -> None:
     import hydra
 
-    from pinn_lora.cli import check_group_overrides, config_dir
+    from pinn_lora.cli import check_group_overrides, config_dir, hydra_errors, prepare_run
 
     check_group_overrides(sys.argv[1:], ("problem",), "pretrain")
-    hydra.main(config_path=config_dir(), config_name="pretrain", version_base="1.3")(_task)()
+    plan = prepare_run(sys.argv[1:], "pretrain", resume_key=False)  # an out= holding a base is never overwritten
+    with hydra_errors(plan.debug):
+        hydra.main(config_path=config_dir(), config_name="pretrain", version_base="1.3")(_task)()
 
 
 if __name__ == "__main__":

@@ -10,12 +10,21 @@ from typing import Any
 
 import torch
 
-from pinn_lora.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, sha256, write_json
+from pinn_lora.checkpoint import (
+    CheckpointError,
+    load_tensors,
+    read_json,
+    save_tensors,
+    sha256,
+    state_mismatch,
+    write_json,
+)
 from pinn_lora.network import PINN
-from pinn_lora.registry import get_problem
+from pinn_lora.registry import UnknownNameError, get_problem
+from pinn_lora.schema import base_card_schema, validate
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
-CARD_KEYS = ("problem", "coefficients", "network", "weights_sha256")
+CARD_KEYS = ("problem", "coefficients", "network", "weights_sha256")  # required; see pinn_lora.schema
 
 
 def shipped() -> list[str]:
@@ -38,6 +47,8 @@ def _paths(name_or_path: str | Path) -> tuple[Path, Path]:
 def save_base(net: PINN, card: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """Write ``path``.safetensors + ``path``.json; returns the card written."""
     weights, card_path = _paths(path)
+    validate({**card, "network": net.architecture(), "weights_sha256": "0" * 64}, base_card_schema(),
+             f"save_base: the card for {card_path}")  # before anything is written
     weights.parent.mkdir(parents=True, exist_ok=True)
     digest = save_tensors(weights, net.state_dict())
     card = {**card, "network": net.architecture(), "weights_sha256": digest}
@@ -58,17 +69,23 @@ def load_base(name_or_path: str | Path = "burgers", *, dtype: torch.dtype = torc
     if not weights.is_file():
         raise CheckpointError(f"base model {str(name_or_path)!r}: its weights file {weights} is missing")
     card = read_json(card_path)
-    missing = [k for k in CARD_KEYS if k not in card]
-    if missing:
-        raise CheckpointError(f"card {card_path} lacks {', '.join(missing)}")
-    if verify and sha256(weights) != card["weights_sha256"]:
-        raise CheckpointError(f"{weights} does not match its card's sha256 (file changed or truncated)")
-    problem = get_problem(card["problem"], **card["coefficients"])
+    validate(card, base_card_schema(), f"card {card_path}")
+    if verify and (digest := sha256(weights)) != card["weights_sha256"]:
+        raise CheckpointError(f"{weights} does not match its card's sha256 (file changed or truncated): "
+                              f"sha256 {digest[:12]}…, the card says {card['weights_sha256'][:12]}…")
+    try:
+        problem = get_problem(card["problem"], **card["coefficients"])
+    except (UnknownNameError, ValueError) as exc:
+        raise CheckpointError(f"card {card_path}: {exc}") from None
     arch = card["network"]
+    if arch["layers"][0] != problem.dim or arch["layers"][-1] != 1:
+        raise CheckpointError(f"card {card_path}: network.layers {arch['layers']} does not fit {problem.name} "
+                              f"(expected {problem.dim} inputs {list(problem.variables)} and 1 output)")
     net = PINN(arch["layers"], arch["activation"], problem.output_transform)
     state = load_tensors(weights)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not fit the network of its card {arch}: {exc}") from None
+    mismatch = state_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{weights} does not fit the network of its card {card_path} "
+                              f"(layers {arch['layers']}): {mismatch}")
+    net.load_state_dict(state)
     return net.to(dtype=dtype, device=device), card, problem
