@@ -1,29 +1,91 @@
-"""A wheel installed into a fresh directory finds its configs and
-shipped base models when run from another directory."""
+"""The wheel, installed into a fresh virtual environment, imports its own copy (not the checkout),
+finds its configs, problems and shipped base models, and runs the command line from another directory.
+
+The fresh environment has no system site-packages. Its dependencies (torch, deepxde, hydra, ...) come
+from this test's own environment through a ``.pth`` file that lists this environment's site-packages
+directories as plain paths: Python adds them to ``sys.path`` after the venv's own site-packages but does
+not run *their* ``.pth`` files, so an editable install of the checkout (setuptools' ``__editable__``
+finder, installed by a ``.pth`` hook) is not active there, and a regular install of pinn_lora in this
+environment would come after the venv's copy. Nothing is downloaded (``--no-deps --no-index``).
+(``python -m venv --system-site-packages`` would not do: it exposes the *base* interpreter's
+site-packages, which, when the tests run in a venv, is not where torch is.)"""
+import json
 import os
+import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BUILD_INPUTS = ("pyproject.toml", "README.md", "pinn_lora", "problems", "configs", "setup.py", "setup.cfg",
+                "MANIFEST.in", "LICENSE")
 
 
-def test_wheel_install_finds_configs_and_bases(tmp_path):
+def _run(cmd, **kw):
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)
+    assert res.returncode == 0, (cmd, res.stdout[-3000:], res.stderr[-3000:])
+    return res
+
+
+def _dependency_dirs() -> list[str]:
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
+    # build from a clean copy of what the build reads (no stale build/ or egg-info of the checkout)
+    src = tmp_path / "src"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in BUILD_INPUTS:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=ignore)
+        elif path.is_file():
+            shutil.copy2(path, src / name)
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True)
-    site = tmp_path / "site"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+          "--disable-pip-version-check", "-w", wheels, src])
     wheel = next(wheels.glob("pinn_lora-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
-    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed copy first; dependencies from this environment
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", venv])
+    bindir = venv / ("Scripts" if os.name == "nt" else "bin")
+    python = bindir / ("python.exe" if os.name == "nt" else "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env["PYTHONNOUSERSITE"] = "1"
+    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        env=env).stdout.strip())
+    (purelib / "_test_env_dependencies.pth").write_text("\n".join(_dependency_dirs()) + "\n")
+    _run([bindir / "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", wheel], env=env)
+
     work = tmp_path / "elsewhere"
     work.mkdir()
-    res = subprocess.run([sys.executable, "-m", "pinn_lora.adapt", "problem=helmholtz", "method=lora", "steps=3",
-                          "n_points=64", "device=cpu", "progress=false", "out=run"], cwd=work, capture_output=True,
-                         text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr
-    assert "method=lora" in res.stdout and (work / "run" / "summary.json").is_file()
-    where = subprocess.run([sys.executable, "-c", "import pinn_lora.cli as c; print(c.__file__, c.config_dir())"],
-                           cwd=work, capture_output=True, text=True, check=True, env=env).stdout
-    assert where.count(str(site)) == 2  # the installed copy and its configs, not the checkout
+    probe = (
+        "import json, sys, importlib.metadata as md, pinn_lora, pinn_lora.cli as cli, problems\n"
+        "from pinn_lora.zoo import ZOO_DIR, load_base, shipped\n"
+        "print(json.dumps({'pinn_lora': pinn_lora.__file__, 'configs': cli.config_dir(), 'problems': problems.__file__,"
+        " 'zoo': str(ZOO_DIR), 'shipped': shipped(), 'dist': str(md.distribution('pinn_lora').locate_file('')),"
+        " 'problem_names': pinn_lora.PROBLEMS.names(), 'methods': pinn_lora.METHODS.names(),"
+        " 'finders': [type(f).__name__ if not isinstance(f, type) else f.__name__ for f in sys.meta_path],"
+        " 'modules': [m for m in sys.modules if 'editable' in m], 'base_ok': load_base('burgers')[1]['problem']}))"
+    )
+    found = json.loads(_run([python, "-c", probe], cwd=work, env=env).stdout.strip().splitlines()[-1])
+    for key in ("pinn_lora", "configs", "problems", "zoo", "dist"):
+        assert Path(found[key]).resolve().is_relative_to(purelib.resolve()), (key, found[key])  # not the checkout
+    assert not any("Editable" in f for f in found["finders"]) and found["modules"] == []
+    assert found["shipped"] == ["allen_cahn", "burgers", "helmholtz"] and found["base_ok"] == "burgers"
+    from pinn_lora.registry import METHODS
+
+    assert found["problem_names"] == ["allen_cahn", "burgers", "helmholtz"] and found["methods"] == METHODS.names()
+
+    res = _run([python, "-m", "pinn_lora.adapt", "problem=burgers", "method=lora", "steps=3", "n_points=64",
+                "lbfgs_steps=0", "eval_every=3", "device=cpu", "progress=false", "plots=false", "out=run"],
+               cwd=work, env=env)
+    assert "burgers" in res.stdout and "method=lora" in res.stdout
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["status"] == "completed"
+    assert (work / "run" / "adapter.safetensors").is_file() and (work / "run" / ".hydra" / "config.yaml").is_file()
