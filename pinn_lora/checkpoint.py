@@ -83,9 +83,9 @@ def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Ten
         problems.append(f"missing {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}")
     if unexpected:
         problems.append(f"unexpected {', '.join(unexpected[:4])}{' …' if len(unexpected) > 4 else ''}")
-    for key in expected:
-        if key in found and tuple(found[key].shape) != tuple(expected[key].shape):
-            problems.append(f"{key} is {tuple(found[key].shape)} in the file, {tuple(expected[key].shape)} expected")
+    shapes = [f"{key} is {tuple(found[key].shape)} in the file, {tuple(expected[key].shape)} expected"
+              for key in expected if key in found and tuple(found[key].shape) != tuple(expected[key].shape)]
+    problems += shapes[:2] + ([f"{len(shapes) - 2} more tensors differ in shape"] if len(shapes) > 2 else [])
     for key in expected:
         if key in found and found[key].dtype.is_floating_point != expected[key].dtype.is_floating_point:
             problems.append(f"{key} has dtype {found[key].dtype}")
