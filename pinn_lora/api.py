@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pinn_lora.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, sha256, write_json
+from pinn_lora.checkpoint import (CheckpointError, load_tensors, read_json, save_tensors, sha256, state_mismatch,
+                                  write_json)
 
 ADAPTER_FILE, CARD_FILE = "adapter.safetensors", "card.json"
 CARD_KIND = "pinn_lora.adapter"
@@ -285,11 +286,11 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
     method = get_method(card["method"]["name"], **options)
     # the loss only seeds a loss-dependent start (ODELoRA's), which the loaded tensors replace
     model = method.attach(net, AttachContext(problem, _default_loss(problem, net, 0, 64, method.name), 0))
-    try:
-        model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
         raise AdapterMismatchError(f"{weights} does not fit method {method.name} attached to "
-                                   f"{want['network']['layers']}: {exc}") from None
+                                   f"{want['network']['layers']}: {mismatch}")
+    model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     setattr(model, BASE_ATTR, dict(want))  # checked above, or rebuilt from the card
     model.eval()
     return LoadedAdapter(model, method, problem, card)

@@ -198,7 +198,8 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     lbfgs_steps = rec.get("lbfgs_steps", 0) if lbfgs_steps is None else lbfgs_steps
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
     check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1),
-                "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0)})
+                "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0),
+                "sync_every": (sync_every, 0), "resample_every": (resample_every, 1)})
     if isinstance(method, Method):
         meth = method
     else:

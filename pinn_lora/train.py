@@ -44,12 +44,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cuda_graph not in ("auto", True, False):
             raise ValueError(f"train: cuda_graph={self.cuda_graph!r}; use auto, true or false")
-        for key in ("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every", "sync_every"):
-            if int(getattr(self, key)) < 0:
-                raise ValueError(f"train: {key}={getattr(self, key)!r} must be >= 0")
-        for key in ("n_points", "resample_every", "eval_every", "causal_bins"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"train: {key}={getattr(self, key)!r} must be >= 1")
+        for keys, low in ((("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every", "sync_every"), 0),
+                          (("n_points", "resample_every", "eval_every", "causal_bins"), 1)):
+            for key in keys:
+                value = getattr(self, key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                    raise ValueError(f"train: {key}={value!r} must be an integer >= {low}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"train: sampler={self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.derivatives not in ENGINES:

@@ -525,8 +525,6 @@ def test_api_bad_input(name, call, exc, match, files):
         assert "\n" not in str(info.value), str(info.value)  # one line
 
 
-@pytest.mark.xfail(reason="load_adapter (api.py, outside this change) embeds torch's multi-line load_state_dict "
-                          "error; pinn_lora.checkpoint.state_mismatch gives the one-line form", strict=False)
 def test_api_adapter_shape_mismatch_is_one_line(files):
     with pytest.raises(AdapterMismatchError) as info:
         pinn_lora.load_adapter(files.a_wrong_rank)

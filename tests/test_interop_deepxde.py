@@ -167,3 +167,22 @@ def test_callback_stops_a_diverging_run():
     cb = MonitorCallback()
     model.train(iterations=200, display_every=1000, verbose=0, callbacks=[cb])
     assert cb.status == "diverged" and "at step" in cb.message and len(cb.history.records) < 200
+
+
+def test_deepxde_lbfgs_on_an_attached_odelora_model():
+    """ODELoRA's weight-gradient path leaves factor gradients transposed; attach makes them
+    contiguous, so DeepXDE's L-BFGS (which views gradients flat) trains the adapter only."""
+    dde = deepxde()
+    data = burgers_data(0.02 / math.pi)
+    method = pinn_lora.get_method("odelora", lr=1e-3, precondition="rmsprop")
+    net = pinn_lora.attach(fnn(), method, loss_fn=data_loss(data))
+    for lay in net.linears:
+        lay.capture_weight_grad = True  # as ODELoRA's dynamics set it
+    frozen = {k: v.clone() for k, v in net.state_dict().items() if "lora_" not in k}
+    model = dde.Model(data, net)
+    dde.optimizers.set_LBFGS_options(maxiter=5)
+    model.compile("L-BFGS")
+    before = float(data_loss(data)(net))
+    model.train(verbose=0)
+    assert float(data_loss(data)(net)) < before
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in frozen.items())
