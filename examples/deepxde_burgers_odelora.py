@@ -6,7 +6,7 @@ adapted to nu = 0.02/pi: pinn_lora attaches ODELoRA to the same ``deepxde.nn.FNN
 become the optimizer of ``Model.compile`` and pinn_lora's monitors run as a DeepXDE callback.
 Errors are measured against pinn_lora's Cole–Hopf reference solution.
 
-    python examples/deepxde_burgers_odelora.py                  # about 3 minutes on a 2-core CPU
+    python examples/deepxde_burgers_odelora.py                  # about a minute on a 2-core CPU
     PINN_LORA_FAST=1 python examples/deepxde_burgers_odelora.py # a few steps, for a smoke check
 """
 import math
