@@ -75,6 +75,8 @@ print(f"odelora (rk4, {adapt_steps} steps, {evaluations} loss evaluations): "
 # 3. an L-BFGS finish on the same adapter tensors (DeepXDE's L-BFGS sees only them: the base is buffers),
 #    as pinn_lora's own Burgers recipe does; first-order steps alone leave the moving shock under-resolved
 dde.optimizers.set_LBFGS_options(maxiter=lbfgs_steps)
+# DeepXDE runs L-BFGS in calls of iter_per_step iterations, fixed at import to min(1000, default maxiter)
+dde.optimizers.config.LBFGS_options["iter_per_step"] = min(1000, lbfgs_steps)
 model.compile("L-BFGS")
 model.train(verbose=0)
 adapted = target.relative_l2(model_net)
