@@ -1,0 +1,115 @@
+"""Families and methods declared by another installed package, under the ``pinn_lora.problems``
+and ``pinn_lora.methods`` entry-point groups, are found by name without a register call.
+
+The "other package" is a module plus a ``<name>-0.0.dist-info/`` (METADATA, entry_points.txt) in a
+temporary directory on PYTHONPATH: exactly what ``importlib.metadata`` reads for an installed
+distribution. Each check runs in a fresh interpreter, so the registries start empty."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def fake_distribution(root: Path, name: str, entry_points: str) -> None:
+    info = root / f"{name}-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points).lstrip())
+
+
+def run_python(code: str, path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=path, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_problem_family_from_entry_point(tmp_path):
+    # the example's module, as another package would ship it (its main work runs only as a script)
+    shutil.copy(EXAMPLES / "custom_problem.py", tmp_path / "heat_family.py")
+    fake_distribution(tmp_path, "heat_family", """
+        [pinn_lora.problems]
+        heat = heat_family:Heat
+    """)
+    res = run_python("""
+        import sys
+        from pinn_lora.problem import CoefficientError
+        from pinn_lora.registry import PROBLEMS, get_problem
+
+        assert "heat_family" not in sys.modules
+        problem = get_problem("heat", kappa=0.3)  # no register call: the entry point imports the module
+        assert "heat_family" in sys.modules
+        cls = type(problem)
+        assert cls is sys.modules["heat_family"].Heat and cls.__module__ == "heat_family", cls
+        assert problem.kappa == 0.3 and problem.name == "heat"
+        assert PROBLEMS.get("heat") is cls
+        names = PROBLEMS.names()
+        assert "heat" in names and "burgers" in names, names  # next to the shipped families
+        try:
+            get_problem("heat", kappa=-1.0)
+        except CoefficientError:
+            pass
+        else:
+            raise AssertionError("kappa=-1 was accepted")
+        # the family works end to end: its reference and its residual on an (untrained) network
+        import numpy as np
+        import torch
+        from pinn_lora.network import build_network
+        from pinn_lora.train import residual_loss
+        ref = problem.reference()
+        assert ref.shape == problem.eval_points and np.isfinite(ref).all()
+        net = build_network([2, 8, 1], "tanh", 0, output_transform=problem.output_transform)
+        pts = torch.tensor(problem.sample(64, seed=0))
+        assert torch.isfinite(residual_loss(problem, net, pts))
+        print("ok", names)
+    """, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("ok"), res.stdout
+    assert not (tmp_path / "out").exists(), "importing the example ran its main work"
+
+
+def test_method_from_entry_point(tmp_path):
+    (tmp_path / "my_methods.py").write_text(textwrap.dedent('''
+        from pinn_lora.methods import LoRA
+
+
+        class WideLoRA(LoRA):
+            name = "widelora"
+            summary = "LoRA with rank 8 by default (an entry-point test)"
+            defaults = {**LoRA.defaults, "rank": 8}
+    '''))
+    fake_distribution(tmp_path, "my_methods", """
+        [pinn_lora.methods]
+        widelora = my_methods:WideLoRA
+    """)
+    res = run_python("""
+        import sys
+        import torch
+        from pinn_lora.methods import LoRA, get_method
+        from pinn_lora.registry import METHODS, get_problem
+        from pinn_lora.session import adapt
+        from pinn_lora.zoo import load_base
+
+        assert "my_methods" not in sys.modules
+        method = get_method("widelora", lr=1e-3)  # no register call
+        cls = type(method)
+        assert cls is sys.modules["my_methods"].WideLoRA and isinstance(method, LoRA), cls
+        assert method.rank == 8 and method.lr == 1e-3
+        names = METHODS.names()
+        assert "widelora" in names and "lora" in names, names
+        # by name through adapt, like a built-in method: a few steps on the shipped Helmholtz base
+        net, card, _ = load_base("helmholtz")
+        problem = get_problem("helmholtz", k=2.0)
+        res = adapt((net, card), problem, "widelora", steps=3, n_points=64, device="cpu", progress=False,
+                    default_monitors=False)
+        assert type(res.method) is cls and res.history.status == "completed"
+        rank = [min(8, lin.in_features, lin.out_features) for lin in net.linears]  # each layer's rank
+        expected = sum(r * (lin.in_features + lin.out_features) for r, lin in zip(rank, net.linears))
+        assert res.trainable == expected, (res.trainable, expected)
+        print("ok", names)
+    """, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("ok"), res.stdout
