@@ -82,3 +82,12 @@ def test_public_api_names_resolve():
     assert pinn_lora.get_problem is get_problem and pinn_lora.adapt is adapt
     with pytest.raises(AttributeError, match="no attribute 'adaptt'"):
         pinn_lora.adaptt  # noqa: B018
+
+
+def test_shipped_weights_load_exactly():
+    """The float64 weights arrive unrounded (a float32 network loaded first would round them)."""
+    from pinn_lora.checkpoint import load_tensors
+
+    net, _, _ = load_base("burgers")
+    stored = load_tensors(ZOO_DIR / "burgers.safetensors")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in stored.items())
