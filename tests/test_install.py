@@ -59,8 +59,10 @@ def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
     env["PYTHONNOUSERSITE"] = "1"
     purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                         env=env).stdout.strip())
-    (purelib / "_test_env_dependencies.pth").write_text("\n".join(_dependency_dirs()) + "\n")
     _run([bindir / "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", wheel], env=env)
+    # the dependencies only after the install: with this environment visible, pip would take a regular
+    # install of pinn_lora here (CI's) as "already satisfied" and not install the wheel
+    (purelib / "_test_env_dependencies.pth").write_text("\n".join(_dependency_dirs()) + "\n")
 
     work = tmp_path / "elsewhere"
     work.mkdir()
