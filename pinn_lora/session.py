@@ -310,6 +310,9 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
         if len(lists) > 1:
             raise ConfigError(f"give a list for one coefficient at a time, not {', '.join(lists)}")
         values = pcfg[lists[0]]
+        if cfg.get("resume"):
+            raise ConfigError("resume=true continues one run; a batched run over a list of coefficients "
+                              f"(problem.{lists[0]}=[...]) cannot be resumed")
         if not values:
             raise ConfigError(f"problem.{lists[0]}=[]: the list of coefficients is empty")
         from pinn_lora.batch import adapt_many

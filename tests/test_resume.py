@@ -88,3 +88,11 @@ def test_resume_refusals(tmp_path):
     (tmp_path / "done" / "metrics.jsonl").write_text("")
     with pytest.raises(CheckpointError, match="has 0 records, the checkpoint expects"):
         pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
+
+
+def test_a_batched_run_cannot_be_resumed(tmp_path):
+    from pinn_lora.session import run_config
+
+    cfg = {"problem": {"name": "helmholtz", "k": [2.0, 3.0]}, "method": {"name": "lora"}, "resume": True}
+    with pytest.raises(ConfigError, match="cannot be resumed"):
+        run_config(cfg, tmp_path)
