@@ -94,11 +94,6 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return model, {k: unpack(v, tensors) for k, v in state.items() if k != "format"}
 
 
-def model_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Only the network's state dict of a checkpoint."""
-    return load(path)[0]
-
-
 def truncate_metrics(path: str | Path, n: int) -> list[dict[str, Any]]:
     """Keep the first ``n`` records of ``metrics.jsonl`` (those written before the checkpoint; later
     ones are written again by the resumed run) and return them. Rewritten atomically."""

@@ -11,3 +11,14 @@ def _float64_default():
     old = torch.get_default_dtype()
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny runs (many small operations: on a shared 2-core machine a
+    second OpenMP thread waiting at every barrier made them 5-30x slower). Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

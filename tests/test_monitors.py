@@ -16,13 +16,7 @@ from pinn_lora.train import History, TrainConfig, Trainer
 from tests.tiny import make_closure, setup
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These runs are tiny: one intra-op thread (two threads on a busy 2-core machine are ~5x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _feed(monitor, losses, phase="train"):

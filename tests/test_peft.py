@@ -25,13 +25,7 @@ PROBLEM = get_problem("burgers").default_target()
 CTX = AttachContext(PROBLEM, lambda m: torch.zeros(()), seed=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: a second intra-op thread only costs (badly so on a loaded machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base_network(dtype=torch.float64):

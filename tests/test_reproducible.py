@@ -18,14 +18,7 @@ METHODS = {  # a plain LoRA, ODELoRA (gradient start, Runge-Kutta), and a chaine
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these runs are many tiny operations, and on a shared 2-core machine a second
-    OpenMP thread waiting at every barrier made them 30x slower. (Bit-identity holds for any fixed count.)"""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(method: str, seed: int):

@@ -112,6 +112,8 @@ class DynamicsOptimizer(torch.optim.Optimizer):
         return self.dynamics.lr
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        from pinn_lora.train import _norm
+
         if closure is None:
             raise RuntimeError(f"{self.method.name}'s dynamics evaluate the loss themselves: call step(closure) "
                                "with a closure that zeroes the gradients, computes the loss and calls backward()")
@@ -123,8 +125,7 @@ class DynamicsOptimizer(torch.optim.Optimizer):
                 loss = closure()
             self.evaluations += 1
             if not first:
-                first["grad_norm"] = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params
-                                                          if p.grad is not None)))
+                first["grad_norm"] = float(_norm(params))
             return loss.detach()
 
         if self.total_steps:
