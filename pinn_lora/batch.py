@@ -87,10 +87,10 @@ class BatchTrainer(Trainer):
         self.errors = [p.relative_l2(m) for p, m in zip(self.problems, self.members)]
         return max(self.errors)
 
-    def _emit(self, rec: dict[str, Any], bar: Any, advance: int = 1) -> None:
+    def _emit(self, rec: dict[str, Any], advance: int = 1) -> None:
         if "rel_l2" in rec:
             rec.update({f"rel_l2@{k}": e for k, e in enumerate(self.errors)})
-        super()._emit(rec, bar, advance)
+        super()._emit(rec, advance)
 
     def split(self) -> list[History]:
         """One history per copy: its own loss, terms, gradient norm and error per record."""

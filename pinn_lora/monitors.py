@@ -339,6 +339,9 @@ class Stability(Monitor):
         if math.isfinite(loss):
             self.min_loss = min(self.min_loss, loss)
 
+    def warning_step(self) -> int | None:
+        return self.first_spike_step
+
     @property
     def oscillation(self) -> float:
         return self.rises / self.pairs if self.pairs else 0.0

@@ -17,8 +17,6 @@ from pinn_lora.dynamics import Dynamics
 from pinn_lora.problem import SAMPLERS
 
 
-LBFGS_CHUNK = 10  # L-BFGS iterations per optimizer call (and per record)
-
 
 @dataclass
 class TrainConfig:
@@ -127,6 +125,13 @@ class Monitor:
 
     def on_end(self, history: History) -> None: ...
 
+    def flush(self) -> None:
+        """Write buffered output (called before each checkpoint, so files and checkpoint agree)."""
+
+    def warning_step(self) -> int | None:
+        """The step of the first warning this monitor raised (e.g. a loss spike), or None."""
+        return None
+
     # resumable runs: the running state a monitor keeps between records (attributes named in
     # ``state_keys``: tensors, numbers, lists, dicts), saved in checkpoints and restored after
     # ``on_start`` (so baselines taken at the start of the run stay those of the original start)
@@ -141,8 +146,178 @@ class Monitor:
                 setattr(self, k, state[k])
 
 
+@dataclass
+class Outcome:
+    """What a loop did in one step (or one call of L-BFGS iterations), for the Trainer to
+    verify, record and checkpoint. ``before`` is the state whose loss is ``loss``."""
+
+    step: int
+    loss: float
+    record: dict[str, Any]
+    before: list[torch.Tensor]
+    advance: int = 1  # steps this outcome counts for
+    evaluate: bool = False  # an evaluation against the reference is due after it
+    hook: bool = False  # run the method's ``after_step`` once the step is accepted
+    pending: tuple[dict[str, torch.Tensor], Any] | None = None  # a checkpoint to write once recorded
+    note: str = ""  # added to the divergence message
+
+
+class Recorder:
+    """The history, the monitors (in order), the progress bar and the evaluation cadence."""
+
+    def __init__(self, history: History, monitors: Sequence[Monitor], eval_every: int, progress: bool) -> None:
+        self.history, self.monitors, self.every, self.progress = history, list(monitors), eval_every, progress
+        self.bar: Any = None
+        self.started = time.perf_counter()
+
+    def open(self, model: nn.Module, problem: Any) -> None:
+        for m in self.monitors:
+            m.on_start(model, problem)
+        self.started = time.perf_counter()
+
+    def show(self, total: int) -> None:
+        self.bar = _progress(total, self.progress)
+        if self.bar is not None and self.history.steps:
+            self.bar.update(self.history.steps)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def eval_due(self, before: int, after: int, end: int) -> bool:
+        """Whether an evaluation falls after step count ``before`` up to ``after`` (every ``eval_every``
+        steps, and at ``end``)."""
+        return after // self.every > before // self.every or after == end
+
+    def emit(self, rec: dict[str, Any], advance: int = 1) -> None:
+        self.history.records.append(rec)
+        for m in self.monitors:
+            m.on_record(rec)
+        if self.bar is not None:
+            post = {"loss": f"{rec['loss']:.3e}"}
+            last = rec.get("rel_l2", self.history.last("rel_l2"))
+            if last is not None:
+                post["L2"] = f"{last:.2e}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(advance)
+
+    def flush(self) -> None:
+        for m in self.monitors:
+            m.flush()
+
+    def close(self) -> None:
+        self.history.wall_time = self.elapsed()
+        if self.bar is not None:
+            self.bar.close()
+        for m in self.monitors:
+            m.on_end(self.history)
+
+
+class Guard:
+    """Divergence: a step's loss is measured at the state *before* it, so each state is verified
+    by the next loss (the last one by one extra evaluation). A failed check restores the last
+    verified state and says why."""
+
+    def __init__(self, tensors: Callable[[], list[torch.Tensor]], factor: float, history: History,
+                 monitors: Sequence[Monitor]) -> None:
+        self.tensors, self.factor, self.history, self.monitors = tensors, factor, history, monitors
+        self.initial: float | None = None  # the first loss (the scale of the check)
+        self.good: list[torch.Tensor] | None = None  # the last state whose loss passed
+
+    def snapshot(self) -> list[torch.Tensor]:
+        # parameters and buffers: chained methods merge into frozen weights and move selectors
+        # (tiny networks: a copy costs microseconds)
+        return [t.detach().clone() for t in self.tensors()]
+
+    def check(self, loss: float, current: list[torch.Tensor], step: int) -> bool:
+        """Accept ``current`` (whose loss is ``loss``) as good, or restore the last good state (True)."""
+        self.initial = loss if self.initial is None else self.initial
+        bad = _diverged(loss, self.initial, self.factor)
+        if not bad:
+            self.good = current
+            return False
+        with torch.no_grad():
+            for t, g in zip(self.tensors(), self.good if self.good is not None else current):
+                t.copy_(g)
+        self.history.status = "diverged"
+        flagged = next((s for s in (m.warning_step() for m in self.monitors) if s is not None), None)
+        warned = "" if flagged is None else f"; the Stability monitor saw the first loss spike at step {flagged}"
+        self.history.message = (f"divergence check (loss > {self.factor:g} x the first loss, or non-finite) fired "
+                                f"at step {step}: {bad}{warned}; kept the last state with a good loss "
+                                f"(step {max(step - 1, 0)})")
+        return True
+
+
+class Checkpointer:
+    """Everything needed to continue at a step, captured before that step runs and written once
+    the step's loss has verified it (a step's own result is verified only by the next loss)."""
+
+    def __init__(self, trainer: "Trainer", path: Path | None, every: int) -> None:
+        self.trainer, self.path, self.every = trainer, path, every
+
+    def due(self, first: int, end: int) -> bool:
+        """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``every``)."""
+        return self.path is not None and self.every > 0 and (end // self.every) > (first // self.every)
+
+    def capture(self, step: int, phase: str = "train",
+                rng: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], Any]:
+        """Everything to continue at ``step``, captured before it runs (``rng``: the points generator's
+        state before the step's own draw, when that draw has already happened)."""
+        from pinn_lora import resume
+
+        t = self.trainer
+        hist = t.history
+        state = {
+            "phase": phase, "step": step, "records": len(hist.records), "evaluations": hist.evaluations,
+            "steps_done": hist.steps, "initial": t.guard.initial, "wall_time": t.recorder.elapsed(),
+            "rng": rng if rng is not None else t.rng.bit_generator.state, "draw_rng": t._draw_state,
+            "torch_rng": torch.get_rng_state(),
+            "dynamics": t.dynamics.state_dict() if t.dynamics is not None else {},
+            "method": t.method.state_dict() if t.method is not None else {},
+            "monitors": [m.state_dict() for m in t.recorder.monitors], "settings": t.settings,
+        }
+        return {k: v.detach().clone() for k, v in t.model.state_dict().items()}, resume.capture(state)
+
+    def write(self, pending: tuple[dict[str, torch.Tensor], Any] | None) -> None:
+        if pending is None:
+            return
+        from pinn_lora import resume
+
+        self.trainer.recorder.flush()  # the records before the checkpoint must be on disk with it
+        resume.save(self.path, *pending)
+
+    def restore(self, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> tuple[int, str]:
+        """Continue from a checkpoint: the network, dynamics, method, monitors, generators and
+        counters as they were before its step. Returns (step, phase)."""
+        t = self.trainer
+        t.model.load_state_dict(model_state, strict=True)
+        if t.dynamics is not None:
+            t.dynamics.load_state_dict(state["dynamics"])
+        if t.method is not None:
+            t.method.load_state_dict(state["method"])
+        monitors = t.recorder.monitors
+        if len(state["monitors"]) != len(monitors):
+            raise ValueError(f"resume: the checkpoint was written with {len(state['monitors'])} monitors, "
+                             f"this run has {len(monitors)}")
+        for m, ms in zip(monitors, state["monitors"]):
+            m.load_state_dict(ms)
+        torch.set_rng_state(state["torch_rng"])
+        step, phase = int(state["step"]), state["phase"]
+        # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
+        redraw = phase == "train" and step % t.cfg.resample_every and state["draw_rng"] is not None
+        t.rng.bit_generator.state = state["draw_rng"] if redraw else state["rng"]
+        hist = t.history
+        hist.evaluations, hist.steps = int(state["evaluations"]), int(state["steps_done"])
+        t.guard.initial = state["initial"]
+        t.recorder.started = time.perf_counter() - float(state["wall_time"])
+        return step, phase
+
+
 class Trainer:
-    """Runs a method's dynamics on a PINN loss. One instance per run."""
+    """Runs a method's dynamics on a PINN loss. One instance per run.
+
+    Made of small parts: loops (:mod:`pinn_lora.loops`: eager, graph-mode, L-BFGS) that yield an
+    :class:`Outcome` per step, a :class:`Guard` (divergence check and restore), a
+    :class:`Checkpointer` and a :class:`Recorder` (records, monitors, evaluation cadence, progress)."""
 
     def __init__(self, problem: Any, model: nn.Module, dynamics: Dynamics | None, cfg: TrainConfig,
                  monitors: Sequence[Monitor] = (), after_step: Callable[[int, nn.Module, Dynamics], None] | None = None,
@@ -154,9 +329,7 @@ class Trainer:
         ``history.records`` must already hold the records written before it) and ``settings``
         (stored in checkpoints, compared on resume by the caller)."""
         self.problem, self.model, self.dynamics, self.cfg = problem, model, dynamics, cfg
-        self.monitors = list(monitors)
         self.after_step = after_step
-        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.method, self.resume_from, self.settings = method, resume_from, settings or {}
         ref = next(iter(model.parameters()), None)
         ref = ref if ref is not None else next(iter(model.buffers()))
@@ -166,6 +339,14 @@ class Trainer:
         self._draw_state: dict[str, Any] | None = None  # the generator's state before the last draw of points
         self.history = History()
         self.graph_captured = False  # set when the steps ran from a CUDA graph
+        self.recorder = Recorder(self.history, monitors, cfg.eval_every, cfg.progress)
+        self.guard = Guard(self._state_tensors, cfg.divergence_factor, self.history, self.recorder.monitors)
+        self.checkpointer = Checkpointer(self, None if checkpoint_path is None else Path(checkpoint_path),
+                                         cfg.checkpoint_every)
+
+    @property
+    def monitors(self) -> list[Monitor]:
+        return self.recorder.monitors
 
     def points(self, n: int) -> torch.Tensor:
         self._draw_state = self.rng.bit_generator.state
@@ -203,57 +384,51 @@ class Trainer:
         return self.problem.relative_l2(self.model)
 
     def run(self) -> History:
-        cfg, hist = self.cfg, self.history
-        for m in self.monitors:
-            m.on_start(self.model, self.problem)
-        self._start = time.perf_counter()
-        self._initial: float | None = None
-        self._good: list[torch.Tensor] | None = None  # the last parameters whose loss passed the check
-        start, phase = (0, "train") if self.resume_from is None else self._restore(*self.resume_from)
-        bar = _progress(cfg.steps + cfg.lbfgs_steps, cfg.progress)
-        if bar is not None and hist.steps:
-            bar.update(hist.steps)
-        points = None
+        from pinn_lora.loops import LBFGSLoop
+
+        cfg = self.cfg
+        self.recorder.open(self.model, self.problem)
+        start, phase = (0, "train") if self.resume_from is None else self.checkpointer.restore(*self.resume_from)
+        self.recorder.show(cfg.steps + cfg.lbfgs_steps)
         try:
-            static = self._static_mode() if phase == "train" else None
-            if static is not None:
-                if not self._run_static(capture=static, bar=bar, start=start):
-                    return hist
-            elif phase == "train":
-                for step in range(start, cfg.steps):
-                    pending = self._capture_state(step) if self._checkpoint_due(step, step + 1) else None
-                    if points is None or step % cfg.resample_every == 0:
-                        points = self.points(cfg.n_points)
-                    self.dynamics.set_progress(step / max(cfg.steps, 1))
-                    stash: dict[str, Any] = {}
-                    current = self._snapshot()
-                    loss = float(self.dynamics.step(self._closure(points, stash)))
-                    lr = self.dynamics.lr  # after the step: an adaptive scheme reports the step size it took
-                    rec = self._record(step, "train", loss, lr, stash)
-                    if self._check(loss, current, step):
-                        self._finish_diverged(rec, bar)
-                        return hist
-                    hist.steps += 1
-                    if self.after_step is not None:
-                        self.after_step(step, self.model, self.dynamics)
-                    if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                        rec["rel_l2"] = self.evaluate()
-                    self._emit(rec, bar)
-                    self._write_checkpoint(pending)  # the state before this step, verified by its loss
-                if cfg.steps and not self._verify_end(points, cfg.steps - 1, bar):
-                    return hist
-            if cfg.lbfgs_steps:
-                if phase == "train" and self.checkpoint_path is not None and cfg.checkpoint_every:
+            method_loop = self._method_loop() if phase == "train" else None
+            loops = [(method_loop, start)] if method_loop is not None and cfg.steps else []
+            loops += [(LBFGSLoop(self, cfg.steps), 0)] if cfg.lbfgs_steps else []
+            for loop, first in loops:
+                if isinstance(loop, LBFGSLoop) and phase == "train" and self.checkpointer.every:
                     # the verified end of the method's steps: a run killed during the finish restarts it here
-                    self._write_checkpoint(self._capture_state(cfg.steps, "lbfgs"))
-                self._lbfgs(cfg.steps, bar)
+                    self.checkpointer.write(self.checkpointer.capture(cfg.steps, "lbfgs"))
+                for out in loop.steps(first):
+                    if not self._take(out):
+                        return self.history
+                if not self._verify_end(loop.points, loop.end - 1):
+                    return self.history
         finally:
-            hist.wall_time = time.perf_counter() - self._start
-            if bar is not None:
-                bar.close()
-            for m in self.monitors:
-                m.on_end(hist)
-        return hist
+            self.recorder.close()
+        return self.history
+
+    def _take(self, out: Outcome) -> bool:
+        """Verify one outcome by its loss, run the method's hook, evaluate, record and write a
+        due checkpoint; False (the last good state restored, a closing record) when it diverged."""
+        if self.guard.check(out.loss, out.before, out.step):
+            self.history.message += out.note
+            self._finish_diverged(out.record)
+            return False
+        self.history.steps += out.advance
+        if out.hook and self.after_step is not None:
+            self.after_step(out.step, self.model, self.dynamics)
+        if out.evaluate:
+            out.record["rel_l2"] = self.evaluate()
+        self._emit(out.record, out.advance)
+        self.checkpointer.write(out.pending)
+        return True
+
+    def _method_loop(self) -> Any:
+        """The loop for the method's steps: eager, or the static step (graph mode)."""
+        from pinn_lora.loops import EagerLoop, StaticLoop
+
+        static = self._static_mode()
+        return EagerLoop(self) if static is None else StaticLoop(self, capture=static)
 
     # -- graph mode: a static step, replayed from a CUDA graph, the host reading results every N steps
     def _static_mode(self) -> bool | None:
@@ -283,158 +458,23 @@ class Trainer:
             return f"the model is on {self.device.type}, not CUDA"
         return self._static_unsafe_reason()
 
-    def _sync_every(self) -> int:
-        return self.cfg.sync_every or self.cfg.eval_every
-
-    def _run_static(self, capture: bool, bar: Any = None, warmup: int = 3, start: int = 0) -> bool:
-        """The method's steps from a static step function: fixed buffers for the points and the
-        per-step results (loss, terms, gradient norm), written on the device into a ring of
-        ``sync_every`` rows; the host reads the ring every ``sync_every`` steps, then checks
-        divergence (restoring the state at the start of that block), evaluates and emits the
-        records. With ``capture`` the step is captured in a CUDA graph after ``warmup`` eager
-        steps (run on a side stream, as capture requires) and replayed; a capture that fails
-        falls back to calling the step function, saying why once. Points are drawn on the host
-        exactly as the eager loop draws them, so both loops see the same batches. Returns False
-        if the run diverged (the last good state restored)."""
-        cfg, hist = self.cfg, self.history
-        block = self._sync_every()
-        names = None
-        static_pts = self.points(cfg.n_points)
-        cursor = torch.zeros((), dtype=torch.long, device=self.device)
-        ring: list[torch.Tensor] = []
-
-        def step_fn() -> None:
-            nonlocal names
-            stash: dict[str, Any] = {}
-            loss = self.dynamics.step(self._closure(static_pts, stash))
-            if names is None:
-                names = list(stash["terms"])
-            row = torch.stack([loss.reshape(()).to(self.dtype), *(stash["terms"][k].reshape(()) for k in names),
-                               stash["grad_norm"].reshape(()).to(self.dtype)])
-            if not ring:
-                ring.append(torch.zeros(block, row.numel(), dtype=self.dtype, device=self.device))
-            ring[0].index_copy_(0, cursor.reshape(1) % block, row.unsqueeze(0))
-            cursor.add_(1)
-
-        graph = None
-        if self.device.type == "cuda":  # the same (capturable) optimiser with or without the graph
-            self.dynamics.prepare_capture(self.device)
-        start_state = self._snapshot()
-        done = start
-        while done < cfg.steps:
-            n = min(block - done % block, cfg.steps - done)
-            # a checkpoint due in this block holds the block's start, verified by the block's first loss
-            pending = None
-            if self._checkpoint_due(done, done + n):  # the generator as before this step's own draw
-                drawn_here = done == start and done % cfg.resample_every == 0
-                pending = self._capture_state(done, rng=self._draw_state if drawn_here else None)
-            for i in range(n):
-                step = done + i
-                if step != start and step % cfg.resample_every == 0:
-                    static_pts.copy_(self.points(cfg.n_points), non_blocking=True)
-                self.dynamics.set_progress(step / max(cfg.steps, 1))
-                if capture and graph is None and step >= warmup:
-                    graph = self._capture(step_fn)
-                    capture = graph is not None
-                if graph is not None:
-                    graph.replay()
-                    self.dynamics.count_replays(1)
-                elif capture:
-                    side = torch.cuda.Stream(self.device)
-                    side.wait_stream(torch.cuda.current_stream(self.device))
-                    with torch.cuda.stream(side):
-                        step_fn()
-                    torch.cuda.current_stream(self.device).wait_stream(side)
-                else:
-                    step_fn()
-            rows = ring[0][:n].tolist()  # the one host sync of the block
-            cursor.zero_()
-            for i, row in enumerate(rows):
-                step = done + i
-                loss = row[0]
-                rec = {"step": step, "phase": "train", "loss": loss,
-                       **{f"loss_{k}": v for k, v in zip(names, row[1:-1])}, "grad_norm": row[-1],
-                       "lr": self.dynamics.lr, "evaluations": hist.evaluations + self.dynamics.evaluations_per_step,
-                       "time": time.perf_counter() - self._start}
-                hist.evaluations = rec["evaluations"]
-                # the block's start state is verified by the block's first loss; a blow-up restores it
-                # (or, when that first loss is already bad, the previous block's start)
-                if self._check(loss, start_state, step):
-                    hist.message += (f" (graph mode: the start of its block of {block} graph steps, or of the "
-                                     "block before when the block's first loss is bad)")
-                    self._finish_diverged(rec, bar)
-                    return False
-                hist.steps += 1
-                last = i == n - 1
-                if not last:
-                    rec["between_syncs"] = True
-                if last and ((step + 1) // cfg.eval_every > done // cfg.eval_every or step + 1 == cfg.steps):
-                    rec["rel_l2"] = self.evaluate()
-                self._emit(rec, bar)
-                if i == 0:
-                    self._write_checkpoint(pending)
-            done += n
-            start_state = self._snapshot()
-        return self._verify_end(static_pts, cfg.steps - 1, bar)
-
-    def _capture(self, step_fn: Callable[[], None]) -> Any:
-        """A CUDA graph of ``step_fn``, or None (and why, once) when capture fails."""
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                step_fn()
-        except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager
-            _say_once(f"cuda_graph: capture failed, eager steps from here ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''})")
-            torch.cuda.synchronize(self.device)
-            return None
-        self.graph_captured = True
-        return graph
-
-    # -- divergence: the loss of a step is measured at the parameters *before* it, so each
-    # -- step's result is verified by the next loss; the last one by one extra evaluation.
-    def _snapshot(self) -> list[torch.Tensor]:
-        # parameters and buffers: chained methods merge into frozen weights and move selectors
-        # (tiny networks: a copy costs microseconds)
-        return [t.detach().clone() for t in self._state_tensors()]
-
     def _state_tensors(self) -> list[torch.Tensor]:
         return self.params + [b for b in self.model.buffers()]
 
-    def _check(self, loss: float, current: list[torch.Tensor], step: int) -> bool:
-        """Accept ``current`` (whose loss is ``loss``) as good, or restore the last good state."""
-        self._initial = loss if self._initial is None else self._initial
-        bad = _diverged(loss, self._initial, self.cfg.divergence_factor)
-        if not bad:
-            self._good = current
-            return False
-        with torch.no_grad():
-            for t, g in zip(self._state_tensors(), self._good if self._good is not None else current):
-                t.copy_(g)
-        self.history.status = "diverged"
-        spikes = next((m for m in self.monitors if hasattr(m, "first_spike_step")), None)
-        warned = (f"; the Stability monitor saw the first loss spike at step {spikes.first_spike_step}"
-                  if spikes is not None and spikes.first_spike_step is not None else "")
-        self.history.message = (f"divergence check (loss > {self.cfg.divergence_factor:g} x the first loss, or "
-                                f"non-finite) fired at step {step}: {bad}{warned}; kept the last state with a "
-                                f"good loss (step {max(step - 1, 0)})")
-        return True
-
-    def _finish_diverged(self, rec: dict[str, Any], bar: Any) -> None:
+    def _finish_diverged(self, rec: dict[str, Any]) -> None:
         rec["rel_l2"] = self.evaluate()  # of the restored state
-        self._emit(rec, bar)
+        self._emit(rec)
 
-    def _verify_end(self, points: torch.Tensor, step: int, bar: Any = None) -> bool:
+    def _verify_end(self, points: torch.Tensor, step: int) -> bool:
         """Check the state the last step produced; False (and the last good state restored,
         with a closing ``check`` record) if it diverged."""
-        current = self._snapshot()
+        current = self.guard.snapshot()
         loss = float(self._closure(points, {})())
         self.history.evaluations += 1
-        if not self._check(loss, current, step + 1):
+        if not self.guard.check(loss, current, step + 1):
             return True
         self._emit({"step": step + 1, "phase": "check", "loss": loss, "evaluations": self.history.evaluations,
-                    "time": time.perf_counter() - self._start, "rel_l2": self.evaluate()}, bar, advance=0)
+                    "time": self.recorder.elapsed(), "rel_l2": self.evaluate()}, advance=0)
         return False
 
     def _record(self, step: int, phase: str, loss: float, lr: float, stash: dict[str, Any]) -> dict[str, Any]:
@@ -442,108 +482,10 @@ class Trainer:
         return {"step": step, "phase": phase, "loss": loss,
                 **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
                 "grad_norm": float(stash["grad_norm"]), "lr": lr, "evaluations": self.history.evaluations,
-                "time": time.perf_counter() - self._start}
+                "time": self.recorder.elapsed()}
 
-    def _lbfgs(self, offset: int, bar: Any) -> None:
-        """L-BFGS finish (strong Wolfe line search) on one fixed batch, in calls of ``LBFGS_CHUNK``
-        iterations (each call re-evaluates its starting point, so one-iteration calls would
-        cost an extra evaluation per iteration); one record per call."""
-        cfg = self.cfg
-        points = self.points(cfg.lbfgs_points or cfg.n_points)
-        # max_eval must be set explicitly, or torch derives int(1.25 * max_iter), which for one
-        # iteration leaves the line search no evaluations (the step is then 0)
-        opt = torch.optim.LBFGS(self.params, lr=1.0, max_iter=LBFGS_CHUNK, max_eval=25 * LBFGS_CHUNK,
-                                history_size=50, line_search_fn="strong_wolfe", tolerance_grad=1e-15,
-                                tolerance_change=1e-16)
-        done = 0
-        while done < cfg.lbfgs_steps:
-            n = min(LBFGS_CHUNK, cfg.lbfgs_steps - done)
-            opt.param_groups[0].update(max_iter=n, max_eval=25 * n)
-            stash: dict[str, Any] = {}
-            current = self._snapshot()
-            loss = float(opt.step(self._closure(points, stash)))
-            rec = self._record(offset + done, "lbfgs", loss, 1.0, stash)
-            if self._check(loss, current, offset + done):
-                self._finish_diverged(rec, bar)
-                return
-            before, done = done, done + n
-            self.history.steps += n
-            if done // cfg.eval_every > before // cfg.eval_every or done == cfg.lbfgs_steps:
-                rec["rel_l2"] = self.evaluate()
-            self._emit(rec, bar, advance=n)
-        self._verify_end(points, offset + cfg.lbfgs_steps - 1, bar)
-
-    # -- checkpoints: everything needed to continue at a step, captured before that step runs and
-    # -- written once the step's loss has verified it (a step's own result is verified only by the next loss)
-    def _checkpoint_due(self, first: int, end: int) -> bool:
-        """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``checkpoint_every``)."""
-        every = self.cfg.checkpoint_every
-        return self.checkpoint_path is not None and every > 0 and (end // every) > (first // every)
-
-    def _capture_state(self, step: int, phase: str = "train",
-                       rng: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], Any]:
-        """Everything to continue at ``step``, captured before it runs (``rng``: the points generator's
-        state before the step's own draw, when that draw has already happened)."""
-        from pinn_lora import resume
-
-        hist = self.history
-        state = {
-            "phase": phase, "step": step, "records": len(hist.records), "evaluations": hist.evaluations,
-            "steps_done": hist.steps, "initial": self._initial, "wall_time": time.perf_counter() - self._start,
-            "rng": rng if rng is not None else self.rng.bit_generator.state, "draw_rng": self._draw_state, "torch_rng": torch.get_rng_state(),
-            "dynamics": self.dynamics.state_dict() if self.dynamics is not None else {},
-            "method": self.method.state_dict() if self.method is not None else {},
-            "monitors": [m.state_dict() for m in self.monitors], "settings": self.settings,
-        }
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}, resume.capture(state)
-
-    def _write_checkpoint(self, pending: tuple[dict[str, torch.Tensor], Any] | None) -> None:
-        if pending is None:
-            return
-        from pinn_lora import resume
-
-        for m in self.monitors:  # the records before the checkpoint must be on disk with it
-            flush = getattr(m, "flush", None)
-            if callable(flush):
-                flush()
-        resume.save(self.checkpoint_path, *pending)
-
-    def _restore(self, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> tuple[int, str]:
-        """Continue from a checkpoint: the network, dynamics, method, monitors, generators and
-        counters as they were before its step. Returns (step, phase)."""
-        self.model.load_state_dict(model_state, strict=True)
-        if self.dynamics is not None:
-            self.dynamics.load_state_dict(state["dynamics"])
-        if self.method is not None:
-            self.method.load_state_dict(state["method"])
-        if len(state["monitors"]) != len(self.monitors):
-            raise ValueError(f"resume: the checkpoint was written with {len(state['monitors'])} monitors, "
-                             f"this run has {len(self.monitors)}")
-        for m, ms in zip(self.monitors, state["monitors"]):
-            m.load_state_dict(ms)
-        torch.set_rng_state(state["torch_rng"])
-        step, phase = int(state["step"]), state["phase"]
-        # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
-        redraw = phase == "train" and step % self.cfg.resample_every and state["draw_rng"] is not None
-        self.rng.bit_generator.state = state["draw_rng"] if redraw else state["rng"]
-        hist = self.history
-        hist.evaluations, hist.steps = int(state["evaluations"]), int(state["steps_done"])
-        self._initial = state["initial"]
-        self._start = time.perf_counter() - float(state["wall_time"])
-        return step, phase
-
-    def _emit(self, rec: dict[str, Any], bar: Any, advance: int = 1) -> None:
-        self.history.records.append(rec)
-        for m in self.monitors:
-            m.on_record(rec)
-        if bar is not None:
-            post = {"loss": f"{rec['loss']:.3e}"}
-            if "rel_l2" in rec:
-                post["L2"] = f"{rec['rel_l2']:.2e}"
-            elif self.history.last("rel_l2") is not None:
-                post["L2"] = f"{self.history.last('rel_l2'):.2e}"
-            bar.set_postfix(post, refresh=False)
-            bar.update(advance)
+    def _emit(self, rec: dict[str, Any], advance: int = 1) -> None:
+        self.recorder.emit(rec, advance)
 
 
 def _norm(params: Sequence[torch.Tensor]) -> torch.Tensor:

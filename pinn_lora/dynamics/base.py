@@ -56,7 +56,7 @@ class Dynamics:
     def reset_state(self) -> None:
         """Forget optimiser moments (used by schedules that restart)."""
 
-    # -- CUDA graphs (see Trainer._run_static) --
+    # -- CUDA graphs (see pinn_lora.loops.StaticLoop) --
     def graph_unsafe_reason(self) -> str:
         """'' when ``step`` reads nothing back to the host (no ``.item()``, no checked solver) and
         keeps its tensors in place, so it can be captured in a CUDA graph; else why not."""
