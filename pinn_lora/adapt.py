@@ -16,6 +16,7 @@ from typing import Any
 
 from pinn_lora.cli import (
     EXIT_DIVERGED,
+    EXIT_NO_IMPROVEMENT,
     check_group_overrides,
     check_launcher,
     config_dir,
@@ -70,6 +71,13 @@ def _task(cfg) -> None:
 
         if HydraConfig.get().mode != RunMode.MULTIRUN:  # in a sweep the other runs go on
             raise SystemExit(EXIT_DIVERGED)
+    if any(r.history.status == "no_improvement" for r in results):
+        print(f"warning: no improvement: {next(r for r in results if r.history.status == 'no_improvement').history.message}",
+              file=sys.stderr)
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(EXIT_NO_IMPROVEMENT)
 
 
 def main() -> None:

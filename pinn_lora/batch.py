@@ -146,6 +146,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     dt = resolve_dtype(dtype)
     prob0 = problems[0]
     rec = recommendations(prob0.name) if recommended is None else recommended
+    rec = {**rec, **(rec.get("first_order") or {})}  # batched copies take first-order steps
     steps = rec.get("steps", 1000) if steps is None else steps
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every

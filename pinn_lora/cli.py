@@ -24,6 +24,7 @@ from typing import Any, Callable, NoReturn
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_NO_IMPROVEMENT = 4  # finished without diverging, but the validation residual is not below the base's
 
 
 def config_dir() -> str:

@@ -178,3 +178,43 @@ class LBFGSLoop:
             yield Outcome(self.offset + done, loss, rec, before, advance=n,
                           evaluate=t.recorder.eval_due(done, done + n, cfg.lbfgs_steps))
             done += n
+
+
+class SecondOrderLoop:
+    """Levenberg–Marquardt steps (:class:`~pinn_lora.dynamics.gauss_newton.LevenbergMarquardt`):
+    each step builds the residual Jacobian on its points (:mod:`pinn_lora.jacobian`) and takes
+    one accepted proposal (or none); points are drawn every ``resample_every`` steps."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t, self.end = trainer, trainer.cfg.steps
+        self.points: torch.Tensor | None = None
+
+    def steps(self, start: int) -> Iterator[Outcome]:
+        from pinn_lora.jacobian import residual_jacobian, residual_vector, term_names
+        from pinn_lora.train import Outcome
+
+        t, cfg = self.t, self.t.cfg
+        names = term_names(t.problem)
+        for step in range(start, cfg.steps):
+            pending = t.checkpointer.capture(step) if t.checkpointer.due(step, step + 1) else None
+            if self.points is None or step % cfg.resample_every == 0:
+                self.points = t.points(cfg.n_points)
+            t.dynamics.set_progress(step / max(cfg.steps, 1))
+            before = t.guard.snapshot()
+            r, jac = residual_jacobian(t.problem, t.model, self.points)
+            pts = self.points
+
+            def trial() -> float:
+                v = residual_vector(t.problem, t.model, pts)
+                return float(v @ v)
+
+            loss = t.dynamics.gn_step(r, jac, trial)
+            info = t.dynamics.last
+            t.history.evaluations += 1 + info["lm_tries"]
+            terms = (r.reshape(len(names), -1) ** 2).sum(1).tolist()
+            rec = {"step": step, "phase": "train", "loss": loss, **{f"loss_{k}": v for k, v in zip(names, terms)},
+                   "grad_norm": float(2 * (jac.T @ r).norm()), "lr": info.get("lm_h", t.dynamics.lr),
+                   "evaluations": t.history.evaluations, "time": t.recorder.elapsed(),
+                   **{k: v for k, v in info.items() if k != "lm_h"}}
+            yield Outcome(step, loss, rec, before, hook=True, evaluate=t.recorder.eval_due(step, step + 1, cfg.steps),
+                          pending=pending)

@@ -22,7 +22,14 @@ from pinn_lora.adapters.odlora import ODLoRALinear
 from pinn_lora.adapters.selector import PaCALinear, SelectorLinear, n_windows, selector_rank, window
 from pinn_lora.dynamics import Dynamics, GradientDynamics
 from pinn_lora.dynamics.base import SCHEDULES
-from pinn_lora.dynamics.odelora import INITS, PRECONDITIONERS, ODELoRADynamics, balanced_factors
+from pinn_lora.dynamics.odelora import (
+    IMPLICIT,
+    INITS,
+    PRECONDITIONERS,
+    ODELoRADynamics,
+    balanced_factors,
+    implicit_dynamics,
+)
 from pinn_lora.dynamics.riemannian import RiemannianDynamics
 from pinn_lora.dynamics.runge_kutta import TABLEAUS
 
@@ -104,6 +111,19 @@ class Method:
 
     def after_step(self, step: int, model: nn.Module, dynamics: Dynamics) -> None:
         """Schedule hook, called after every step (merges, restarts …)."""
+
+    # -- the second-order step (solver=lm): one mechanism for every method
+    def second_order(self, model: nn.Module, mu: float, adaptive: bool = True) -> Dynamics:
+        """Levenberg–Marquardt on the method's trainable parameters (a method with a metric of
+        its own, like ODELoRA, passes it)."""
+        from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
+
+        return LevenbergMarquardt([p for p in model.parameters() if p.requires_grad], mu=mu, adaptive=adaptive)
+
+    def solver_for(self, requested: str, explicit: bool) -> str:
+        """The solver this method runs with when ``requested`` (``explicit``: the user asked for it,
+        else it is the problem's recommendation)."""
+        return requested
 
     def step_hook(self) -> Callable[[int, nn.Module, Dynamics], None] | None:
         """``after_step`` when this method overrides it, else None (no hook: the step can be a
@@ -363,11 +383,29 @@ class ODELoRA(LoRA):
     name = "odelora"
     summary = ("ODELoRA (Gao & Tan 2026): balanced factors follow the projected full-FT gradient flow, "
                "integrated by a Runge–Kutta tableau (lr = time step h; bs23/dopri5 adapt h to rtol/atol)")
-    defaults = {**LoRA.defaults, "lr": 0.05, "schedule": "constant", "scheme": "euler", "damping": 1e-8,
+    defaults = {**LoRA.defaults, "lr": 0.05, "schedule": "constant", "scheme": "auto", "damping": 1e-8,
                 "rebalance": True, "init": "gradient", "init_scale": 0.1, "precondition": "none", "metric_floor": 0.1,
                 "rtol": 1e-3, "atol": 1e-6, "h_max_ratio": 10.0}
-    choices = {**LoRA.choices, "scheme": tuple(TABLEAUS), "init": INITS, "precondition": PRECONDITIONERS}
+    choices = {**LoRA.choices, "scheme": (*TABLEAUS, *IMPLICIT), "init": INITS, "precondition": PRECONDITIONERS}
     positive = LoRA.positive + ("init_scale", "rtol", "atol", "h_max_ratio")
+
+    def solver_for(self, requested: str, explicit: bool) -> str:
+        """``scheme=implicit`` runs as solver=lm; an explicit tableau as solver=method (asking for
+        both is refused); ``auto`` follows the solver."""
+        if self.scheme == "implicit":
+            return "lm"
+        if self.scheme != "auto" and requested == "lm":
+            if explicit:
+                raise MethodOptionError(f"method odelora: scheme={self.scheme} is an explicit scheme, run by "
+                                        "solver=method; solver=lm takes ODELoRA's implicit step (scheme=implicit "
+                                        "or auto)")
+            return "method"
+        return requested
+
+    def second_order(self, model: nn.Module, mu: float, adaptive: bool = True) -> Dynamics:
+        """ODELoRA's implicit scheme (:func:`pinn_lora.dynamics.odelora.implicit_dynamics`)."""
+        return implicit_dynamics([lay for _, lay in adapter_layers(model)], mu=mu, adaptive=adaptive,
+                                 rebalance_factors=self.rebalance)
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         self.check_rank(net)
@@ -385,7 +423,10 @@ class ODELoRA(LoRA):
 
     def dynamics(self, model: nn.Module) -> Dynamics:
         layers = [lay for _, lay in adapter_layers(model)]
-        return ODELoRADynamics(layers, lr=self.lr, scheme=self.scheme, damping=self.damping,
+        if self.scheme == "implicit":
+            return self.second_order(model, mu=1.0 / self.lr)
+        return ODELoRADynamics(layers, lr=self.lr, scheme="euler" if self.scheme == "auto" else self.scheme,
+                               damping=self.damping,
                                rebalance=self.rebalance, schedule=self.schedule, final_ratio=self.final_ratio,
                                precondition=self.precondition, metric_floor=self.metric_floor,
                                rtol=self.rtol, atol=self.atol,

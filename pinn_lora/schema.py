@@ -236,7 +236,12 @@ ADAPT_CONFIG = {"type": "object", "additional": False, "required": [
     "eval_every": {"type": "integer", "minimum": 1}, "sampler": _STR, "lbfgs_steps": _OPT_COUNT,
     "checkpoint_every": COUNT, "derivatives": {"enum": ["auto", "autograd", "jets"]},
     "cuda_graph": {"enum": ["auto", True, False]}, "sync_every": COUNT, "resume": _BOOL, "debug": _BOOL,
-    "progress": _BOOL, "plots": _BOOL, "out": NONEMPTY, "hydra": {"type": "object", "required": ["run"]}}}
+    "progress": _BOOL, "plots": _BOOL, "out": NONEMPTY, "hydra": {"type": "object", "required": ["run"]},
+    "solver": {"enum": ["method", "lm", None]}, "sampling": {"enum": ["uniform", "rad", None]},
+    "resample_every": {"type": ("integer", "null"), "minimum": 1},
+    "lm_mu": {"type": ("number", "null"), "exclusive_minimum": 0}, "lm_adaptive": {"type": ("boolean", "null")},
+    "rad_k": {"type": ("number", "null"), "minimum": 0}, "rad_c": {"type": ("number", "null"), "minimum": 0},
+    "rad_pool": {"type": ("integer", "null"), "minimum": 1}}}
 
 PRETRAIN_CONFIG = {"type": "object", "required": ["defaults", "seed", "device", "dtype", "progress", "out", "steps",
                                                   "lbfgs_steps", "init_from", "hydra"], "properties": {
@@ -250,7 +255,8 @@ PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "
     "adapt": {"type": "object", "required": ["steps", "n_points", "method"], "properties": {
         "steps": COUNT, "n_points": {"type": "integer", "minimum": 1}, "resample_every": {"type": "integer",
                                                                                          "minimum": 1},
-        "lbfgs_steps": COUNT,
+        "lbfgs_steps": COUNT, "solver": {"enum": ["method", "lm"]}, "sampling": {"enum": ["uniform", "rad"]},
+        "loop": {"type": "object"}, "first_order": {"type": "object"},
         "method": {"type": "object", "additional": {"type": "object", "required": ["lr"],
                                                     "properties": {"lr": _POSITIVE}, "additional": METHOD_OPTION},
                    "doc": "an object of method name -> recommended options"}}},

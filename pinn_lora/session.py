@@ -5,6 +5,7 @@ composes a config and calls :func:`run_config`; scientific code calls
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,17 @@ from pinn_lora.methods import Method, get_method, trainable_parameters
 from pinn_lora.monitors import AdapterState, FeatureChange, MetricsWriter, Stability, UpdateNorm, json_safe
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
-from pinn_lora.train import History, Monitor, TrainConfig, Trainer
+from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
+from pinn_lora.validation import validation_points, validation_residual
 from pinn_lora.zoo import load_base
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+VERDICTS = {"completed": "", "no_improvement": " | NO IMPROVEMENT: the result's validation residual is not below the "
+                                                "base model's; the adaptation did not improve on the base",
+            "diverged": " [diverged]"}
+
+
+LOOP_OPTIONS = ("lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool")
 
 
 class ConfigError(ValueError):
@@ -64,6 +72,8 @@ class AdaptResult:
     run_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     stability: dict[str, Any] | None = None  # Stability.summary() of the run (default monitors)
+    validation_base: float = float("nan")  # the base's residual on the validation set (pinn_lora.validation)
+    validation: float = float("nan")  # the result's
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -83,6 +93,8 @@ class AdaptResult:
             "adapted_error": self.error,
             "improvement": (self.base_error / self.error if math.isfinite(self.error) and self.error > 0
                             else float("nan")),
+            "validation_residual_base": self.validation_base,
+            "validation_residual": self.validation,
             "status": self.history.status,
             "message": self.history.message,
             **({} if self.stability is None else {"stability": {
@@ -95,7 +107,8 @@ class AdaptResult:
         return (f"{s['problem']} {_fmt_coeffs(s['coefficients'])} | method={self.method.label()} "
                 f"trainable={s['trainable_parameters']} steps={s['steps']} time={s['wall_time_s']:.1f}s | "
                 f"rel. L2 on target: base {s['base_error']:.3e} -> adapted {s['adapted_error']:.3e} "
-                f"({s['improvement']:.1f}x){'' if s['status'] == 'completed' else ' [' + s['status'] + ']'}")
+                f"({s['improvement']:.1f}x) | validation residual: base {s['validation_residual_base']:.3e} -> "
+                f"{s['validation_residual']:.3e}{VERDICTS.get(s['status'], ' [' + s['status'] + ']')}")
 
     def save(self, run_dir: str | Path, plots: bool = True) -> Path:
         """Write summary.json, adapter.safetensors + card.json (:func:`pinn_lora.api.save_adapter`;
@@ -152,7 +165,8 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
           run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
           monitors: Sequence[Monitor] = (), default_monitors: bool = True, derivatives: str = "auto",
           cuda_graph: bool | str = "auto", sync_every: int = 0, resume: bool = False,
-          recommended: Mapping[str, Any] | None = None, **method_options: Any) -> AdaptResult:
+          recommended: Mapping[str, Any] | None = None, solver: str | None = None, sampling: str | None = None,
+          loop_options: Mapping[str, Any] | None = None, **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
     ``base`` is a shipped name ("burgers"), a path to a saved base, a
@@ -179,7 +193,17 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     ``checkpoint_every`` steps and at the end of the method's steps; it holds the optimiser or
     integrator state, the method's and monitors' running state and the random generators), with
     the same settings (a difference is refused): the result is the one an uninterrupted run gives,
-    and ``metrics.jsonl`` continues without repeated or missing steps."""
+    and ``metrics.jsonl`` continues without repeated or missing steps.
+
+    ``solver``: ``lm`` (Levenberg–Marquardt on the trainable parameters; ODELoRA's implicit scheme)
+    or ``method`` (the method's own first-order dynamics; the recommendations' ``first_order``
+    section then applies); ``sampling``: ``uniform`` or ``rad`` (residual-based adaptive points);
+    ``loop_options``: ``lm_mu``, ``lm_adaptive``, ``rad_k``, ``rad_c``, ``rad_pool``
+    (:class:`~pinn_lora.train.TrainConfig`). Left out, they take the problem's recommendations.
+
+    The verdict (``summary()["status"]``): ``completed``, ``diverged``, or ``no_improvement`` when
+    the result's residual on the fixed validation set (:mod:`pinn_lora.validation`) is not below
+    the base network's."""
     if resume and run_dir is None:
         raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
     if resume and (Path(run_dir) / "summary.json").exists():
@@ -192,7 +216,23 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     saved = resume_state.load(checkpoint) if resume else None
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
-    rec = recommendations(problem.name) if recommended is None else recommended
+    rec = dict(recommendations(problem.name) if recommended is None else recommended)
+    if isinstance(method, Method):
+        meth = method
+    else:
+        meth = get_method(method, **{**((rec.get("method") or {}).get(method) or {}), **method_options})
+    given = solver is not None
+    solver = rec.get("solver", "method") if solver is None else solver
+    if solver not in SOLVERS:
+        raise ConfigError(f"solver={solver!r}; choose one of {', '.join(SOLVERS)}")
+    solver = meth.solver_for(solver, given)
+    if solver == "method":
+        rec.update(rec.get("first_order") or {})
+    sampling = rec.get("sampling", "uniform") if sampling is None else sampling
+    loop = {k: v for k, v in {**(rec.get("loop") or {}), **(loop_options or {})}.items()}
+    unknown = sorted(set(loop) - set(LOOP_OPTIONS))
+    if unknown:
+        raise ConfigError(f"loop option {', '.join(unknown)} unknown; options: {', '.join(LOOP_OPTIONS)}")
     steps = rec.get("steps", 1000) if steps is None else steps
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     lbfgs_steps = rec.get("lbfgs_steps", 0) if lbfgs_steps is None else lbfgs_steps
@@ -200,17 +240,15 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1),
                 "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0),
                 "sync_every": (sync_every, 0), "resample_every": (resample_every, 1)})
-    if isinstance(method, Method):
-        meth = method
-    else:
-        meth = get_method(method, **{**((rec.get("method") or {}).get(method) or {}), **method_options})
     train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
-                            seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
+                            solver=solver, sampling=sampling, **loop, seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
                             sampler=sampler, lbfgs_steps=lbfgs_steps, derivatives=derivatives,
                             cuda_graph=cuda_graph, sync_every=sync_every)
     torch.manual_seed(seed)
     net, card = resolve_base(base, problem, dt, dev)
     base_error = problem.relative_l2(net)
+    val_points = validation_points(problem, dtype=dt, device=dev)
+    val_base = validation_residual(problem, net, val_points)
     model = attach(net, meth, problem, seed=seed, n_points=n_points, base_card=card)
     dynamics = meth.dynamics(model)
     stability = Stability() if default_monitors else None
@@ -230,6 +268,7 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
         "base_fingerprint": model.pinn_lora_base["fingerprint"], "steps": steps, "n_points": n_points,
         "resample_every": resample_every, "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "seed": seed,
         "sampler": sampler, "dtype": dtype, "derivatives": derivatives, "checkpoint_every": checkpoint_every,
+        "solver": solver, "sampling": sampling, **loop,
         "default_monitors": default_monitors, "monitors": len(mons)})
     records: list[dict[str, Any]] = []
     if saved is not None:
@@ -246,19 +285,30 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
                       checkpoint_path=checkpoint, method=meth, resume_from=saved, settings=settings)
     trainer.history.records = records
     history = trainer.run()
+    val = validation_residual(problem, model, val_points)
+    if history.status == "completed" and not val < val_base:
+        history.status = "no_improvement"
+        history.message = (f"the validation residual ({val:.3e} on {val_points.shape[0]} fixed points) is not below "
+                           f"the base model's ({val_base:.3e}): the adaptation did not improve on the base")
+    if run_dir is not None:
+        with open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": history.steps, "phase": "validation", "validation_residual_base": val_base,
+                                 "validation_residual": val, "points": int(val_points.shape[0])}) + "\n")
     error = history.last("rel_l2") if history.records else base_error
     main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
     extra = {"device": device_name(dev), "seed": seed,
              # the loop settings, so a run directory describes itself without Hydra's config
              "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
                           "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "sampler": sampler,
+                          "solver": solver, "sampling": sampling, **loop,
                           "derivatives": derivatives, "cuda_graph": trainer.graph_captured,
                           "dtype": dtype, "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}}
     if lbfgs_steps and main:
         extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
     result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
                          Path(run_dir) if run_dir else None, extra=extra,
-                         stability=None if stability is None else stability.summary())
+                         stability=None if stability is None else stability.summary(),
+                         validation_base=val_base, validation=val)
     if run_dir is not None:
         result.save(run_dir, plots=plots)
     return result
@@ -334,4 +384,5 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
                  checkpoint_every=cfg.get("checkpoint_every", 500), recommended=pcfg.get("adapt") or {},
                  derivatives=cfg.get("derivatives", "auto"), cuda_graph=cfg.get("cuda_graph", "auto"),
                  sync_every=cfg.get("sync_every", 0), resume=bool(cfg.get("resume", False)),
-                 **options)
+                 solver=cfg.get("solver"), sampling=cfg.get("sampling"), resample_every=cfg.get("resample_every"),
+                 loop_options={k: cfg[k] for k in LOOP_OPTIONS if cfg.get(k) is not None}, **options)

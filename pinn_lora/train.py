@@ -14,7 +14,11 @@ from torch import nn
 
 from pinn_lora.derivatives import ENGINES, provider
 from pinn_lora.dynamics import Dynamics
+from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
 from pinn_lora.problem import SAMPLERS
+
+SOLVERS = ("method", "lm")
+SAMPLINGS = ("uniform", "rad")
 
 
 
@@ -38,6 +42,13 @@ class TrainConfig:
     derivatives: str = "auto"  # autograd | jets | auto (jets on CUDA, autograd on CPU)
     cuda_graph: Any = "auto"  # capture the whole step in a CUDA graph: auto (on CUDA when possible) | True | False
     sync_every: int = 0  # graph mode: steps between host reads of the losses (0: eval_every)
+    solver: str = "method"  # method: the method's own dynamics | lm: Levenberg–Marquardt on its parameters
+    lm_mu: float = 1.0  # lm: the starting damping μ (the implicit Euler step h = 1/μ)
+    lm_adaptive: bool = True  # lm: adapt μ by the trust-region rule (False: a fixed h)
+    sampling: str = "uniform"  # uniform | rad (residual-based adaptive distribution, Wu et al. 2023)
+    rad_k: float = 1.0  # rad: density ∝ |r|^k / mean(|r|^k) + c
+    rad_c: float = 1.0
+    rad_pool: int = 8  # rad: candidates per point drawn
 
     def __post_init__(self) -> None:
         if self.cuda_graph not in ("auto", True, False):
@@ -54,6 +65,19 @@ class TrainConfig:
             raise ValueError(f"train: derivatives={self.derivatives!r}; choose one of {', '.join(ENGINES)}")
         if not self.causal_eps >= 0:
             raise ValueError(f"train: causal_eps={self.causal_eps!r} must be >= 0")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"train: solver={self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"train: sampling={self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+        if self.solver == "lm" and self.causal_eps > 0:
+            raise ValueError("train: solver=lm works on the plain residual vector; causal weights (causal_eps > 0) "
+                             "are for first-order steps")
+        for key in ("rad_k", "rad_c"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"train: {key}={value!r} must be a finite number >= 0")
+        if isinstance(self.rad_pool, bool) or not isinstance(self.rad_pool, int) or self.rad_pool < 1:
+            raise ValueError(f"train: rad_pool={self.rad_pool!r} must be an integer >= 1")
 
 
 def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_eps: float = 0.0,
@@ -335,6 +359,9 @@ class Trainer:
         ref = ref if ref is not None else next(iter(model.buffers()))
         self.dtype, self.device = ref.dtype, ref.device
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.solver == "lm" and not isinstance(dynamics, LevenbergMarquardt):
+            self.dynamics = (method.second_order(model, cfg.lm_mu, cfg.lm_adaptive) if method is not None
+                             else LevenbergMarquardt(self.params, mu=cfg.lm_mu, adaptive=cfg.lm_adaptive))
         self.rng = np.random.default_rng(cfg.seed)
         self._draw_state: dict[str, Any] | None = None  # the generator's state before the last draw of points
         self.history = History()
@@ -351,8 +378,26 @@ class Trainer:
     def points(self, n: int) -> torch.Tensor:
         self._draw_state = self.rng.bit_generator.state
         seed = int(self.rng.integers(2**31 - 1))
+        if self.cfg.sampling == "rad":
+            return self._rad_points(n, seed)
         pts = self.problem.sample(n, seed=seed, sampler=self.cfg.sampler)
         return torch.as_tensor(pts, dtype=self.dtype, device=self.device)
+
+    def _rad_points(self, n: int, seed: int) -> torch.Tensor:
+        """RAD (Wu et al. 2023): ``n`` of ``rad_pool``·n candidates, drawn without replacement with
+        probability ∝ |r|^k / mean(|r|^k) + c (|r|: the model's residual, summed over terms)."""
+        from pinn_lora.jacobian import residual_vector
+
+        cfg = self.cfg
+        pool = torch.as_tensor(self.problem.sample(n * cfg.rad_pool, seed=seed, sampler=cfg.sampler),
+                               dtype=self.dtype, device=self.device)
+        r = residual_vector(self.problem, self.model, pool).reshape(-1, pool.shape[0]).abs().sum(0)
+        dens = r ** cfg.rad_k
+        dens = (dens / dens.mean().clamp_min(1e-300) + cfg.rad_c).double().cpu().numpy()
+        if not np.all(np.isfinite(dens)) or dens.sum() <= 0:
+            dens = np.ones_like(dens)
+        idx = np.random.default_rng(seed).choice(pool.shape[0], size=n, replace=False, p=dens / dens.sum())
+        return pool[torch.as_tensor(np.sort(idx), device=self.device)]
 
     def _loss_terms(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms on ``points``; the loss is their sum."""
@@ -425,8 +470,10 @@ class Trainer:
 
     def _method_loop(self) -> Any:
         """The loop for the method's steps: eager, or the static step (graph mode)."""
-        from pinn_lora.loops import EagerLoop, StaticLoop
+        from pinn_lora.loops import EagerLoop, SecondOrderLoop, StaticLoop
 
+        if isinstance(self.dynamics, LevenbergMarquardt):
+            return SecondOrderLoop(self)
         static = self._static_mode()
         return EagerLoop(self) if static is None else StaticLoop(self, capture=static)
 

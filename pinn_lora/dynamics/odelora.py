@@ -41,6 +41,7 @@ from pinn_lora.dynamics.runge_kutta import (
 )
 
 INITS = ("gradient", "random", "pissa")
+IMPLICIT = ("auto", "implicit")  # schemes besides the explicit tableaus (auto: implicit with solver=lm, else euler)
 PRECONDITIONERS = ("none", "rmsprop")
 
 
@@ -288,3 +289,59 @@ class ODELoRADynamics(Dynamics):
         for key in self._STATE:
             if key in state:
                 setattr(self, key, state[key])
+
+
+# -- the implicit scheme --------------------------------------------------------------------------
+def weight_metric(layers: Sequence[LoRALinear], gauge: float = 1e-4) -> torch.Tensor:
+    """The metric of ODELoRA's flow in factor coordinates: ‖ΔW‖²_F for the tangent vector
+    ΔW = s(δB·A + B·δA), as a block-diagonal matrix over the layers' (vec δB, vec δA) (row-major,
+    B before A: the order of the trainable parameters). Per layer, with S_A = AAᵀ, S_B = BᵀB:
+    the δB block is s²(I_m ⊗ S_A), the δA block s²(S_B ⊗ I_n), and the cross block
+    s²·B[i,b]·A[a,j] at ((i,a), (b,j)). It is singular along the gauge directions
+    (δB, δA) = (BX, −XA), which leave W unchanged; ``gauge`` × its mean diagonal is added so
+    the step is defined there (the rebalance after the step removes any gauge drift)."""
+    blocks = []
+    for lay in layers:
+        b, a = (t.detach() for t in lay.factors())
+        m, r = b.shape
+        n = a.shape[1]
+        s2 = lay.scale ** 2
+        bb = s2 * torch.kron(torch.eye(m, dtype=b.dtype, device=b.device), a @ a.T)
+        aa = s2 * torch.kron(b.T @ b, torch.eye(n, dtype=a.dtype, device=a.device))
+        cross = s2 * torch.einsum("ib,aj->iabj", b, a).reshape(m * r, r * n)
+        blocks.append(torch.cat([torch.cat([bb, cross], 1), torch.cat([cross.T, aa], 1)], 0))
+    metric = torch.block_diag(*blocks)
+    return metric + gauge * metric.diagonal().mean() * torch.eye(metric.shape[0], dtype=metric.dtype,
+                                                                   device=metric.device)
+
+
+def implicit_dynamics(layers: Sequence[LoRALinear], mu: float, adaptive: bool = True, rebalance_factors: bool = True):
+    """ODELoRA's implicit scheme: the linearly implicit Euler step of the Gauss–Newton-linearised
+    flow dW/dt = −P_T(G) on the rank-r manifold. With ρ the residual vector (loss ‖ρ‖²), J its
+    Jacobian in the factors and M = :func:`weight_metric` (the Frobenius norm of the tangent vector
+    the factor step induces), the step solves
+
+        min over (δB, δA):  ‖ρ + J·δ‖² + μ ‖s(δB·A + B·δA)‖²_F ,
+
+    i.e. (JᵀJ + μM) δ = −Jᵀρ. Every step of the factors moves W along the tangent space
+    T = {δB·A + B·δA}, and the normal equations restricted to T are (P_T H P_T + μ I) ΔW = −P_T g
+    with H, g the Gauss–Newton Hessian and gradient in weight space: one implicit Euler step of
+    the projected flow with h = 1/μ (up to the factor 2 of ∇‖ρ‖² = 2Jᵀρ), where the explicit
+    schemes take dW = −h·P_T(G). The factors then take δ, and the rebalance returns them to
+    BᵀB = AAᵀ without changing W. h is adapted by the trust-region rule of
+    :class:`~pinn_lora.dynamics.gauss_newton.LevenbergMarquardt` (or fixed, ``adaptive=False``)."""
+    from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
+
+    layers = list(layers)
+    params = [t for lay in layers for t in lay.factors()]
+
+    def balance() -> None:
+        with torch.no_grad():
+            for lay in layers:
+                b, a = lay.factors()
+                nb, na = rebalance(b, a)
+                b.copy_(nb)
+                a.copy_(na)
+
+    return LevenbergMarquardt(params, mu=mu, adaptive=adaptive, metric=lambda: weight_metric(layers),
+                              after_update=balance if rebalance_factors else None)

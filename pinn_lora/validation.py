@@ -1,0 +1,33 @@
+"""A reference-free verdict: the residual on a fixed validation set.
+
+Every adaptation evaluates the normalised residual (the training loss's definition, without
+causal weights) on ``VALIDATION_POINTS`` quasi-random points that depend only on the problem
+family — never on the run's seed, its training points or their resampling — for the base
+network at the target and for the result. A result whose validation residual is not below the
+base's is reported as ``no_improvement``: without a reference solution, that is the evidence a
+scientist has that adaptation did not help. The set is used for this verdict only, never to
+pick a state or to stop early."""
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+from torch import nn
+
+VALIDATION_POINTS = 20000
+
+
+def validation_points(problem: Any, n: int = VALIDATION_POINTS, dtype: torch.dtype = torch.float64,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` Halton points of the problem's domain, shifted by a rotation seeded by the family's name."""
+    seed = zlib.crc32(f"pinn_lora validation {problem.name}".encode())
+    return torch.as_tensor(problem.sample(n, seed=seed, sampler="Halton"), dtype=dtype, device=device)
+
+
+def validation_residual(problem: Any, model: nn.Module, points: torch.Tensor) -> float:
+    """Σ_terms mean(r²)/scale of ``model`` on ``points`` (the training loss's normalisation)."""
+    from pinn_lora.jacobian import residual_vector
+
+    r = residual_vector(problem, model, points)
+    return float(r @ r)
