@@ -27,8 +27,7 @@ class EagerLoop:
         t, cfg = self.t, self.t.cfg
         for step in range(start, cfg.steps):
             pending = t.checkpointer.capture(step) if t.checkpointer.due(step, step + 1) else None
-            if self.points is None or step % cfg.resample_every == 0:
-                self.points = t.points(cfg.n_points)
+            self.points = t.batch(step, self.points)
             t.dynamics.set_progress(step / max(cfg.steps, 1))
             stash: dict[str, Any] = {}
             before = t.guard.snapshot()
@@ -58,7 +57,7 @@ class StaticLoop:
         t, cfg, hist = self.t, self.t.cfg, self.t.history
         block = cfg.sync_every or cfg.eval_every
         names: list[str] | None = None
-        static_pts = self.points = t.points(cfg.n_points)
+        static_pts = self.points = t.batch(start, None)
         cursor = torch.zeros((), dtype=torch.long, device=t.device)
         ring: list[torch.Tensor] = []
 
@@ -197,8 +196,7 @@ class SecondOrderLoop:
         names = term_names(t.problem)
         for step in range(start, cfg.steps):
             pending = t.checkpointer.capture(step) if t.checkpointer.due(step, step + 1) else None
-            if self.points is None or step % cfg.resample_every == 0:
-                self.points = t.points(cfg.n_points)
+            self.points = t.batch(step, self.points)
             t.dynamics.set_progress(step / max(cfg.steps, 1))
             before = t.guard.snapshot()
             r, jac = residual_jacobian(t.problem, t.model, self.points)

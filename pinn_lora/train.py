@@ -295,6 +295,8 @@ class Checkpointer:
             "steps_done": hist.steps, "initial": t.guard.initial, "wall_time": t.recorder.elapsed(),
             "rng": rng if rng is not None else t.rng.bit_generator.state, "draw_rng": t._draw_state,
             "torch_rng": torch.get_rng_state(),
+            # residual-adaptive points depend on the model that drew them: a resume mid-block takes them as they were
+            "points": t.current_points if t.cfg.sampling == "rad" else None,
             "dynamics": t.dynamics.state_dict() if t.dynamics is not None else {},
             "method": t.method.state_dict() if t.method is not None else {},
             "monitors": [m.state_dict() for m in t.recorder.monitors], "settings": t.settings,
@@ -328,6 +330,9 @@ class Checkpointer:
         step, phase = int(state["step"]), state["phase"]
         # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
         redraw = phase == "train" and step % t.cfg.resample_every and state["draw_rng"] is not None
+        if redraw and state.get("points") is not None:
+            t.restored_points = state["points"].to(dtype=t.dtype, device=t.device)
+            redraw = False
         t.rng.bit_generator.state = state["draw_rng"] if redraw else state["rng"]
         hist = t.history
         hist.evaluations, hist.steps = int(state["evaluations"]), int(state["steps_done"])
@@ -364,6 +369,8 @@ class Trainer:
                              else LevenbergMarquardt(self.params, mu=cfg.lm_mu, adaptive=cfg.lm_adaptive))
         self.rng = np.random.default_rng(cfg.seed)
         self._draw_state: dict[str, Any] | None = None  # the generator's state before the last draw of points
+        self.current_points: torch.Tensor | None = None  # the last points drawn
+        self.restored_points: torch.Tensor | None = None  # a checkpoint's points, for a resume mid-block
         self.history = History()
         self.graph_captured = False  # set when the steps ran from a CUDA graph
         self.recorder = Recorder(self.history, monitors, cfg.eval_every, cfg.progress)
@@ -379,9 +386,24 @@ class Trainer:
         self._draw_state = self.rng.bit_generator.state
         seed = int(self.rng.integers(2**31 - 1))
         if self.cfg.sampling == "rad":
-            return self._rad_points(n, seed)
-        pts = self.problem.sample(n, seed=seed, sampler=self.cfg.sampler)
-        return torch.as_tensor(pts, dtype=self.dtype, device=self.device)
+            pts = self._rad_points(n, seed)
+        else:
+            pts = torch.as_tensor(self.problem.sample(n, seed=seed, sampler=self.cfg.sampler), dtype=self.dtype,
+                                  device=self.device)
+        self.current_points = pts
+        return pts
+
+    def batch(self, step: int, current: torch.Tensor | None) -> torch.Tensor:
+        """The points of ``step``: new ones every ``resample_every`` steps, else ``current`` (after a
+        resume mid-block, the checkpoint's; with uniform sampling they are drawn again instead)."""
+        mid = step % self.cfg.resample_every
+        if current is not None and mid:
+            return current
+        if current is None and mid and self.restored_points is not None:
+            current, self.restored_points = self.restored_points, None
+            self.current_points = current
+            return current
+        return self.points(self.cfg.n_points)
 
     def _rad_points(self, n: int, seed: int) -> torch.Tensor:
         """RAD (Wu et al. 2023): ``n`` of ``rad_pool``·n candidates, drawn without replacement with
