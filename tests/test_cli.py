@@ -133,11 +133,11 @@ def test_pretrain_cli_writes_a_loadable_base(tmp_path):
 
 
 def test_diverged_run_exit_code_and_sweep_goes_on(tmp_path):
-    res = _run("problem=helmholtz", "method=lora", "method.lr=1e7", "steps=30", "n_points=64", "plots=false",
+    res = _run("problem=helmholtz", "method=lora", "solver=method", "method.lr=1e7", "steps=30", "n_points=64", "plots=false",
                f"out={tmp_path / 'd'}", cwd=tmp_path)
     assert res.returncode == 3 and "error: diverged" in res.stderr and "Traceback" not in res.stderr
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"
-    res = _run("-m", "problem=helmholtz", "method=lora", "method.lr=1e7,1e-3", "steps=30", "n_points=64",
+    res = _run("-m", "problem=helmholtz", "method=lora", "solver=method", "method.lr=1e7,1e-3", "steps=30", "n_points=64",
                "plots=false", "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     statuses = sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").rglob("summary.json"))

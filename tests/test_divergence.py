@@ -14,7 +14,7 @@ PROBLEM = pinn_lora.get_problem("helmholtz").default_target()
 
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
 def test_blow_up_stops_cleanly(name, tmp_path):
-    res = pinn_lora.adapt("helmholtz", PROBLEM, name, lr=1e8, steps=40, n_points=32, lbfgs_steps=0, device="cpu",
+    res = pinn_lora.adapt("helmholtz", PROBLEM, name, lr=1e8, solver="method", steps=40, n_points=32, lbfgs_steps=0, device="cpu",
                           progress=False, plots=False, run_dir=tmp_path, checkpoint_every=5, eval_every=10)
     hist = res.history
     assert hist.status == "diverged", name

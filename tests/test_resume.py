@@ -14,7 +14,7 @@ import pinn_lora
 from pinn_lora.checkpoint import CheckpointError
 from pinn_lora.session import ConfigError
 
-ARGS = ["problem=helmholtz", "method=odelora", "method.precondition=rmsprop", "method.lr=1e-3", "steps=600",
+ARGS = ["problem=helmholtz", "method=odelora", "solver=method", "method.precondition=rmsprop", "method.lr=1e-3", "steps=600",
         "n_points=64", "eval_every=50", "checkpoint_every=25", "lbfgs_steps=0", "device=cpu", "progress=false",
         "plots=false", "seed=3"]
 

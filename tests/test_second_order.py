@@ -174,3 +174,30 @@ def test_a_run_that_gets_worse_says_so():
     assert good.summary()["status"] == "completed"
     assert good.summary()["validation_residual"] < good.summary()["validation_residual_base"]
     assert math.isfinite(good.error) and good.error < good.base_error
+
+
+class _Crash(pinn_lora.train.Monitor):
+    """Raises at a step (a process killed there), once."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_record(self, record):
+        if self.at is not None and record.get("step") == self.at:
+            raise KeyboardInterrupt("killed")
+
+
+def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(tmp_path):
+    """A run with solver=lm and sampling=rad interrupted after a checkpoint that falls inside a block of
+    points (checkpoint_every=4, resample_every=3) resumes to the same records as an uninterrupted run."""
+    prob = pinn_lora.get_problem("burgers").default_target()
+    kw = dict(steps=8, n_points=96, resample_every=3, checkpoint_every=4, eval_every=2, device="cpu", progress=False,
+              plots=False, solver="lm", sampling="rad", loop_options={"rad_pool": 4})
+    session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "full", monitors=[_Crash(None)], **kw)
+    with pytest.raises(KeyboardInterrupt):
+        session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(6)], **kw)
+    session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(None)], resume=True, **kw)
+    a, b = (pinn_lora.monitors.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
