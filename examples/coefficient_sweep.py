@@ -49,7 +49,8 @@ def main() -> None:
     budget = ({"steps": 5, "lbfgs_steps": 10, "n_points": 300} if fast
               else {"steps": 200, "lbfgs_steps": 400, "n_points": 4000})
     t0 = time.perf_counter()
-    single = [adapt("burgers", p, "lora", device="cpu", progress=False, lr=1e-3, eval_every=100, **budget)
+    single = [adapt("burgers", p, "lora", device="cpu", progress=False, lr=1e-3, eval_every=100, solver="method",
+                    **budget)
               for p in problems]
     print(f"adapt: lora, {budget['steps']} Adam steps + {budget['lbfgs_steps']} L-BFGS on {budget['n_points']} "
           f"points, one run per viscosity: {time.perf_counter() - t0:.1f}s")

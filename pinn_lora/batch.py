@@ -26,6 +26,7 @@ from torch import nn
 
 from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
 from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
+from pinn_lora.validation import validation_points, validation_residual
 
 
 class Stacked(nn.Module):
@@ -157,12 +158,15 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
                       progress=progress, sampler=sampler, derivatives="jets", cuda_graph=cuda_graph,
                       sync_every=sync_every)
     methods, models, base_errors = [], [], []
+    val_points, val_base = [], []  # the reference-free verdict of each copy (pinn_lora.validation)
     for prob in problems:
         torch.manual_seed(seed)
         meth = get_method(method, **options)
         net = copy.deepcopy(net0)
         net.apply_output_transform(prob.output_transform)
         base_errors.append(prob.relative_l2(net))
+        val_points.append(validation_points(prob, dtype=dt, device=dev))
+        val_base.append(validation_residual(prob, net, val_points[-1]))
         models.append(attach(net, meth, prob, seed=seed, n_points=n_points, base_card=card))
         methods.append(meth)
     if getattr(methods[0], "scheme", None) in ("bs23", "dopri5"):
@@ -181,12 +185,18 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     results = []
     for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):
         err = hist.last("rel_l2")
+        val = validation_residual(prob, m, val_points[k])
+        if hist.status == "completed" and not val < val_base[k]:
+            hist.status = "no_improvement"
+            hist.message = (f"the validation residual ({val:.3e}) is not below the base model's ({val_base[k]:.3e}): "
+                            "the adaptation did not improve on the base")
         res = AdaptResult(prob, meth, m, hist, base_errors[k], float(err if err is not None else base_errors[k]),
                           trainable_parameters(m), card, extra={
                               "batch": {"index": k, "size": len(problems)}, "seed": seed,
                               "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
                                            "eval_every": eval_every, "derivatives": "jets",
-                                           "cuda_graph": trainer.graph_captured, "dtype": dtype}})
+                                           "cuda_graph": trainer.graph_captured, "dtype": dtype}},
+                          validation_base=val_base[k], validation=val)
         if run_dir is not None:
             label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
             sub = Path(run_dir) / f"{k:02d}_{label}"

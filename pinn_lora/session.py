@@ -32,6 +32,7 @@ VERDICTS = {"completed": "", "no_improvement": " | NO IMPROVEMENT: the result's 
             "diverged": " [diverged]"}
 
 
+_BASE_VALIDATION: dict[tuple, float] = {}
 LOOP_OPTIONS = ("lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool")
 
 
@@ -248,7 +249,13 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     net, card = resolve_base(base, problem, dt, dev)
     base_error = problem.relative_l2(net)
     val_points = validation_points(problem, dtype=dt, device=dev)
-    val_base = validation_residual(problem, net, val_points)
+    val_key = (problem.key(), card.get("weights_sha256"), str(dt), str(dev))
+    if val_key in _BASE_VALIDATION:  # a shipped or saved base, identified by its weights' hash
+        val_base = _BASE_VALIDATION[val_key]
+    else:
+        val_base = validation_residual(problem, net, val_points)
+        if card.get("weights_sha256"):
+            _BASE_VALIDATION[val_key] = val_base
     model = attach(net, meth, problem, seed=seed, n_points=n_points, base_card=card)
     dynamics = meth.dynamics(model)
     stability = Stability() if default_monitors else None

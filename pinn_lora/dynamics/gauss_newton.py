@@ -109,7 +109,8 @@ class LevenbergMarquardt(Dynamics):
             if not self.adaptive:
                 break
             if math.isfinite(new) and new < loss:
-                self.mu *= max(1 / 3, 1 - (2 * min(rho, 1.0) - 1) ** 3)
+                gain = min(rho, 1.0) if predicted > 0 else 1.0  # a decrease the linear model did not predict
+                self.mu *= max(1 / 3, 1 - (2 * gain - 1) ** 3)
                 self.nu = 2.0
                 break
             self._set(start)
