@@ -186,6 +186,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):
         err = hist.last("rel_l2")
         val = validation_residual(prob, m, val_points[k])
+        if hist.records:
+            hist.records[-1].update(validation_residual_base=val_base[k], validation_residual=val)
         if hist.status == "completed" and not val < val_base[k]:
             hist.status = "no_improvement"
             hist.message = (f"the validation residual ({val:.3e}) is not below the base model's ({val_base[k]:.3e}): "

@@ -102,6 +102,19 @@ class MetricsWriter(Monitor):
             self._fh = None
 
 
+def amend_last_record(path: str | Path, record: dict[str, Any]) -> None:
+    """Replace the last line of a ``metrics.jsonl`` by ``record`` (keys added after it was written),
+    atomically (temp file + rename)."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return
+    lines[-1] = json.dumps({k: json_safe(v) for k, v in record.items()})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]

@@ -5,7 +5,6 @@ composes a config and calls :func:`run_config`; scientific code calls
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,15 @@ from pinn_lora import resume as resume_state
 from pinn_lora.api import attach, save_adapter
 from pinn_lora.checkpoint import write_json
 from pinn_lora.methods import Method, get_method, trainable_parameters
-from pinn_lora.monitors import AdapterState, FeatureChange, MetricsWriter, Stability, UpdateNorm, json_safe
+from pinn_lora.monitors import (
+    AdapterState,
+    FeatureChange,
+    MetricsWriter,
+    Stability,
+    UpdateNorm,
+    amend_last_record,
+    json_safe,
+)
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
@@ -297,10 +304,10 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
         history.status = "no_improvement"
         history.message = (f"the validation residual ({val:.3e} on {val_points.shape[0]} fixed points) is not below "
                            f"the base model's ({val_base:.3e}): the adaptation did not improve on the base")
-    if run_dir is not None:
-        with open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": history.steps, "phase": "validation", "validation_residual_base": val_base,
-                                 "validation_residual": val, "points": int(val_points.shape[0])}) + "\n")
+    if history.records:  # the verdict's numbers go with the last record (metrics.jsonl keeps one per step)
+        history.records[-1].update(validation_residual_base=val_base, validation_residual=val)
+        if run_dir is not None:
+            amend_last_record(Path(run_dir) / "metrics.jsonl", history.records[-1])
     error = history.last("rel_l2") if history.records else base_error
     main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
     extra = {"device": device_name(dev), "seed": seed,
