@@ -120,9 +120,17 @@ class Method:
 
         return LevenbergMarquardt([p for p in model.parameters() if p.requires_grad], mu=mu, adaptive=adaptive)
 
+    dense_second_order: ClassVar[bool] = True  # few enough parameters for the dense solver=lm step
+
     def solver_for(self, requested: str, explicit: bool) -> str:
         """The solver this method runs with when ``requested`` (``explicit``: the user asked for it,
-        else it is the problem's recommendation)."""
+        else it is the problem's recommendation): a method that trains every weight takes first-order
+        steps unless solver=lm is asked for, which is then refused."""
+        if requested == "lm" and not self.dense_second_order:
+            if explicit:
+                raise MethodOptionError(f"method {self.name} trains every weight: too many parameters for the dense "
+                                        "second-order step (solver=lm is for adapters); use solver=method")
+            return "method"
         return requested
 
     def step_hook(self) -> Callable[[int, nn.Module, Dynamics], None] | None:
@@ -162,6 +170,7 @@ def trainable_parameters(model: nn.Module) -> int:
 class Scratch(Method):
     name = "scratch"
     summary = "a freshly initialised network trained on the target (the reference adaptation must beat)"
+    dense_second_order = False
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         net.reset_parameters(torch.Generator().manual_seed(ctx.seed + 7919))
@@ -173,6 +182,7 @@ class Scratch(Method):
 class Full(Method):
     name = "full"
     summary = "full fine-tuning: every base weight and bias trainable"
+    dense_second_order = False
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         for p in net.parameters():
@@ -400,7 +410,7 @@ class ODELoRA(LoRA):
                                         "solver=method; solver=lm takes ODELoRA's implicit step (scheme=implicit "
                                         "or auto)")
             return "method"
-        return requested
+        return super().solver_for(requested, explicit)
 
     def second_order(self, model: nn.Module, mu: float, adaptive: bool = True) -> Dynamics:
         """ODELoRA's implicit scheme (:func:`pinn_lora.dynamics.odelora.implicit_dynamics`)."""

@@ -201,3 +201,10 @@ def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
+
+
+def test_methods_that_train_every_weight_take_first_order_steps_unless_lm_is_asked_for():
+    full = pinn_lora.get_method("full")
+    assert full.solver_for("lm", False) == "method" and pinn_lora.get_method("lora").solver_for("lm", False) == "lm"
+    with pytest.raises(ValueError, match="too many parameters for the dense second-order step"):
+        full.solver_for("lm", True)

@@ -36,7 +36,7 @@ def test_run_directory_and_checkpoint(tmp_path):
 @pytest.mark.parametrize("method,lr", [("lora", 1e6), ("odelora", 1e6), ("full", 1e6)])
 def test_divergence_stops_cleanly(tmp_path, method, lr):
     res = adapt(_base(), get_problem("burgers").default_target(), method, steps=50, lbfgs_steps=0, n_points=64, device="cpu",
-                run_dir=tmp_path, progress=False, plots=False, checkpoint_every=1, lr=lr)
+                run_dir=tmp_path, progress=False, plots=False, checkpoint_every=1, lr=lr, solver="method")
     assert res.history.status == "diverged"
     assert len(res.history.records) < 50
     assert "at step" in res.history.message
@@ -44,7 +44,8 @@ def test_divergence_stops_cleanly(tmp_path, method, lr):
     assert summary["status"] == "diverged"
     assert summary["settings"] == {"steps": 50, "n_points": 64, "resample_every": 100, "lbfgs_steps": 0,
                                    "eval_every": 100, "sampler": "pseudo", "dtype": "float64",
-                                   "base": "(network given)", "derivatives": "auto", "cuda_graph": False}  # the run describes itself without Hydra
+                                   "base": "(network given)", "derivatives": "auto", "cuda_graph": False,
+                                   "solver": "method", "sampling": "uniform"}  # the run describes itself without Hydra
     assert all(torch.isfinite(p).all() for p in res.model.parameters())  # the last good state is kept
     assert math.isfinite(res.model(torch.zeros(3, 2, dtype=torch.float64)).sum().item())
     if (tmp_path / "checkpoint.safetensors").exists():  # the last good state is finite
@@ -69,7 +70,7 @@ def test_a_blow_up_in_the_last_step_is_caught(tmp_path, method, lr):
     """The last step's result is verified too: with one step there is no next loss to catch it."""
     base = _base()
     res = adapt(base, get_problem("burgers").default_target(), method, steps=1, lbfgs_steps=0, n_points=64,
-                device="cpu", progress=False, plots=False, lr=lr)
+                device="cpu", progress=False, plots=False, lr=lr, solver="method")
     assert res.history.status == "diverged"
     assert math.isfinite(res.error) and res.error < 10
     x = torch.rand(5, 2, dtype=torch.float64)
@@ -147,7 +148,8 @@ def _static_vs_eager(method, steps=12, sync_every=5, **opts):
     runs = {}
     for sync in (0, sync_every):
         runs[sync] = adapt("helmholtz", prob, method, steps=steps, n_points=128, resample_every=4, eval_every=10,
-                           lbfgs_steps=0, device="cpu", progress=False, plots=False, sync_every=sync, **opts)
+                           lbfgs_steps=0, device="cpu", progress=False, plots=False, sync_every=sync, solver="method",
+                           **opts)
     return runs[0], runs[sync_every]
 
 
@@ -178,7 +180,7 @@ def test_static_loop_divergence_restores_block_start():
 
     prob = get_problem("helmholtz", k=3.0)
     res = adapt("helmholtz", prob, "lora", lr=50.0, steps=40, n_points=64, eval_every=10, lbfgs_steps=0,
-                device="cpu", progress=False, plots=False, sync_every=4)
+                device="cpu", progress=False, plots=False, sync_every=4, solver="method")
     assert res.history.status == "diverged"
     assert "start of its block of 4 graph steps" in res.history.message
     assert math.isfinite(res.error)
