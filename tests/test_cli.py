@@ -101,7 +101,7 @@ def test_every_method_runs_from_the_composed_cli_config(problem):
                                                            "progress=false", "eval_every=4"]), resolve=False)
         cfg.pop("hydra", None), cfg.pop("out", None)
         res = run_config(cfg, run_dir=None)
-        assert res.history.status == "completed", (meth, res.history.message)
+        assert res.history.status in ("completed", "no_improvement"), (meth, res.history.message)  # 4 steps: either
         assert res.history.steps == 4 and math.isfinite(res.error), meth
         assert res.method.name == meth
 
