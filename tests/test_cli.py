@@ -126,7 +126,8 @@ def test_pretrain_cli_writes_a_loadable_base(tmp_path):
     assert abs(problem.relative_l2(net) - card["relative_l2"]) < 1e-8  # BLAS summation order may differ
     res = _run("problem=helmholtz", "method=lora", "steps=2", "n_points=64", f"base={out / 'base'}",
                f"out={tmp_path / 'a'}", "plots=false", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode in (0, 4), res.stderr  # 2 steps from a 5-step base: improving is not guaranteed
+    assert (tmp_path / "a" / "summary.json").is_file()
     res = _run("problem=burgers", "method=lora", "steps=2", f"base={out / 'base'}", f"out={tmp_path / 'b'}",
                cwd=tmp_path)
     assert res.returncode == 2 and "base model is for problem 'helmholtz', not 'burgers'" in res.stderr
