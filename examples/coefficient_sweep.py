@@ -86,7 +86,8 @@ def main() -> None:
 
     assert path.is_file() and path.stat().st_size > 0
     for r in rows:
-        assert r["status"] == ("completed", "completed"), r
+        # a few steps need not beat the base: the verdict may then say no_improvement (never diverged)
+        assert set(r["status"]) <= ({"completed", "no_improvement"} if fast else {"completed"}), r
         # every batched copy lowers its own residual loss, also after a few steps
         assert r["last"] < r["first"], f"nu={r['nu']:.3e}: batched loss {r['first']:.3e} -> {r['last']:.3e}"
         if not fast:
