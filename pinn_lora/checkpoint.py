@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from pinn_lora.rundir import write_new
+
 
 class CheckpointError(ValueError):
     """A weights file or card is missing, unreadable or does not match."""
@@ -30,10 +32,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
-    """Write tensors atomically; returns the file's sha256."""
-    atomic_write_bytes(Path(path), save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                                        metadata=metadata))
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, *,
+                 new: bool = False) -> str:
+    """Write tensors atomically; returns the file's sha256. With ``new`` an existing file is never
+    replaced (FileExistsError)."""
+    write = write_new if new else atomic_write_bytes
+    write(Path(path), save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata))
     return sha256(path)
 
 
@@ -56,8 +60,10 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+def write_json(path: Path, data: dict[str, Any], *, new: bool = False) -> None:
+    """Write ``data`` as JSON atomically; with ``new`` an existing file is never replaced (FileExistsError)."""
+    write = write_new if new else atomic_write_bytes
+    write(Path(path), (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:
