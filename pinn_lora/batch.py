@@ -143,7 +143,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     if lbfgs_steps:
         raise ConfigError("adapt_many: an L-BFGS finish would couple the copies (one line search); use lbfgs_steps=0")
     if run_dir is not None:  # refused now; claimed once the input is known to be good
-        rundir.check(run_dir, key="run_dir")
+        rundir.check(run_dir)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
     prob0 = problems[0]
@@ -178,7 +178,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
             meth.after_step(step, m, dyn)
 
     trainer = BatchTrainer(problems, stacked, dynamics, cfg, after_step=after_step if hooked else None)
-    claim = rundir.claim(run_dir, key="run_dir") if run_dir is not None else rundir.UNCLAIMED
+    claim = rundir.claim(run_dir) if run_dir is not None else rundir.UNCLAIMED
     claim.guard(trainer.run)
     results = []
     for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):

@@ -107,14 +107,15 @@ def _summary_status(path: Path) -> str | None:
     return None if data is None else data.get("status", "unreadable")
 
 
-def _refusal(path: Path, *, resume: bool, kind: str, key: str) -> str | None:
+def _refusal(path: Path, *, resume: bool, kind: str, key: str | None) -> str | None:
     """Why ``path`` cannot be claimed now (None: it can)."""
+    where, other = (f"{key}={path}", f"another {key}=...") if key else (f"run directory {path}", "another one")
     if path.exists() and not path.is_dir():
-        return f"{key}={path} is a file; give a directory"
+        return f"{where} is a file; give a directory"
     if not path.is_dir():
         return None
     info = read_marker(path)
-    again = f"choose another {key}=..." + (", or resume=true to continue it" if kind == "run" else "")
+    again = f"choose {other}" + (", or resume=true to continue it" if kind == "run" else "")
     if info is None:
         names = sorted(p.name for p in path.iterdir())
         if not names:
@@ -122,22 +123,21 @@ def _refusal(path: Path, *, resume: bool, kind: str, key: str) -> str | None:
         if resume and kind == "run" and LEGACY_RESUMABLE in names:
             return None  # a run of an earlier pinn_lora (before markers): its checkpoint says so
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        return (f"{key}={path} is not empty ({shown}) and was not created by pinn_lora (no {MARKER}); "
+        return (f"{where} is not empty ({shown}) and was not created by pinn_lora (no {MARKER}); "
                 f"nothing is written into it: choose a new or empty directory")
-    if not resume:
-        return f"{key}={path} already holds a previous {describe(info)}; it is never overwritten: {again}"
-    if info.get("kind", "run") != kind:
-        return f"{key}={path} holds a {info.get('kind')}, not a {kind}: {again}"
     if owner_alive(info):
-        return (f"{key}={path} is in use by a running pinn_lora {describe(info)}; wait for it to end, "
-                f"or choose another {key}=...")
+        return f"{where} is in use by a running pinn_lora {describe(info)}; wait for it to end, or choose {other}"
+    if not resume:
+        return f"{where} already holds a previous {describe(info)}; it is never overwritten: {again}"
+    if info.get("kind", "run") != kind:
+        return f"{where} holds a {info.get('kind')}, not a {kind}: {again}"
     status = _summary_status(path)
     if kind == "run" and status is not None and status != "failed":
         return f"run directory {path} holds a finished run ({SUMMARY}: {status}); nothing to resume"
     return None
 
 
-def check(path: str | Path, *, resume: bool = False, kind: str = "run", key: str = "out") -> None:
+def check(path: str | Path, *, resume: bool = False, kind: str = "run", key: str | None = None) -> None:
     """Raise :class:`RunDirError` when :func:`claim` would refuse ``path``; writes nothing."""
     why = _refusal(_abs(path), resume=resume, kind=kind, key=key)
     if why:
@@ -235,13 +235,15 @@ class Claim:
 UNCLAIMED = Claim(None, {})  # for a run without a directory: guard() just calls, release() does nothing
 
 
-def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str = "out") -> Claim:
+def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str | None = None) -> Claim:
     """Claim directory ``path`` (created with its parents when missing) for this process, or raise
-    :class:`RunDirError` (see the module docstring). With ``resume`` (and for a ``report``, whose
+    :class:`RunDirError` (see the module docstring; ``key``, e.g. ``out``, names the setting in
+    messages). With ``resume`` (and for a ``report``, whose
     new version replaces the old) a directory of the same kind whose owner is gone is taken over.
     Files registered with :func:`files_on_claim` are written right after the marker (those not
     there yet)."""
     path = _abs(path)
+    where = f"{key}={path}" if key else f"run directory {path}"
     take_over = resume or kind == "report"
     check(path, resume=take_over, kind=kind, key=key)
     path.mkdir(parents=True, exist_ok=True)
@@ -253,20 +255,20 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
         try:
             os.rename(path / MARKER, aside)
         except FileNotFoundError:
-            raise RunDirError(f"{key}={path} is being taken over by another process") from None
+            raise RunDirError(f"{where} is being taken over by another process") from None
         moved = _read_json(aside) or {}
         if moved.get("token") != previous.get("token"):
             with contextlib.suppress(OSError):
                 os.link(aside, path / MARKER)
             os.unlink(aside)
-            raise RunDirError(f"{key}={path} was taken over by another {describe(moved)}")
+            raise RunDirError(f"{where} was taken over by another {describe(moved)}")
         os.unlink(aside)
     try:
         _write_new(path / MARKER, _encode(info))
     except FileExistsError:
         other = read_marker(path) or {}
-        raise RunDirError(f"{key}={path} was claimed a moment ago by another {describe(other)}; "
-                          f"choose another {key}=...") from None
+        raise RunDirError(f"{where} was claimed a moment ago by another {describe(other)}; "
+                          "choose another directory") from None
     owned = Claim(path, info, previous)
     _ACTIVE[path] = owned
     for rel, text in _ON_CLAIM.get(path, {}).items():

@@ -104,7 +104,7 @@ class AdaptResult:
         it unless this process owns it already (:mod:`pinn_lora.rundir`: nothing is overwritten)."""
         run_dir = Path(run_dir)
         if not rundir.owned(run_dir):
-            with rundir.claim(run_dir, key="run_dir"):
+            with rundir.claim(run_dir):
                 return self.save(run_dir, plots)
         save_adapter(self.model, run_dir, self.method, self.problem, overwrite=True)  # in its own directory
         write_json(run_dir / "summary.json", self.summary())
@@ -188,7 +188,7 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     if resume and run_dir is None:
         raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
     if run_dir is not None:  # refused now; claimed once the input is known to be good (rundir)
-        rundir.check(run_dir, resume=resume, key="run_dir")
+        rundir.check(run_dir, resume=resume)
     checkpoint = Path(run_dir) / "checkpoint.safetensors" if run_dir is not None else None
     saved = resume_state.load(checkpoint) if resume else None
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -238,7 +238,7 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
         if changed:
             raise ConfigError(f"resume: the run in {run_dir} was started with other settings ({'; '.join(changed)}); "
                               "resume with the same configuration")
-    claim = rundir.claim(run_dir, resume=resume, key="run_dir") if run_dir is not None else rundir.UNCLAIMED
+    claim = rundir.claim(run_dir, resume=resume) if run_dir is not None else rundir.UNCLAIMED
     if saved is not None:
         records = claim.guard(resume_state.truncate_metrics, Path(run_dir) / "metrics.jsonl", saved[1]["records"])
     if run_dir is not None:

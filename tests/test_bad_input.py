@@ -282,6 +282,21 @@ def test_cli_refuses_an_out_holding_a_previous_run(tmp_path, monkeypatch, capsys
     assert all((out / name).is_file() for name in ("summary.json", "metrics.jsonl", "adapter.safetensors"))
 
 
+def test_cli_refused_resume_rewrites_nothing(tmp_path, monkeypatch, capsys):
+    """A refused resume=true (another method) rewrites nothing: not .hydra/config.yaml, not overrides.yaml,
+    not the marker (issue 14, item 5; on main Hydra rewrote both files before the task refused)."""
+    out = tmp_path / "run"
+    args = ["problem=helmholtz", "method=lora", *FAST, "steps=2", f"out={out}"]
+    args.remove("checkpoint_every=0")
+    code, _, err = cli([*args, "checkpoint_every=1"], monkeypatch, capsys, tmp_path)
+    assert code == 0, err
+    (out / "summary.json").unlink()  # as if killed before the end
+    before = snapshot(out)
+    code, _, err = cli([*args, "checkpoint_every=1", "method=odelora", "resume=true"], monkeypatch, capsys, tmp_path)
+    assert_one_line(code, err, "was started with other settings (method.name: 'lora' -> 'odelora'")
+    assert snapshot(out) == before
+
+
 def test_cli_refuses_a_directory_it_did_not_create(tmp_path, monkeypatch, capsys):
     """out= an existing non-empty folder without pinn_lora's marker (a home directory, notes): refused before
     anything is written, whatever the rest of the input (issue 14, item 4)."""
@@ -497,9 +512,9 @@ API_CASES = [
                  r"device='cuda' requested but no CUDA device is available", marks=NO_CUDA),
     ("dtype", lambda f: _adapt(dtype="float16"), ConfigError, r"dtype='float16': choose one of float64, float32"),
     ("run_dir holds a run", lambda f: _adapt(run_dir=f.previous_run), pinn_lora.rundir.RunDirError,
-     r"run_dir=.*previous_run already holds a previous run \(finished; pid"),
+     r"run directory .*previous_run already holds a previous run \(finished; pid"),
     ("run_dir not pinn_lora's", lambda f: _adapt(run_dir=f.foreign), pinn_lora.rundir.RunDirError,
-     r"run_dir=.*foreign is not empty \(notes.txt\) and was not created by pinn_lora"),
+     r"run directory .*foreign is not empty \(notes.txt\) and was not created by pinn_lora"),
     # base models: load_base and adapt(base=<path>)
     ("load_base unknown", lambda f: pinn_lora.load_base("burgerz"), CheckpointError,
      r"no base model 'burgerz': not a shipped name \(allen_cahn, burgers, helmholtz\)"),
@@ -622,9 +637,12 @@ def test_pretrain_cli_refuses_and_cleans_up_like_adapt(tmp_path, monkeypatch, ca
     done.mkdir()
     (done / "base.json").write_text("{}")
     code, err = run("problem=helmholtz", "steps=2", f"out={done}")
-    assert_one_line(code, err, f"out={done} already holds a previous run (base.json); it is never overwritten: "
-                               "choose another out=...")
+    assert_one_line(code, err, f"out={done} is not empty (base.json) and was not created by pinn_lora")
     assert [p.name for p in done.iterdir()] == ["base.json"]
+    pinn_lora.rundir.claim(tmp_path / "mine").release()
+    code, err = run("problem=helmholtz", "steps=2", f"out={tmp_path / 'mine'}")
+    assert_one_line(code, err, f"out={tmp_path / 'mine'} already holds a previous run (finished; pid")
+    assert err.rstrip().endswith("it is never overwritten: choose another out=...")  # no resume for a base
 
 
 def test_importing_the_cli_module_keeps_pinn_lora_adapt_callable():
