@@ -150,28 +150,18 @@ def _new_marker(kind: str) -> dict[str, Any]:
             "token": uuid.uuid4().hex, "command": " ".join(sys.argv)}
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data``; FileExistsError when it exists (the write is atomic: temp file + link)."""
+def write_atomic(path: str | Path, data: bytes, *, new: bool = False) -> None:
+    """Write file ``path`` atomically: a temp file beside it, then renamed over it; with ``new`` it is
+    linked instead, so an existing file is never replaced (FileExistsError, nothing changed)."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.link(tmp, path)
+        os.link(tmp, path) if new else os.replace(tmp, path)
     finally:
-        os.unlink(tmp)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically (temp file + rename): for files this run owns."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
 
 
 def _encode(info: Mapping[str, Any]) -> bytes:
@@ -194,7 +184,7 @@ class Claim:
         if self.path is None:
             return
         self.info.update(changes)
-        _replace(self.path / MARKER, _encode(self.info))
+        write_atomic(self.path / MARKER, _encode(self.info))
 
     def release(self, status: str = "finished", **record: Any) -> None:
         """The run is over: record ``status`` (and ``record``) in the marker; this process no longer owns it."""
@@ -210,7 +200,7 @@ class Claim:
         message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         summary = _read_json(self.path / SUMMARY) or {}
         if self.info.get("kind") == "run":
-            _replace(self.path / SUMMARY, (json.dumps({**summary, "status": "failed", "message": message},
+            write_atomic(self.path / SUMMARY, (json.dumps({**summary, "status": "failed", "message": message},
                                                       indent=2) + "\n").encode())
         self.release("failed", message=message)
 
@@ -264,7 +254,7 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
             raise RunDirError(f"{where} was taken over by another {describe(moved)}")
         os.unlink(aside)
     try:
-        _write_new(path / MARKER, _encode(info))
+        write_atomic(path / MARKER, _encode(info), new=True)
     except FileExistsError:
         other = read_marker(path) or {}
         raise RunDirError(f"{where} was claimed a moment ago by another {describe(other)}; "
@@ -275,7 +265,7 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
         target = path / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # a resumed run keeps the files of its start
-            _write_new(target, text.encode())
+            write_atomic(target, text.encode(), new=True)
     return owned
 
 
@@ -297,7 +287,3 @@ def files_on_claim(path: str | Path, files: Mapping[str, str]) -> Iterator[None]
     finally:
         _ON_CLAIM.pop(path, None)
 
-
-def write_new(path: str | Path, data: bytes) -> None:
-    """Create file ``path`` holding ``data`` atomically; FileExistsError when it exists (never replaced)."""
-    _write_new(_abs(path), data)

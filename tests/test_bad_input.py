@@ -66,6 +66,24 @@ def assert_one_line(code: int, err: str, message: str) -> None:
 
 
 # ---- saved base models and adapters, intact and damaged ------------------------------------------------------
+def nan_in_first_weight(path: Path) -> bytes:
+    """The safetensors file ``path`` with the first element of its first 2-D weight set to NaN."""
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(str(path))
+    key = next(k for k, t in tensors.items() if t.dim() == 2)
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    return save(tensors)
+
+
+def nan_network():
+    net = pinn_lora.load_base("helmholtz")[0]
+    with torch.no_grad():
+        net.linears[0].weight[0, 0] = float("nan")
+    return net
+
+
 class Files:
     """Paths of saved bases (``<stem>`` for base=) and adapter directories, made once per module."""
 
@@ -103,6 +121,9 @@ def files(tmp_path_factory) -> Files:
     f.unknown_family = variant("unknown_family", json.dumps({**good_card, "problem": "navier_stokes"}))
     f.bad_coefficient = variant("bad_coefficient", json.dumps({**good_card, "coefficients": {"k": -1.0}}))
     f.list_card = variant("list_card", "[1, 2, 3]")
+    nan_weights = nan_in_first_weight(weights)  # a consistent file and card, one weight NaN (issue 14, item 8)
+    f.nonfinite = variant("nonfinite", json.dumps({**good_card, "weights_sha256": hashlib.sha256(nan_weights).hexdigest()}),
+                          nan_weights)
     f.missing = root / "nothing_here"
     (root / "no_weights.json").write_text(card_path.read_text())
     f.no_weights = root / "no_weights"
@@ -135,6 +156,9 @@ def files(tmp_path_factory) -> Files:
     f.a_bad_coefficient = adapter_variant("a_bad_coefficient",  # json.dumps writes the bare token NaN
                                           card_text=json.dumps({**acard, "coefficients": {"k": float("nan")}}))
     f.a_no_weights = adapter_variant("a_no_weights", weights_bytes=False)
+    nan_adapter = nan_in_first_weight(f.adapter / "adapter.safetensors")
+    f.a_nonfinite = adapter_variant("a_nonfinite", {**acard, "weights_sha256": hashlib.sha256(nan_adapter).hexdigest()},
+                                    nan_adapter)
     f.a_empty = root / "a_empty"
     f.a_empty.mkdir()
     f.previous_run = root / "previous_run"
@@ -233,6 +257,7 @@ BASE_CASES = [  # base=<a saved base model>, missing or damaged
     ("unknown_family", ["problem=helmholtz"], "unknown problem 'navier_stokes'"),
     ("bad_coefficient", ["problem=helmholtz"], "coefficient k=-1.0 is out of range"),
     ("list_card", ["problem=helmholtz"], "must hold a JSON object"),
+    ("nonfinite", ["problem=helmholtz"], "holds 1 non-finite value (NaN or inf) of 128; weights must be finite"),
 ]
 
 
@@ -548,6 +573,12 @@ API_CASES = [
     ("load_adapter missing", lambda f: pinn_lora.load_adapter(f.missing), CheckpointError,
      r"card not found: .*nothing_here/card.json"),
     ("load_adapter empty dir", lambda f: pinn_lora.load_adapter(f.a_empty), CheckpointError, r"card not found"),
+    ("load_adapter non-finite", lambda f: pinn_lora.load_adapter(f.a_nonfinite), CheckpointError,
+     r"adapter.safetensors: \S+ holds 1 non-finite value \(NaN or inf\) of \d+; weights must be finite"),
+    ("load_base non-finite", lambda f: pinn_lora.load_base(f.nonfinite), CheckpointError,
+     r"nonfinite.safetensors: \S+ holds 1 non-finite value \(NaN or inf\)"),
+    ("save_base non-finite", lambda f: pinn_lora.save_base(nan_network(), {"problem": "helmholtz"}, f.missing),
+     ValueError, r"save_base: .*nothing_here.safetensors: \S+ holds 1 non-finite value \(NaN or inf\)"),
     ("load_adapter no weights", lambda f: pinn_lora.load_adapter(f.a_no_weights), CheckpointError,
      r"weights file not found: .*a_no_weights/adapter.safetensors"),
     ("load_adapter truncated", lambda f: pinn_lora.load_adapter(f.a_truncated), CheckpointError,

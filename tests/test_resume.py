@@ -153,3 +153,31 @@ def test_a_failed_run_is_marked_and_can_be_resumed(tmp_path, monkeypatch):
     assert (d / "metrics.jsonl").is_file() and (d / "checkpoint.safetensors").is_file()
     res = pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
     assert res.history.steps == 4 and json.loads((d / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path):
+    """A checkpoint lacking a key of its state (dynamics), or holding a NaN weight, is refused at load with one
+    line (issue 14, items 15 and 8; main raised KeyError from the loop, or resumed NaN weights)."""
+    from safetensors.torch import load_file, save_file
+
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2)
+    d = tmp_path / "run"
+    pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+    (d / "summary.json").unlink()  # as if killed before the end
+    ckpt = d / "checkpoint.safetensors"
+    with safe_open(str(ckpt), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(ckpt))
+    state = json.loads(meta["__resume__"])
+    del state["dynamics"]
+    save_file(tensors, str(ckpt), metadata={**meta, "__resume__": json.dumps(state)})
+    with pytest.raises(CheckpointError, match=r"checkpoint.safetensors: the checkpoint lacks dynamics \(damaged") as info:
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+    assert "\n" not in str(info.value)
+    key = next(k for k, t in tensors.items() if t.dim() == 2 and not k.startswith("__resume__"))
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(ckpt), metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"{key} holds 1 non-finite value \(NaN or inf\)"):
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
