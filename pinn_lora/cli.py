@@ -333,14 +333,18 @@ def run_task(cfg: Any, fn: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, 
 
     from pinn_lora import rundir
 
+    from hydra.types import RunMode
+
     debug = OmegaConf.select(cfg, "debug", default=False, throw_on_resolution_failure=False) is True
-    run_dir = Path(os.path.abspath(str(OmegaConf.select(cfg, "out", throw_on_resolution_failure=False)
-                                       or HydraConfig.get().runtime.output_dir)))
+    hydra_cfg = HydraConfig.get()
+    out = OmegaConf.select(cfg, "out", throw_on_resolution_failure=False)  # resolved once, by prepare_run
+    run_dir = Path(os.path.abspath(str(hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN or not out
+                                       else out)))
 
     def run() -> Any:
         plain = OmegaConf.to_container(cfg, resolve=True)
         files = {".hydra/config.yaml": OmegaConf.to_yaml(plain),
-                 ".hydra/overrides.yaml": OmegaConf.to_yaml(list(HydraConfig.get().overrides.task))}
+                 ".hydra/overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task))}
         with rundir.files_on_claim(run_dir, files):
             return fn(plain, run_dir)
 

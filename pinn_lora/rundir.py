@@ -253,6 +253,7 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
             os.unlink(aside)
             raise RunDirError(f"{where} was taken over by another {describe(moved)}")
         os.unlink(aside)
+        info["taken_over_from"] = {k: previous.get(k) for k in ("host", "pid", "started", "status")}
     try:
         write_atomic(path / MARKER, _encode(info), new=True)
     except FileExistsError:

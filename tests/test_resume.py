@@ -126,6 +126,7 @@ def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
     assert res.history.steps == 4 and (d / "summary.json").is_file()
     marker = json.loads((d / rundir.MARKER).read_text())
     assert marker["pid"] == os.getpid() and marker["status"] == "finished"
+    assert marker["taken_over_from"]["pid"] == owner.pid and marker["taken_over_from"]["status"] == "running"
     assert not list(d.glob(f"{rundir.MARKER}.*"))  # the old marker moved aside is gone
 
 
