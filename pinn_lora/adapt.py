@@ -4,9 +4,9 @@ Loads the shipped base model of the problem, adapts it to the target
 coefficients with the chosen method, and writes a run directory.
 
 Bad input (an unknown name or key, a malformed override, a bad value, a missing or mismatched
-base model, an ``out=`` that holds a previous run or cannot be written) stops with one
-``error:`` line and exit code 2, leaving no run directory behind; ``debug=true`` shows the
-traceback instead."""
+base model, an ``out=`` that holds another run, is not pinn_lora's or cannot be written) stops
+with one ``error:`` line and exit code 2 before the run directory is claimed, so it creates and
+deletes nothing; ``debug=true`` shows the traceback instead."""
 from __future__ import annotations
 
 import sys
@@ -19,10 +19,9 @@ from pinn_lora.cli import (
     EXIT_NO_IMPROVEMENT,
     check_group_overrides,
     check_launcher,
-    config_dir,
-    guarded,
-    hydra_errors,
+    launch,
     prepare_run,
+    run_task,
 )
 
 BOOLEAN_KEYS = ("progress", "plots", "resume", "debug")
@@ -47,19 +46,14 @@ def check_task_config(cfg: dict[str, Any]) -> None:
 
 def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    debug = OmegaConf.select(cfg, "debug", default=False, throw_on_resolution_failure=False) is True
-
-    def run() -> Any:
+    def run(plain: dict[str, Any], run_dir: Path) -> Any:
         from pinn_lora.session import run_config
 
-        plain = OmegaConf.to_container(cfg, resolve=True)
         check_task_config(plain)
         return run_config(plain, run_dir)
 
-    out = guarded(run, debug=debug, run_dir=run_dir)
+    out, run_dir = run_task(cfg, run)
     results = out if isinstance(out, list) else [out]
     for result in results:
         print(result.summary_line())
@@ -81,14 +75,10 @@ def _task(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
-
     argv = sys.argv[1:]
     check_group_overrides(argv, ("problem", "method"))
     check_launcher(argv)
-    plan = prepare_run(argv, "adapt", resume_key=True)  # before Hydra writes <out>/.hydra
-    with hydra_errors(plan.debug):
-        hydra.main(config_path=config_dir(), config_name="adapt", version_base="1.3")(_task)()
+    launch(prepare_run(argv, "adapt", resume_key=True), "adapt", _task)
 
 
 class _CallableModule(types.ModuleType):

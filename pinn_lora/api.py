@@ -135,11 +135,13 @@ def _default_loss(problem: Any, net: nn.Module, seed: int, n_points: int,
 
 
 def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: Any = None,
-                 base: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+                 base: Mapping[str, Any] | None = None, *, overwrite: bool = False, **extra: Any) -> dict[str, Any]:
     """Write ``directory/adapter.safetensors`` and ``directory/card.json``; returns the card.
 
     ``base`` describes the base model (:func:`base_description`); by default the one recorded by
-    :func:`attach`. ``extra`` keys are added to the card."""
+    :func:`attach`. ``extra`` keys are added to the card. An adapter already in ``directory`` is
+    never overwritten (FileExistsError, nothing written) unless ``overwrite`` (a run replacing its
+    own, e.g. when resumed)."""
     import pinn_lora
     from pinn_lora.adapters import adapter_layers
     from pinn_lora.methods import trainable_parameters
@@ -149,8 +151,12 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         raise ValueError("save_adapter: the base model is unknown; attach the method with pinn_lora.attach "
                          "or pass base=pinn_lora.api.base_description(base_net, base_card)")
     directory = Path(directory)
+    held = [name for name in (ADAPTER_FILE, CARD_FILE) if (directory / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{directory} already holds an adapter ({', '.join(held)}); it is never overwritten: "
+                              "save into another directory")
     directory.mkdir(parents=True, exist_ok=True)
-    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict())
+    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict(), new=not overwrite)
     card = {
         "kind": CARD_KIND,
         "package_version": pinn_lora.__version__,
@@ -165,7 +171,7 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         "contents": "full adapted state dict (frozen weights as buffers + trainable factors)",
         **extra,
     }
-    write_json(directory / CARD_FILE, card)
+    write_json(directory / CARD_FILE, card, new=not overwrite)
     return card
 
 

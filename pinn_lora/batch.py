@@ -130,9 +130,9 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     """Adapt one base model to each of ``problems`` (the same family, other coefficients) in one
     batched run; returns one :class:`~pinn_lora.session.AdaptResult` per problem (and, with
     ``run_dir``, writes one run directory per problem under it: ``<k>_<coefficients>/``)."""
+    from pinn_lora import rundir
     from pinn_lora.api import attach
     from pinn_lora.methods import get_method, trainable_parameters
-    from pinn_lora.monitors import MetricsWriter
     from pinn_lora.session import (AdaptResult, ConfigError, check_ints, recommendations, resolve_base,
                                    resolve_device, resolve_dtype)
 
@@ -143,6 +143,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
         raise ConfigError(f"adapt_many: the problems must be one family, got {sorted(fam)}")
     if lbfgs_steps:
         raise ConfigError("adapt_many: an L-BFGS finish would couple the copies (one line search); use lbfgs_steps=0")
+    if run_dir is not None:  # refused now; claimed once the input is known to be good
+        rundir.check(run_dir)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dt = resolve_dtype(dtype)
     prob0 = problems[0]
@@ -181,7 +183,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
             meth.after_step(step, m, dyn)
 
     trainer = BatchTrainer(problems, stacked, dynamics, cfg, after_step=after_step if hooked else None)
-    trainer.run()
+    claim = rundir.claim(run_dir) if run_dir is not None else rundir.UNCLAIMED
+    claim.guard(trainer.run)
     results = []
     for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):
         err = hist.last("rel_l2")
@@ -201,16 +204,22 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
                           validation_base=val_base[k], validation=val)
         if run_dir is not None:
             label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
-            sub = Path(run_dir) / f"{k:02d}_{label}"
-            if any((sub / f).exists() for f in ("metrics.jsonl", "summary.json")):  # the writer appends
-                raise ConfigError(f"run directory {sub} already holds a run; choose another out=")
-            sub.mkdir(parents=True, exist_ok=True)
-            writer = MetricsWriter(sub / "metrics.jsonl")
-            writer.on_start(m, prob)
-            for r in hist.records:
-                writer.on_record(r)
-            writer.on_end(hist)
-            res.run_dir = sub
-            res.save(sub, plots=plots)
+            sub = Path(run_dir) / f"{k:02d}_{label}"  # new, inside the directory this run claimed
+            claim.guard(_write_member, sub, res, m, prob, hist, plots)
         results.append(res)
+    claim.release()
     return results
+
+
+def _write_member(sub: Path, res: Any, model: nn.Module, problem: Any, hist: History, plots: bool) -> None:
+    """One copy's run directory: metrics.jsonl, then what :meth:`AdaptResult.save` writes."""
+    from pinn_lora.monitors import MetricsWriter
+
+    sub.mkdir()
+    writer = MetricsWriter(sub / "metrics.jsonl")
+    writer.on_start(model, problem)
+    for r in hist.records:
+        writer.on_record(r)
+    writer.on_end(hist)
+    res.run_dir = sub
+    res.save(sub, plots=plots)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
+
+from pinn_lora.rundir import write_atomic
 
 
 class CheckpointError(ValueError):
@@ -18,34 +18,41 @@ class CheckpointError(ValueError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data)
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
-    """Write tensors atomically; returns the file's sha256."""
-    atomic_write_bytes(Path(path), save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                                        metadata=metadata))
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, *,
+                 new: bool = False) -> str:
+    """Write tensors atomically; returns the file's sha256. With ``new`` an existing file is never
+    replaced (FileExistsError)."""
+    write_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata),
+                 new=new)
     return sha256(path)
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, *, finite: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; with ``finite`` (weights) one holding NaN or inf is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"cannot read {path} as safetensors ({exc}); "
                               "only safetensors files are accepted") from None
+    if finite:
+        check_finite(tensors, str(path), CheckpointError)
+    return tensors
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming the first floating tensor of ``tensors`` that holds NaN or inf, and how many."""
+    for key, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise error(f"{what}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) of "
+                            f"{t.numel()}; weights must be finite")
 
 
 def sha256(path: Path) -> str:
@@ -56,8 +63,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+def write_json(path: Path, data: dict[str, Any], *, new: bool = False) -> None:
+    """Write ``data`` as JSON atomically; with ``new`` an existing file is never replaced (FileExistsError)."""
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), new=new)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -1,23 +1,21 @@
 """Shared plumbing of the Hydra entry points: where the configs are, checking the command
 line before Hydra sees it (group names, keys, override syntax, the run directory), and turning
-user errors into one line (exit code 2), with the run directory this invocation created removed.
+user errors into one line (exit code 2).
 
-Hydra creates the run directory and writes ``<out>/.hydra/`` before the task runs, so what must
-not be overwritten is checked here, before ``hydra.main``: :func:`prepare_run` composes the
-configuration once with Hydra's compose API (malformed overrides, unknown keys and values that do
-not resolve become one ``error:`` line), refuses an ``out=`` that holds a previous run (unless
-``resume=true``) or cannot be written, and remembers which directories existed, so that
-:func:`guarded` removes only a run directory that this invocation created when the task stops on
-bad input."""
+:func:`prepare_run` composes the configuration once with Hydra's compose API (malformed
+overrides, unknown keys and values that do not resolve become one ``error:`` line) and resolves
+the run directory once; Hydra is then given that directory and told to write nothing into it
+(``hydra.output_subdir: null``, console-only logging). The task validates its input, then claims
+the directory (:mod:`pinn_lora.rundir`) and only then writes there — the resolved configuration
+in ``.hydra/`` included (:func:`run_task`). So bad input creates nothing and nothing is ever
+removed."""
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -134,11 +132,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, CheckpointError, UnknownNameError, OmegaConfBaseException, FileExistsError)
 
 
-# ---- the run directory: checked before Hydra writes into it, removed when a bad input stops the task --
-RUN_FILES = (".hydra/config.yaml", "metrics.jsonl", "summary.json", "checkpoint.safetensors", "adapter.safetensors",
-             "card.json", "base.json", "base.safetensors", "multirun.yaml")
+# ---- the run directory: resolved once, checked before Hydra starts, claimed by the task ------------------
 INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun", "config_path",
               "config_name", "config_dir")
+RUN_DIR_KEYS = ("out", "hydra.run.dir", "hydra.sweep.dir")  # replaced by their resolved values
 
 
 @dataclass
@@ -148,31 +145,9 @@ class RunPlan:
     debug: bool = False
     resume: bool = False
     multirun: bool = False
-    root: Path | None = None  # the run directory (a sweep's directory with -m), absolute
-    anchor: Path | None = None  # its nearest ancestor that existed before
-    existing: frozenset[Path] = field(default_factory=frozenset)  # directories at/under root that existed
-    entries: frozenset[str] = frozenset()  # names in root before (when it existed)
-    started: float = 0.0
-
-
-_PLAN: RunPlan | None = None  # the plan of the invocation now running (set by prepare_run)
-
-
-def holds_run(path: Path) -> list[str]:
-    """The run files (:data:`RUN_FILES`) in ``path``."""
-    return [f for f in RUN_FILES if (path / f).exists()]
-
-
-def _runs_below(root: Path) -> list[str]:
-    """Up to three run files at or below ``root`` (a sweep directory), relative to it."""
-    found = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and any(rel == f or rel.endswith("/" + f) for f in RUN_FILES):
-            found.append(rel)
-            if len(found) == 3:
-                break
-    return found
+    root: Path | None = None  # the run directory (a sweep's directory with -m), absolute, resolved once
+    argv: list[str] = field(default_factory=list)  # the command line for Hydra, the run directory resolved
+    sweep: Any = None  # with -m: the claim (pinn_lora.rundir.Claim) of the sweep directory
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -228,17 +203,20 @@ def _parse_args(argv: list[str]) -> Any:
 
 
 def prepare_run(argv: list[str], config_name: str = "adapt", *, resume_key: bool = True) -> RunPlan:
-    """Check the command line before ``hydra.main`` runs; returns (and records) the :class:`RunPlan`.
+    """Check the command line before ``hydra.main`` runs; returns the :class:`RunPlan`.
 
     - a malformed override, a value list without ``-m`` and any error composing the config
       (unknown key, a group or value that does not exist) is one ``error:`` line;
-    - the run directory (``hydra.run.dir``, i.e. ``out``; with ``-m`` the sweep directory) must be
-      writable and must not hold a previous run (:data:`RUN_FILES`) unless ``resume=true``;
+    - the run directory (``hydra.run.dir``, i.e. ``out``; with ``-m`` the sweep directory) is
+      resolved once (``${now:...}`` included): ``plan.argv`` passes the resolved value on to Hydra,
+      which is pointed at a directory that exists already, so it creates nothing; the task claims
+      the run directory (:mod:`pinn_lora.rundir`) once its input is known to be good;
+    - that directory must be writable and claimable: not another run's (unless ``resume=true`` and
+      its owner is gone), not a non-empty directory pinn_lora did not create;
+    - with ``-m`` the sweep directory is claimed here (each job claims its own subdirectory);
     - ``debug=true`` makes the task's errors propagate with their traceback."""
-    global _PLAN
-    _PLAN = None
     args = _parse_args(argv)
-    plan = RunPlan(started=time.time())
+    plan = RunPlan(argv=list(argv))
     if any(getattr(args, flag, None) for flag in INFO_FLAGS):
         return plan  # help, --cfg, --info ...: Hydra runs no task (or a config we do not check)
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -286,25 +264,36 @@ def prepare_run(argv: list[str], config_name: str = "adapt", *, resume_key: bool
     plan.debug = flags["debug"] is True
     plan.resume = resume_key and flags["resume"] is True
     if root is None:
-        _PLAN = plan
-        return plan  # not known before Hydra runs: no checks, and nothing is removed
+        return plan  # not known before Hydra runs: the task claims what Hydra resolves
     if not str(root).strip():
         fail(f"out={root!r}: the run directory is empty; give a directory (the default is "
              "runs/<problem>/<method>/<time>)")
+    from pinn_lora import rundir
+
     key = "hydra.sweep.dir" if plan.multirun else "out"
     root = Path(os.path.abspath(str(root)))
-    plan.anchor = check_writable(root, key)
-    if root.is_dir():
-        found = holds_run(root) if not plan.multirun else _runs_below(root)
-        if found and not plan.resume:
-            again = ", or resume=true to continue it" if resume_key else ""
-            fail(f"{key}={root} already holds a previous run ({', '.join(found)}); it is never overwritten: "
-                 f"choose another {key}=...{again}")
-        plan.existing = frozenset([root, *(p for p in root.rglob("*") if p.is_dir())] if plan.multirun else [root])
-        plan.entries = frozenset(p.name for p in root.iterdir())
+    anchor = check_writable(root, key)
+    kind = "sweep" if plan.multirun else "run"
+    try:
+        if plan.multirun:
+            plan.sweep = rundir.claim(root, resume=plan.resume, kind=kind, key=key)
+        else:
+            rundir.check(root, resume=plan.resume, kind=kind, key=key)
+    except rundir.RunDirError as exc:
+        fail(str(exc) if resume_key else str(exc).replace(", or resume=true to continue it", ""))
+    given = {text for text, o in zip(args.overrides, parsed) if o.get_key_element() in RUN_DIR_KEYS}
+    plan.argv = [a for a in argv if a not in given]
+    if plan.multirun:  # each job's out is its own directory, sweep.dir/subdir
+        plan.argv += [f"hydra.sweep.dir={_quote(root)}", "out=${hydra:runtime.output_dir}"]
+    else:
+        plan.argv += [f"out={_quote(root)}", f"hydra.run.dir={_quote(anchor)}"]
     plan.root = root
-    _PLAN = plan
     return plan
+
+
+def _quote(path: Path) -> str:
+    """``path`` as a quoted Hydra override value."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @contextlib.contextmanager
@@ -324,81 +313,50 @@ def hydra_errors(debug: bool):
                 os.environ["HYDRA_FULL_ERROR"] = old
 
 
-def _remove_new_entries(run_dir: Path, plan: RunPlan) -> None:
-    """In a run directory that existed before: remove what this invocation added (new names only)."""
-    for path in run_dir.iterdir():
-        if path.name in plan.entries:
-            continue
-        try:
-            if any(p.lstat().st_mtime < plan.started - 2.0 for p in [path, *(path.rglob("*") if path.is_dir()
-                                                                               else [])]):
-                continue
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        except OSError:
-            continue
-
-
-def remove_new_run_dir(run_dir: str | Path) -> bool:
-    """Remove ``run_dir`` (and the empty parents it needed) if this invocation created it: it did
-    not exist when :func:`prepare_run` looked and everything in it is newer than that. Returns
-    whether it was removed. A directory that held anything before is never touched."""
-    plan = _PLAN
-    if plan is None or plan.root is None:
-        return False
-    run_dir = Path(os.path.abspath(str(run_dir)))
-    if run_dir == plan.root and run_dir in plan.existing and not plan.multirun:
-        _remove_new_entries(run_dir, plan)  # e.g. the .hydra/ Hydra wrote into an existing, empty out=
-        return False
-    if run_dir in plan.existing or not run_dir.is_dir():
-        return False
-    inside = run_dir == plan.root or plan.root in run_dir.parents
-    # out=runs/<...>/${now:...}: Hydra resolved the time again, maybe a second later than prepare_run
-    beside = not plan.multirun and run_dir.parent == plan.root.parent
-    if not (inside or beside):
-        return False
-    try:
-        if any(p.lstat().st_mtime < plan.started - 2.0 for p in [run_dir, *run_dir.rglob("*")]):
-            return False
-        shutil.rmtree(run_dir)
-    except OSError:
-        return False
-    parent = run_dir.parent
-    while plan.anchor is not None and parent != plan.anchor and plan.anchor in parent.parents \
-            and parent not in plan.existing:
-        leftovers = list(parent.iterdir())
-        if parent == plan.root and [p.name for p in leftovers] == ["multirun.yaml"]:
-            leftovers[0].unlink()  # the sweep stopped at its first job: nothing of it is left
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent
-    return True
-
-
-def _close_log_files(run_dir: Path) -> None:
-    """Close the logging file handlers writing into ``run_dir`` (Hydra's ``<job>.log``)."""
-    import logging
-
-    run_dir = Path(os.path.abspath(str(run_dir)))
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in list(getattr(logger, "handlers", [])):
-            name = getattr(handler, "baseFilename", None)
-            if name and run_dir in Path(name).parents:
-                handler.close()
-                logger.removeHandler(handler)
-
-
-def guarded(fn: Callable[[], Any], *, debug: bool = False, run_dir: str | Path | None = None) -> Any:
-    """Run ``fn``; a user error becomes one line on stderr and exit code 2, after removing
-    ``run_dir`` if this invocation created it (:func:`remove_new_run_dir`). With ``debug`` the
-    error propagates with its traceback instead (the run directory is removed all the same)."""
+def guarded(fn: Callable[[], Any], *, debug: bool = False) -> Any:
+    """Run ``fn``; a user error becomes one line on stderr and exit code 2 (with ``debug`` it
+    propagates with its traceback instead). Nothing is removed: bad input is found before the run
+    directory is claimed, and a run that fails after its claim is marked failed there."""
     try:
         return fn()
     except user_errors() as exc:
-        if run_dir is not None:
-            _close_log_files(Path(run_dir))
-            remove_new_run_dir(run_dir)
         if debug:
             raise
         fail(str(exc))
+
+
+def run_task(cfg: Any, fn: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, Path]:
+    """The task of an entry point: ``fn(config as a plain dict, run directory)``, guarded; the
+    resolved configuration and the overrides go into ``<run dir>/.hydra/`` when (and only if) the
+    run claims its directory. Returns ``fn``'s result and the run directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from pinn_lora import rundir
+
+    from hydra.types import RunMode
+
+    debug = OmegaConf.select(cfg, "debug", default=False, throw_on_resolution_failure=False) is True
+    hydra_cfg = HydraConfig.get()
+    out = OmegaConf.select(cfg, "out", throw_on_resolution_failure=False)  # resolved once, by prepare_run
+    run_dir = Path(os.path.abspath(str(hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN or not out
+                                       else out)))
+
+    def run() -> Any:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        files = {".hydra/config.yaml": OmegaConf.to_yaml(plain),
+                 ".hydra/overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task))}
+        with rundir.files_on_claim(run_dir, files):
+            return fn(plain, run_dir)
+
+    return guarded(run, debug=debug), run_dir
+
+
+def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
+    """``hydra.main`` on the plan's command line (the run directory resolved); the sweep's claim,
+    if any, is released when Hydra returns or marked failed when it raises."""
+    import hydra
+
+    sys.argv = [sys.argv[0], *plan.argv]
+    with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
+        hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()

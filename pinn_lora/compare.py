@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pinn_lora import rundir
 from pinn_lora.cli import EXIT_BAD_INPUT, fail
 
 DEFAULT_LEVELS = (1e-2, 1e-3)
@@ -224,6 +225,8 @@ def load_run(run_dir: str | Path) -> Run:
     summary = json.loads((run_dir / "summary.json").read_text())
     if not isinstance(summary, dict) or "problem" not in summary or "method" not in summary:
         raise ValueError(f"{run_dir / 'summary.json'} is not a pinn_lora run summary")
+    if summary.get("status") == "failed":
+        raise ValueError(f"a failed run ({summary.get('message', 'no message')})")
     return Run(run_dir, summary, read_metrics(run_dir / "metrics.jsonl"), _read_config(run_dir))
 
 
@@ -461,19 +464,39 @@ def build_report(root: str | Path, out: str | Path | None = None, levels: Sequen
                  solutions: bool = True) -> tuple[Path, list[Section]]:
     """Collect the runs under ``root`` and write report.md, report.html and figures/ to ``out``;
     returns ``out`` and the sections (one per problem and target, their table rows in ``rows``).
-    Raises FileNotFoundError when there is no run."""
-    from pinn_lora import report as rp
+    Raises FileNotFoundError when there is no run.
 
+    ``out`` is claimed as a report directory (:mod:`pinn_lora.rundir`): a new or empty directory,
+    or one holding an earlier report, whose files (those its marker lists) the new one replaces;
+    any other directory is refused (:class:`~pinn_lora.rundir.RunDirError`) and nothing is written."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
     runs, skipped = find_runs(root)
     runs = [r for r in runs if out.resolve() not in r.path.resolve().parents]
     if not runs:
         raise FileNotFoundError(f"no runs under {root} (a run is a directory holding summary.json and metrics.jsonl)")
+    with rundir.claim(out, kind="report", key="--out") as claim:
+        _remove_files(out, (claim.previous or {}).get("files") or [])
+        sections = _write_report(root, out, runs, skipped, levels, solutions)
+        written = [p for sec in sections for _, p in sec.figures] + [out / "report.md", out / "report.html"]
+        claim.release(files=[p.relative_to(out).as_posix() for p in written])
+    return out, sections
+
+
+def _remove_files(out: Path, names: Sequence[str]) -> None:
+    """The files an earlier report in ``out`` wrote (listed in its marker), and only those."""
+    for name in names:
+        path = out / str(name)
+        if out.resolve() in path.resolve().parents and path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
+def _write_report(root: Path, out: Path, runs: Sequence[Run], skipped: Sequence[str], levels: Sequence[float],
+                  solutions: bool) -> list[Section]:
+    from pinn_lora import report as rp
+
     fig_dir = out / "figures"
-    if fig_dir.is_dir():
-        shutil.rmtree(fig_dir)
-    fig_dir.mkdir(parents=True)
+    fig_dir.mkdir(exist_ok=True)
     levels = sorted(set(levels), reverse=True)
     sections = []
     for (problem, coeffs), group in group_runs(runs).items():
@@ -520,7 +543,7 @@ def build_report(root: str | Path, out: str | Path | None = None, levels: Sequen
         sections.append(sec)
     _write_markdown(out, root, runs, skipped, sections, levels)
     _write_html(out, root, runs, skipped, sections, levels)
-    return out, sections
+    return sections
 
 
 def _positive(runs: Sequence[Run], name: str) -> bool:
@@ -683,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     levels = sorted(set(args.levels), reverse=True)
     try:
         out, sections = build_report(root, args.out, levels, solutions=not args.no_solutions)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, rundir.RunDirError) as exc:
         fail(str(exc))
     for sec in sections:
         print(f"## {sec.title}\n\n{_markdown_table(*table(sec.rows, levels))}\n")

@@ -76,7 +76,9 @@ def pretrain(problem: Any, *, layers: list[int], activation: str, train: TrainCo
 
 
 def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Pretrain from a composed (plain dict) config; writes ``run_dir/base.*``."""
+    """Pretrain from a composed (plain dict) config; claims ``run_dir`` (:mod:`pinn_lora.rundir`)
+    once the config is checked and writes ``run_dir/base.*``."""
+    from pinn_lora import rundir
     from pinn_lora.session import check_ints, check_strings, problem_from_config, resolve_device, resolve_dtype
 
     check_strings(cfg, ("device", "dtype", "init_from"))
@@ -93,22 +95,18 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         causal_eps=recipe.get("causal_eps", 0.0), lbfgs_steps=recipe.get("lbfgs_steps", 0),
         lbfgs_points=recipe.get("lbfgs_points", 0), eval_every=recipe.get("eval_every", 500),
         seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)))
-    return pretrain(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
-                    lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
-                    final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base", init_from=cfg.get("init_from"),
-                    device=resolve_device(cfg.get("device", "auto")), dtype=resolve_dtype(cfg.get("dtype", "float64")))
+    device, dtype = resolve_device(cfg.get("device", "auto")), resolve_dtype(cfg.get("dtype", "float64"))
+    with rundir.claim(run_dir):
+        return pretrain(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
+                        lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
+                        final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base",
+                        init_from=cfg.get("init_from"), device=device, dtype=dtype)
 
 
 def _task(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
+    from pinn_lora.cli import run_task
 
-    from pinn_lora.cli import guarded
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    debug = OmegaConf.select(cfg, "debug", default=False, throw_on_resolution_failure=False) is True
-    _, card = guarded(lambda: run_config(OmegaConf.to_container(cfg, resolve=True), run_dir), debug=debug,
-                      run_dir=run_dir)
+    (_, card), run_dir = run_task(cfg, run_config)
     print(f"{card['problem']} {card['coefficients']}: rel. L2 {card['relative_l2']:.3e} after {card['steps']} steps "
           f"in {card['wall_time_s']:.0f}s on {card['device']}")
     print(f"base model written: {run_dir / 'base.safetensors'} + base.json "
@@ -116,14 +114,10 @@ def _task(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
-
-    from pinn_lora.cli import check_group_overrides, config_dir, hydra_errors, prepare_run
+    from pinn_lora.cli import check_group_overrides, launch, prepare_run
 
     check_group_overrides(sys.argv[1:], ("problem",), "pretrain")
-    plan = prepare_run(sys.argv[1:], "pretrain", resume_key=False)  # an out= holding a base is never overwritten
-    with hydra_errors(plan.debug):
-        hydra.main(config_path=config_dir(), config_name="pretrain", version_base="1.3")(_task)()
+    launch(prepare_run(sys.argv[1:], "pretrain", resume_key=False), "pretrain", _task)  # a base is never overwritten
 
 
 if __name__ == "__main__":

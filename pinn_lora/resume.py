@@ -17,10 +17,13 @@ from typing import Any, Mapping
 import torch
 from safetensors import safe_open
 
-from pinn_lora.checkpoint import CheckpointError, save_tensors
+from pinn_lora.checkpoint import CheckpointError, check_finite, save_tensors
 
 PREFIX = "__resume__/"
 FORMAT = 1
+# what Trainer._restore and adapt() read from the resume state (a checkpoint lacking one is refused at load)
+REQUIRED = ("phase", "step", "records", "evaluations", "steps_done", "initial", "wall_time", "rng", "draw_rng",
+            "torch_rng", "dynamics", "method", "monitors", "settings")
 
 
 def pack(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
@@ -46,8 +49,10 @@ def unpack(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         return [unpack(v, tensors) for v in obj]
     if isinstance(obj, dict):
         if "__tensor__" in obj:
-            device = obj.get("device", "cpu")
-            return tensors[obj["__tensor__"]].to(device)
+            if obj["__tensor__"] not in tensors:
+                raise CheckpointError(f"resume: the checkpoint's state names a tensor {obj['__tensor__']!r} "
+                                      "that the file does not hold")
+            return tensors[obj["__tensor__"]].to(obj.get("device", "cpu"))
         if "__dict__" in obj:
             return {k: unpack(v, tensors) for k, v in obj["__dict__"].items()}
         if "__map__" in obj:
@@ -87,10 +92,19 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                               "accepted") from None
     if "__resume__" not in meta:
         raise CheckpointError(f"{path} holds no resume state (written by an older version?)")
-    state = json.loads(meta["__resume__"])
-    if state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: resume format {state.get('format')!r}, this version reads {FORMAT}")
+    try:
+        state = json.loads(meta["__resume__"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: its resume state is not valid JSON ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: resume format {state.get('format') if isinstance(state, dict) else None!r}, "
+                              f"this version reads {FORMAT}")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint lacks {', '.join(missing)} (damaged, or written by another "
+                              "version); start the run again in a new directory")
     model = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
+    check_finite(model, str(path), CheckpointError)  # the optimiser's state may hold inf (e.g. a running minimum)
     return model, {k: unpack(v, tensors) for k, v in state.items() if k != "format"}
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from pinn_lora.adapters import adapter_layers
 from pinn_lora import resume as resume_state
+from pinn_lora import rundir
 from pinn_lora.api import attach, save_adapter
 from pinn_lora.checkpoint import write_json
 from pinn_lora.methods import Method, get_method, trainable_parameters
@@ -120,9 +121,13 @@ class AdaptResult:
 
     def save(self, run_dir: str | Path, plots: bool = True) -> Path:
         """Write summary.json, adapter.safetensors + card.json (:func:`pinn_lora.api.save_adapter`;
-        reload with :func:`pinn_lora.load_adapter`) and plots into ``run_dir``."""
+        reload with :func:`pinn_lora.load_adapter`) and plots into ``run_dir``, which is claimed for
+        it unless this process owns it already (:mod:`pinn_lora.rundir`: nothing is overwritten)."""
         run_dir = Path(run_dir)
-        save_adapter(self.model, run_dir, self.method, self.problem)
+        if not rundir.owned(run_dir):
+            with rundir.claim(run_dir):
+                return self.save(run_dir, plots)
+        save_adapter(self.model, run_dir, self.method, self.problem, overwrite=True)  # in its own directory
         write_json(run_dir / "summary.json", self.summary())
         if plots:
             from pinn_lora.report import plot_losses, plot_solution
@@ -214,12 +219,8 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     the base network's."""
     if resume and run_dir is None:
         raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
-    if resume and (Path(run_dir) / "summary.json").exists():
-        raise ConfigError(f"run directory {run_dir} holds a finished run (summary.json); nothing to resume")
-    if not resume and run_dir is not None and any((Path(run_dir) / f).exists()
-                                                  for f in ("metrics.jsonl", "summary.json")):
-        raise ConfigError(f"run directory {run_dir} already holds a run; choose another (out=...) so it is not "
-                          "overwritten, or continue it with resume=true")
+    if run_dir is not None:  # refused now; claimed once the input is known to be good (rundir)
+        rundir.check(run_dir, resume=resume)
     checkpoint = Path(run_dir) / "checkpoint.safetensors" if run_dir is not None else None
     saved = resume_state.load(checkpoint) if resume else None
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -274,8 +275,6 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
         probe_features = problem.sample(256, seed=seed + 7)
         mons.append(FeatureChange(probe_features, every=eval_every))
     mons += list(monitors)
-    if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
     settings = json_safe_tree({
         "problem": problem.name, **{f"problem.{k}": v for k, v in problem.coefficients.items()},
         **{f"method.{k}": v for k, v in meth.describe().items()},
@@ -292,13 +291,15 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
         if changed:
             raise ConfigError(f"resume: the run in {run_dir} was started with other settings ({'; '.join(changed)}); "
                               "resume with the same configuration")
-        records = resume_state.truncate_metrics(Path(run_dir) / "metrics.jsonl", saved[1]["records"])
+    claim = rundir.claim(run_dir, resume=resume) if run_dir is not None else rundir.UNCLAIMED
+    if saved is not None:
+        records = claim.guard(resume_state.truncate_metrics, Path(run_dir) / "metrics.jsonl", saved[1]["records"])
     if run_dir is not None:
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
     trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.step_hook(),
                       checkpoint_path=checkpoint, method=meth, resume_from=saved, settings=settings)
     trainer.history.records = records
-    history = trainer.run()
+    history = claim.guard(trainer.run)
     val = validation_residual(problem, model, val_points)
     if history.status == "completed" and not val < val_base:
         history.status = "no_improvement"
@@ -324,7 +325,8 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
                          stability=None if stability is None else stability.summary(),
                          validation_base=val_base, validation=val)
     if run_dir is not None:
-        result.save(run_dir, plots=plots)
+        claim.guard(result.save, run_dir, plots=plots)
+    claim.release()
     return result
 
 

@@ -12,6 +12,7 @@ import torch
 
 from pinn_lora.checkpoint import (
     CheckpointError,
+    check_finite,
     load_tensors,
     read_json,
     save_tensors,
@@ -45,8 +46,10 @@ def _paths(name_or_path: str | Path) -> tuple[Path, Path]:
 
 
 def save_base(net: PINN, card: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """Write ``path``.safetensors + ``path``.json; returns the card written."""
+    """Write ``path``.safetensors + ``path``.json; returns the card written. Weights holding NaN or
+    inf are refused (ValueError) before anything is written."""
     weights, card_path = _paths(path)
+    check_finite(net.state_dict(), f"save_base: {weights}")
     validate({**card, "network": net.architecture(), "weights_sha256": "0" * 64}, base_card_schema(),
              f"save_base: the card for {card_path}")  # before anything is written
     weights.parent.mkdir(parents=True, exist_ok=True)

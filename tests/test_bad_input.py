@@ -21,6 +21,7 @@ import torch
 
 import pinn_lora
 import pinn_lora.adapt as adapt_cli
+import pinn_lora.rundir
 from pinn_lora.api import AdapterMismatchError
 from pinn_lora.checkpoint import CheckpointError
 from pinn_lora.methods import MethodOptionError
@@ -65,6 +66,24 @@ def assert_one_line(code: int, err: str, message: str) -> None:
 
 
 # ---- saved base models and adapters, intact and damaged ------------------------------------------------------
+def nan_in_first_weight(path: Path) -> bytes:
+    """The safetensors file ``path`` with the first element of its first 2-D weight set to NaN."""
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(str(path))
+    key = next(k for k, t in tensors.items() if t.dim() == 2)
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    return save(tensors)
+
+
+def nan_network():
+    net = pinn_lora.load_base("helmholtz")[0]
+    with torch.no_grad():
+        net.linears[0].weight[0, 0] = float("nan")
+    return net
+
+
 class Files:
     """Paths of saved bases (``<stem>`` for base=) and adapter directories, made once per module."""
 
@@ -102,6 +121,9 @@ def files(tmp_path_factory) -> Files:
     f.unknown_family = variant("unknown_family", json.dumps({**good_card, "problem": "navier_stokes"}))
     f.bad_coefficient = variant("bad_coefficient", json.dumps({**good_card, "coefficients": {"k": -1.0}}))
     f.list_card = variant("list_card", "[1, 2, 3]")
+    nan_weights = nan_in_first_weight(weights)  # a consistent file and card, one weight NaN (issue 14, item 8)
+    f.nonfinite = variant("nonfinite", json.dumps({**good_card, "weights_sha256": hashlib.sha256(nan_weights).hexdigest()}),
+                          nan_weights)
     f.missing = root / "nothing_here"
     (root / "no_weights.json").write_text(card_path.read_text())
     f.no_weights = root / "no_weights"
@@ -134,11 +156,17 @@ def files(tmp_path_factory) -> Files:
     f.a_bad_coefficient = adapter_variant("a_bad_coefficient",  # json.dumps writes the bare token NaN
                                           card_text=json.dumps({**acard, "coefficients": {"k": float("nan")}}))
     f.a_no_weights = adapter_variant("a_no_weights", weights_bytes=False)
+    nan_adapter = nan_in_first_weight(f.adapter / "adapter.safetensors")
+    f.a_nonfinite = adapter_variant("a_nonfinite", {**acard, "weights_sha256": hashlib.sha256(nan_adapter).hexdigest()},
+                                    nan_adapter)
     f.a_empty = root / "a_empty"
     f.a_empty.mkdir()
     f.previous_run = root / "previous_run"
-    f.previous_run.mkdir()
-    (f.previous_run / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
+    with pinn_lora.rundir.claim(f.previous_run):
+        (f.previous_run / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
+    f.foreign = root / "foreign"
+    f.foreign.mkdir()
+    (f.foreign / "notes.txt").write_text("not a run")
     return f
 
 
@@ -229,6 +257,7 @@ BASE_CASES = [  # base=<a saved base model>, missing or damaged
     ("unknown_family", ["problem=helmholtz"], "unknown problem 'navier_stokes'"),
     ("bad_coefficient", ["problem=helmholtz"], "coefficient k=-1.0 is out of range"),
     ("list_card", ["problem=helmholtz"], "must hold a JSON object"),
+    ("nonfinite", ["problem=helmholtz"], "holds 1 non-finite value (NaN or inf) of 128; weights must be finite"),
 ]
 
 
@@ -252,50 +281,99 @@ def test_cli_bad_base(name, args, message, files, tmp_path, monkeypatch, capsys)
 
 
 def test_cli_refuses_an_out_holding_a_previous_run(tmp_path, monkeypatch, capsys):
-    """A previous run is never overwritten, not even its .hydra/config.yaml (written by Hydra before our task)."""
+    """A previous run is never overwritten, not even its .hydra/config.yaml (issue 14, item 4)."""
     out = tmp_path / "run"
     args = ["problem=helmholtz", "method=lora", *FAST, f"out={out}"]
     code, stdout, err = cli(args, monkeypatch, capsys, tmp_path)
     assert code == 0, err
     assert (out / "summary.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    marker = json.loads((out / ".pinn_lora_run.json").read_text())
+    assert marker["kind"] == "run" and marker["status"] == "finished" and marker["pid"] == os.getpid()
     before = snapshot(out)
     code, _, err = cli([*args, "seed=5"], monkeypatch, capsys, tmp_path)
-    assert_one_line(code, err, f"out={out} already holds a previous run (.hydra/config.yaml, metrics.jsonl")
+    assert_one_line(code, err, f"out={out} already holds a previous run (finished; pid {os.getpid()}")
     assert "or resume=true to continue it" in err
     assert snapshot(out) == before
-    # a directory with only Hydra's config of an earlier (failed) invocation is a previous run too
+    # a directory holding files pinn_lora did not write (no marker), Hydra's old config included
     only = tmp_path / "only_hydra"
     (only / ".hydra").mkdir(parents=True)
     (only / ".hydra" / "config.yaml").write_text("seed: 0\n")
     code, _, err = cli([*args[:-1], f"out={only}"], monkeypatch, capsys, tmp_path)
-    assert_one_line(code, err, "already holds a previous run (.hydra/config.yaml)")
+    assert_one_line(code, err, f"out={only} is not empty (.hydra) and was not created by pinn_lora")
+    assert (only / ".hydra" / "config.yaml").read_text() == "seed: 0\n" and len(list(only.rglob("*"))) == 2
     # resume=true asks for it: the check lets it through, and whatever happens the run is not deleted
     code, _, err = cli([*args, "resume=true"], monkeypatch, capsys, tmp_path)
     assert "already holds a previous run" not in err and "Traceback" not in err
     assert all((out / name).is_file() for name in ("summary.json", "metrics.jsonl", "adapter.safetensors"))
 
 
-def test_cli_keeps_a_directory_that_existed(tmp_path, monkeypatch, capsys):
-    """A bad value found inside the task removes what this invocation created, and only that."""
+def test_cli_refused_resume_rewrites_nothing(tmp_path, monkeypatch, capsys):
+    """A refused resume=true (another method) rewrites nothing: not .hydra/config.yaml, not overrides.yaml,
+    not the marker (issue 14, item 5; on main Hydra rewrote both files before the task refused)."""
+    out = tmp_path / "run"
+    args = ["problem=helmholtz", "method=lora", *FAST, "steps=2", f"out={out}"]
+    args.remove("checkpoint_every=0")
+    code, _, err = cli([*args, "checkpoint_every=1"], monkeypatch, capsys, tmp_path)
+    assert code == 0, err
+    (out / "summary.json").unlink()  # as if killed before the end
+    before = snapshot(out)
+    code, _, err = cli([*args, "checkpoint_every=1", "method=odelora", "resume=true"], monkeypatch, capsys, tmp_path)
+    assert_one_line(code, err, "was started with other settings (method.name: 'lora' -> 'odelora'")
+    assert snapshot(out) == before
+
+
+def test_cli_refuses_a_directory_it_did_not_create(tmp_path, monkeypatch, capsys):
+    """out= an existing non-empty folder without pinn_lora's marker (a home directory, notes): refused before
+    anything is written, whatever the rest of the input (issue 14, item 4)."""
+    notes = tmp_path / "notes"
+    (notes / "plots").mkdir(parents=True)
+    (notes / "readme.txt").write_text("mine")
+    (notes / "plots" / "loss.png").write_bytes(b"my figure")
+    before = snapshot(notes)
+    for extra in (["problem=helmholtz"], ["problem.nu=-1"]):
+        code, _, err = cli([*FAST, f"out={notes}", *extra], monkeypatch, capsys, tmp_path)
+        assert_one_line(code, err, f"out={notes} is not empty (plots, readme.txt) and was not created by pinn_lora "
+                                   "(no .pinn_lora_run.json); nothing is written into it")
+        assert snapshot(notes) == before and sorted(p.name for p in notes.iterdir()) == ["plots", "readme.txt"]
+    with pytest.raises(pinn_lora.rundir.RunDirError, match="was not created by pinn_lora"):
+        pinn_lora.adapt("helmholtz", pinn_lora.get_problem("helmholtz", k=3.0), "lora", steps=1, n_points=16,
+                        lbfgs_steps=0, device="cpu", progress=False, plots=False, run_dir=notes)
+    assert snapshot(notes) == before
+
+
+def test_cli_bad_input_creates_and_deletes_nothing(tmp_path, monkeypatch, capsys):
+    """Bad input is found before the run directory is claimed: no directory is created (nor Hydra's .hydra/),
+    none is removed (issue 14, item 1 and the required shape)."""
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = cli([*FAST, f"out={empty}", "dtype=float16"], monkeypatch, capsys, tmp_path)
     assert_one_line(code, err, "dtype='float16'")
-    assert empty.is_dir() and list(empty.iterdir()) == []  # kept, and Hydra's .hydra/ in it removed
-    notes = tmp_path / "notes"
-    notes.mkdir()
-    (notes / "readme.txt").write_text("mine")
-    code, _, err = cli([*FAST, f"out={notes}", "problem.nu=-1"], monkeypatch, capsys, tmp_path)
-    assert_one_line(code, err, "nu=-1 is out of range")
-    assert sorted(p.name for p in notes.iterdir()) == ["readme.txt"]
-    # a new directory inside new parents: all of it goes, the parents included
+    assert empty.is_dir() and list(empty.iterdir()) == []  # nothing written into it
     code, _, err = cli([*FAST, f"out={tmp_path / 'a' / 'b' / 'run'}", "problem.nu=-1"], monkeypatch, capsys, tmp_path)
     assert_one_line(code, err, "nu=-1 is out of range")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no a/b/run, no parents
 
 
-def test_cli_default_out_is_removed_on_bad_input(tmp_path, monkeypatch, capsys):
-    """Without out=: runs/<problem>/<method>/<time> is created by Hydra and removed again."""
+def test_cli_bad_input_never_deletes_a_run_written_meanwhile(tmp_path, monkeypatch, capsys):
+    """Two runs resolved the same out= (the default's ${now:} second): while the bad one checks its input the
+    good one fills the directory. The bad one stops with exit 2 and deletes nothing (issue 14, item 1; main
+    removed the directory as 'created by this invocation')."""
+    out = tmp_path / "run"
+    real = adapt_cli.check_task_config
+
+    def meanwhile(cfg):
+        out.mkdir(exist_ok=True)  # the other run writes into the directory
+        (out / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
+        real(cfg)
+
+    monkeypatch.setattr(adapt_cli, "check_task_config", meanwhile)
+    code, _, err = cli([*FAST, "plots=maybe", f"out={out}"], monkeypatch, capsys, tmp_path)
+    assert_one_line(code, err, "plots='maybe' must be true or false")
+    assert [p.name for p in out.iterdir()] == ["metrics.jsonl"]
+
+
+def test_cli_default_out_is_not_created_on_bad_input(tmp_path, monkeypatch, capsys):
+    """Without out=: runs/<problem>/<method>/<time> is not created (Hydra is pointed at a directory that exists)."""
     code, _, err = cli([*FAST, "method=lora", "method.alpha=-1"], monkeypatch, capsys, tmp_path)
     assert_one_line(code, err, "method lora: option alpha=-1 must be > 0")
     assert list(tmp_path.iterdir()) == []
@@ -336,19 +414,30 @@ def test_cli_sweep_dir_holding_a_sweep_is_refused(tmp_path, monkeypatch, capsys)
     (sweep / "helmholtz" / "lora" / "0" / "summary.json").write_text("{}")
     code, _, err = cli(["-m", *FAST, "method=lora", "seed=0,1", f"hydra.sweep.dir={sweep}"], monkeypatch, capsys,
                        tmp_path)
-    assert_one_line(code, err, f"hydra.sweep.dir={sweep} already holds a previous run (helmholtz/lora/0/summary.json)")
+    assert_one_line(code, err, f"hydra.sweep.dir={sweep} is not empty (helmholtz) and was not created by pinn_lora")
+    pinn_lora.rundir.claim(sweep / "new", kind="sweep").release()
+    code, _, err = cli(["-m", *FAST, "method=lora", "seed=0,1", f"hydra.sweep.dir={sweep / 'new'}"], monkeypatch,
+                       capsys, tmp_path)
+    assert_one_line(code, err, f"hydra.sweep.dir={sweep / 'new'} already holds a previous sweep (finished; pid")
 
 
-def test_cli_sweep_stopped_by_bad_input_leaves_nothing(tmp_path, monkeypatch, capsys):
+def test_cli_sweep_stopped_by_bad_input_deletes_nothing(tmp_path, monkeypatch, capsys):
+    """The sweep directory is claimed before Hydra starts (its jobs' values are checked by each job): a sweep
+    stopped by a job's bad input keeps it, marked failed, with Hydra's multirun.yaml and the job's empty
+    directory; the job claimed nothing."""
     sweep = tmp_path / "sweep"
     code, _, err = cli(["-m", *FAST, "method=lora", "method.rank=0,-1", f"hydra.sweep.dir={sweep}"], monkeypatch,
                        capsys, tmp_path)
     assert_one_line(code, err, "method lora: option rank=0 must be > 0")
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "sweep", "sweep/.pinn_lora_run.json", "sweep/burgers", "sweep/burgers/lora", "sweep/burgers/lora/0",
+        "sweep/multirun.yaml"]
+    marker = json.loads((sweep / ".pinn_lora_run.json").read_text())
+    assert marker["kind"] == "sweep" and marker["status"] == "failed"
 
 
 def test_cli_debug_shows_the_exception(tmp_path, monkeypatch, capsys):
-    """debug=true: the exception propagates (Hydra does not shorten it); the run directory still goes."""
+    """debug=true: the exception propagates (Hydra does not shorten it); no run directory was created."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(CoefficientError, match=r"nu=-1 is out of range"):
         cli([*FAST, f"out={tmp_path / 'run'}", "problem.nu=-1", "debug=true"], monkeypatch, capsys, tmp_path)
@@ -368,8 +457,8 @@ def _subprocess(*args, cwd):
 
 
 def test_cli_real_process_exit_codes(tmp_path):
-    """The real entry point: one line and exit 2 before Hydra starts and inside the task (the run directory
-    removed), and debug=true's traceback (exit 1)."""
+    """The real entry point: one line and exit 2 before Hydra starts and inside the task (no run directory
+    created), and debug=true's traceback (exit 1)."""
     res = _subprocess("problem.nu=[0.1", cwd=tmp_path)
     assert_one_line(res.returncode, res.stderr, "malformed override 'problem.nu=[0.1'")
     res = _subprocess(*FAST, "dtype=float16", f"out={tmp_path / 'run'}", cwd=tmp_path)
@@ -447,8 +536,10 @@ API_CASES = [
     pytest.param("cuda", lambda f: _adapt(device="cuda"), ConfigError,
                  r"device='cuda' requested but no CUDA device is available", marks=NO_CUDA),
     ("dtype", lambda f: _adapt(dtype="float16"), ConfigError, r"dtype='float16': choose one of float64, float32"),
-    ("run_dir holds a run", lambda f: _adapt(run_dir=f.previous_run), ConfigError,
-     r"run directory .*previous_run already holds a run"),
+    ("run_dir holds a run", lambda f: _adapt(run_dir=f.previous_run), pinn_lora.rundir.RunDirError,
+     r"run directory .*previous_run already holds a previous run \(finished; pid"),
+    ("run_dir not pinn_lora's", lambda f: _adapt(run_dir=f.foreign), pinn_lora.rundir.RunDirError,
+     r"run directory .*foreign is not empty \(notes.txt\) and was not created by pinn_lora"),
     # base models: load_base and adapt(base=<path>)
     ("load_base unknown", lambda f: pinn_lora.load_base("burgerz"), CheckpointError,
      r"no base model 'burgerz': not a shipped name \(allen_cahn, burgers, helmholtz\)"),
@@ -482,6 +573,12 @@ API_CASES = [
     ("load_adapter missing", lambda f: pinn_lora.load_adapter(f.missing), CheckpointError,
      r"card not found: .*nothing_here/card.json"),
     ("load_adapter empty dir", lambda f: pinn_lora.load_adapter(f.a_empty), CheckpointError, r"card not found"),
+    ("load_adapter non-finite", lambda f: pinn_lora.load_adapter(f.a_nonfinite), CheckpointError,
+     r"adapter.safetensors: \S+ holds 1 non-finite value \(NaN or inf\) of \d+; weights must be finite"),
+    ("load_base non-finite", lambda f: pinn_lora.load_base(f.nonfinite), CheckpointError,
+     r"nonfinite.safetensors: \S+ holds 1 non-finite value \(NaN or inf\)"),
+    ("save_base non-finite", lambda f: pinn_lora.save_base(nan_network(), {"problem": "helmholtz"}, f.missing),
+     ValueError, r"save_base: .*nothing_here.safetensors: \S+ holds 1 non-finite value \(NaN or inf\)"),
     ("load_adapter no weights", lambda f: pinn_lora.load_adapter(f.a_no_weights), CheckpointError,
      r"weights file not found: .*a_no_weights/adapter.safetensors"),
     ("load_adapter truncated", lambda f: pinn_lora.load_adapter(f.a_truncated), CheckpointError,
@@ -571,9 +668,12 @@ def test_pretrain_cli_refuses_and_cleans_up_like_adapt(tmp_path, monkeypatch, ca
     done.mkdir()
     (done / "base.json").write_text("{}")
     code, err = run("problem=helmholtz", "steps=2", f"out={done}")
-    assert_one_line(code, err, f"out={done} already holds a previous run (base.json); it is never overwritten: "
-                               "choose another out=...")
+    assert_one_line(code, err, f"out={done} is not empty (base.json) and was not created by pinn_lora")
     assert [p.name for p in done.iterdir()] == ["base.json"]
+    pinn_lora.rundir.claim(tmp_path / "mine").release()
+    code, err = run("problem=helmholtz", "steps=2", f"out={tmp_path / 'mine'}")
+    assert_one_line(code, err, f"out={tmp_path / 'mine'} already holds a previous run (finished; pid")
+    assert err.rstrip().endswith("it is never overwritten: choose another out=...")  # no resume for a base
 
 
 def test_importing_the_cli_module_keeps_pinn_lora_adapt_callable():

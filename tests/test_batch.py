@@ -32,8 +32,8 @@ def test_batched_equals_separate_runs(method, opts, engine):
 def test_batch_writes_one_run_directory_per_coefficient(tmp_path):
     probs = [get_problem("helmholtz", k=k) for k in (2.5, 3.0)]
     res = adapt_many("helmholtz", probs, "lora", run_dir=tmp_path, **{**COMMON, "plots": False})
-    dirs = sorted(p.name for p in tmp_path.iterdir())
-    assert dirs == ["00_k=2.5", "01_k=3"]
+    dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert dirs == ["00_k=2.5", "01_k=3"] and (tmp_path / ".pinn_lora_run.json").is_file()  # the batch's claim
     assert [r.run_dir.name for r in res] == dirs
     for d in dirs:
         assert (tmp_path / d / "metrics.jsonl").read_text().count("\n") == 12  # one record per step

@@ -208,6 +208,40 @@ def test_report_files_and_self_contained_html(sweep, tmp_path):
     assert len(list((out2 / "figures").glob("*.png"))) == 4
 
 
+def test_report_never_touches_files_it_did_not_write(sweep, tmp_path, capsys):
+    """--out a folder of the user's (paper/ with figures/ and report.md): refused with one line, nothing removed
+    or replaced (issue 14, item 3; main removed paper/figures/ and replaced paper/report.md). An empty folder is
+    claimed; a second report there replaces only the files the first one wrote."""
+    paper = tmp_path / "paper"
+    (paper / "figures").mkdir(parents=True)
+    (paper / "figures" / "fig1.png").write_bytes(b"my figure")
+    (paper / "report.md").write_text("my draft")
+    with pytest.raises(SystemExit) as exc:
+        compare.main([str(sweep), "--out", str(paper), "--no-solutions"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: --out={paper} is not empty (figures, report.md) and was not created by pinn_lora")
+    assert sorted(p.relative_to(paper).as_posix() for p in paper.rglob("*")) == ["figures", "figures/fig1.png",
+                                                                                  "report.md"]
+    assert (paper / "report.md").read_text() == "my draft" and (paper / "figures" / "fig1.png").read_bytes() == b"my figure"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    out, _ = compare.build_report(sweep, mine, solutions=False)
+    (mine / "notes.txt").write_text("kept")  # the user's own file beside the report
+    out, _ = compare.build_report(sweep, mine, levels=[1e-2], solutions=False)
+    marker = json.loads((mine / ".pinn_lora_run.json").read_text())
+    assert marker["kind"] == "report" and marker["status"] == "finished"
+    assert sorted(marker["files"]) == sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*.*")
+                                             if p.name not in ("notes.txt", ".pinn_lora_run.json"))
+    assert (mine / "notes.txt").read_text() == "kept"
+    run_dir = sweep / "helmholtz" / "lora" / "0"
+    with pytest.raises(ValueError, match="holds a run, not a report"):
+        from pinn_lora import rundir
+
+        rundir.claim(run_dir / "x").release()
+        compare.build_report(sweep, run_dir / "x", solutions=False)
+
+
 def test_cli_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for argv in ([str(tmp_path / "empty")], [str(tmp_path / "missing")], [str(tmp_path), "--levels", "0"]):

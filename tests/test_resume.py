@@ -3,6 +3,7 @@ uninterrupted run ends, and metrics.jsonl has every step once."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,9 @@ import pytest
 from safetensors import safe_open
 
 import pinn_lora
+from pinn_lora import rundir
 from pinn_lora.checkpoint import CheckpointError
+from pinn_lora.rundir import RunDirError
 from pinn_lora.session import ConfigError
 
 ARGS = ["problem=helmholtz", "method=odelora", "solver=method", "method.precondition=rmsprop", "method.lr=1e-3", "steps=600",
@@ -80,7 +83,7 @@ def test_resume_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "empty", **kw)
     pinn_lora.adapt("helmholtz", prob, "lora", run_dir=tmp_path / "done", **kw)
-    with pytest.raises(ConfigError, match="finished run"):
+    with pytest.raises(RunDirError, match="finished run"):
         pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
     (tmp_path / "done" / "summary.json").unlink()  # as if killed before the end
     with pytest.raises(ConfigError, match=r"other settings \(method.rank: 4 -> 2\)"):
@@ -96,3 +99,86 @@ def test_a_batched_run_cannot_be_resumed(tmp_path):
     cfg = {"problem": {"name": "helmholtz", "k": [2.0, 3.0]}, "method": {"name": "lora"}, "resume": True}
     with pytest.raises(ConfigError, match="cannot be resumed"):
         run_config(cfg, tmp_path)
+
+
+def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
+    """resume=true on a run whose owner process is alive on this host is refused without touching the
+    directory; once the owner is gone the run is taken over and the marker names the new owner (issue 14)."""
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2)
+    d = tmp_path / "run"
+    pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+    (d / "summary.json").unlink()  # as if killed before the end
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        marker = json.loads((d / rundir.MARKER).read_text())
+        marker.update(status="running", host=socket.gethostname(), pid=owner.pid,
+                      pid_start=rundir._process_start(owner.pid))
+        (d / rundir.MARKER).write_text(json.dumps(marker))
+        before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+        with pytest.raises(RunDirError, match=rf"is in use by a running pinn_lora run \(running; pid {owner.pid} on"):
+            pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+        assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+    finally:
+        owner.kill()
+        owner.wait()
+    res = pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+    assert res.history.steps == 4 and (d / "summary.json").is_file()
+    marker = json.loads((d / rundir.MARKER).read_text())
+    assert marker["pid"] == os.getpid() and marker["status"] == "finished"
+    assert marker["taken_over_from"]["pid"] == owner.pid and marker["taken_over_from"]["status"] == "running"
+    assert not list(d.glob(f"{rundir.MARKER}.*"))  # the old marker moved aside is gone
+
+
+def test_a_failed_run_is_marked_and_can_be_resumed(tmp_path, monkeypatch):
+    """A run that fails after its claim keeps its directory, marked failed (marker and summary.json); resume
+    continues it from its last checkpoint."""
+    from pinn_lora.train import Trainer
+
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2)
+    d = tmp_path / "run"
+    real = Trainer.run
+
+    def interrupted(self):
+        self.cfg.steps = 2  # the first two steps and their checkpoint, then Ctrl-C
+        real(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+    monkeypatch.setattr(Trainer, "run", real)
+    assert json.loads((d / "summary.json").read_text()) == {"status": "failed", "message": "KeyboardInterrupt"}
+    assert json.loads((d / rundir.MARKER).read_text())["status"] == "failed"
+    assert (d / "metrics.jsonl").is_file() and (d / "checkpoint.safetensors").is_file()
+    res = pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+    assert res.history.steps == 4 and json.loads((d / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path):
+    """A checkpoint lacking a key of its state (dynamics), or holding a NaN weight, is refused at load with one
+    line (issue 14, items 15 and 8; main raised KeyError from the loop, or resumed NaN weights)."""
+    from safetensors.torch import load_file, save_file
+
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2)
+    d = tmp_path / "run"
+    pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+    (d / "summary.json").unlink()  # as if killed before the end
+    ckpt = d / "checkpoint.safetensors"
+    with safe_open(str(ckpt), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(ckpt))
+    state = json.loads(meta["__resume__"])
+    del state["dynamics"]
+    save_file(tensors, str(ckpt), metadata={**meta, "__resume__": json.dumps(state)})
+    with pytest.raises(CheckpointError, match=r"checkpoint.safetensors: the checkpoint lacks dynamics \(damaged") as info:
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+    assert "\n" not in str(info.value)
+    key = next(k for k, t in tensors.items() if t.dim() == 2 and not k.startswith("__resume__"))
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(ckpt), metadata=meta)
+    with pytest.raises(CheckpointError, match=rf"{key} holds 1 non-finite value \(NaN or inf\)"):
+        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
