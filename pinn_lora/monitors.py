@@ -44,6 +44,12 @@ METRICS_SCHEMA = {
     "evaluations": "int: loss+gradient evaluations so far",
     "time": "float: seconds since the start of training",
     "rel_l2": "float: relative L2 error vs the reference (every eval_every steps and at the end)",
+    "lm_tries": "int: solver=lm: proposals tried in this step (each a damped solve and one loss evaluation)",
+    "lm_accepted": "bool: solver=lm: whether a proposal lowered the loss on the step's points and was taken",
+    "gain_ratio": "float: solver=lm: actual / predicted decrease of the last proposal (lr is its h = 1/mu)",
+    "validation_residual_base": "float: last record only: the base network's residual on the fixed validation "
+                                "set (pinn_lora.validation)",
+    "validation_residual": "float: last record only: the result's residual on the same set (the verdict)",
     "between_syncs": "true on graph-mode records the host read after the fact (the model had moved on); "
                      "absent otherwise. Model-reading monitors skip them: their values cover the whole block",
     # UpdateNorm (every record)
