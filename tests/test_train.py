@@ -21,14 +21,15 @@ def _base(name="burgers"):
 
 def test_run_directory_and_checkpoint(tmp_path):
     res = adapt(_base(), get_problem("burgers").default_target(), "lora", steps=5, lbfgs_steps=0, n_points=64, eval_every=2,
-                device="cpu", run_dir=tmp_path, progress=False, plots=False, checkpoint_every=2, lr=1e-3)
+                device="cpu", run_dir=tmp_path, progress=False, plots=False, checkpoint_every=2, lr=1e-3,
+                solver="method")
     assert res.history.status == "completed"
     with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
         assert fh.metadata()["step"] == "3"  # the state after 3 steps, verified by the 4th step's loss
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if "rel_l2" in r] == [1, 3, 4]
     assert recs[-1]["evaluations"] == 5
-    with pytest.raises(ValueError, match="already holds a run"):  # never overwritten
+    with pytest.raises(ValueError, match="already holds a previous run"):  # never overwritten
         adapt(_base(), get_problem("burgers").default_target(), "lora", steps=1, lbfgs_steps=0, device="cpu", run_dir=tmp_path)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
 
