@@ -278,9 +278,13 @@ class Checkpointer:
     def __init__(self, trainer: "Trainer", path: Path | None, every: int) -> None:
         self.trainer, self.path, self.every = trainer, path, every
 
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None and self.every > 0
+
     def due(self, first: int, end: int) -> bool:
         """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``every``)."""
-        return self.path is not None and self.every > 0 and (end // self.every) > (first // self.every)
+        return self.enabled and (end // self.every) > (first // self.every)
 
     def capture(self, step: int, phase: str = "train",
                 rng: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], Any]:
@@ -462,7 +466,7 @@ class Trainer:
             loops = [(method_loop, start)] if method_loop is not None and cfg.steps else []
             loops += [(LBFGSLoop(self, cfg.steps), 0)] if cfg.lbfgs_steps else []
             for loop, first in loops:
-                if isinstance(loop, LBFGSLoop) and phase == "train" and self.checkpointer.every:
+                if isinstance(loop, LBFGSLoop) and phase == "train" and self.checkpointer.enabled:
                     # the verified end of the method's steps: a run killed during the finish restarts it here
                     self.checkpointer.write(self.checkpointer.capture(cfg.steps, "lbfgs"))
                 for out in loop.steps(first):
