@@ -24,6 +24,15 @@ import torch
 from torch import nn
 
 
+def derivative_indices(name: str, variables: tuple[str, ...]) -> list[int]:
+    """The input columns of a derivative name (``u_x`` → [i_x], ``u_xt`` → [i_x, i_t]); an
+    AttributeError naming the variables for anything else (first and second derivatives only)."""
+    wrt = name[2:]
+    if not name.startswith("u_") or not wrt or len(wrt) > 2 or any(v not in variables for v in wrt):
+        raise AttributeError(f"unknown derivative {name!r} for variables {variables}")
+    return [variables.index(v) for v in wrt]
+
+
 class Derivatives:
     def __init__(self, net: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor,
                  variables: tuple[str, ...]) -> None:
@@ -48,15 +57,13 @@ class Derivatives:
         cache = self._cache
         if name in cache:
             return cache[name]
-        wrt = name[2:]
-        if not wrt or any(v not in self.variables for v in wrt) or len(wrt) > 2:
-            raise AttributeError(f"unknown derivative {name!r} for variables {self.variables}")
-        if len(wrt) == 1:
-            out = self._grad()[:, self.variables.index(wrt)].unsqueeze(1)
+        idx = derivative_indices(name, self.variables)
+        if len(idx) == 1:
+            out = self._grad()[:, idx[0]].unsqueeze(1)
         else:
-            first = getattr(self, "u_" + wrt[0])
+            first = getattr(self, "u_" + name[2])
             (g,) = torch.autograd.grad(first.sum(), self.points, create_graph=True)
-            out = g[:, self.variables.index(wrt[1])].unsqueeze(1)
+            out = g[:, idx[1]].unsqueeze(1)
         cache[name] = out
         return out
 

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacfwd, jacrev, vmap
 
+from pinn_lora.derivatives import derivative_indices
+
 
 class PointDerivatives:
     """A derivative provider (``d.u``, ``d.u_x``, ``d.u_xx`` …) at one input point ``x`` (shape
@@ -40,10 +42,7 @@ class PointDerivatives:
     def __getattr__(self, name: str) -> torch.Tensor:
         if not name.startswith("u_") or "variables" not in self.__dict__:
             raise AttributeError(name)
-        wrt = name[2:]
-        if not wrt or len(wrt) > 2 or any(v not in self.variables for v in wrt):
-            raise AttributeError(f"unknown derivative {name!r} for variables {self.variables}")
-        idx = [self.variables.index(v) for v in wrt]
+        idx = derivative_indices(name, self.variables)
         if len(idx) == 1:
             if self._first is None:
                 self._first = jacfwd(self.u_fn)(self.x)

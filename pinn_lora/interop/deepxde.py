@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pinn_lora._dde import deepxde
+from pinn_lora.derivatives import derivative_indices
 
 
 class DeepXDEDerivatives:
@@ -38,10 +39,7 @@ class DeepXDEDerivatives:
     def __getattr__(self, name: str) -> torch.Tensor:
         if not name.startswith("u_"):
             raise AttributeError(name)
-        wrt = name[2:]
-        if not wrt or len(wrt) > 2 or any(v not in self.variables for v in wrt):
-            raise AttributeError(f"unknown derivative {name!r} for variables {self.variables}")
-        idx = [self.variables.index(v) for v in wrt]
+        idx = derivative_indices(name, self.variables)
         if len(idx) == 1:
             return self._grad.jacobian(self.u, self.points, i=0, j=idx[0])
         return self._grad.hessian(self.u, self.points, i=idx[0], j=idx[1])
