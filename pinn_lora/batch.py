@@ -26,7 +26,7 @@ from torch import nn
 
 from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
 from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
-from pinn_lora.validation import validation_points, validation_residual
+from pinn_lora.validation import judge, validation_points, validation_residual
 
 
 class Stacked(nn.Module):
@@ -189,12 +189,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):
         err = hist.last("rel_l2")
         val = validation_residual(prob, m, val_points[k])
-        if hist.records:
-            hist.records[-1].update(validation_residual_base=val_base[k], validation_residual=val)
-        if hist.status == "completed" and not val < val_base[k]:
-            hist.status = "no_improvement"
-            hist.message = (f"the validation residual ({val:.3e}) is not below the base model's ({val_base[k]:.3e}): "
-                            "the adaptation did not improve on the base")
+        judge(hist, val_base[k], val, val_points[k].shape[0])
         res = AdaptResult(prob, meth, m, hist, base_errors[k], float(err if err is not None else base_errors[k]),
                           trainable_parameters(m), card, extra={
                               "batch": {"index": k, "size": len(problems)}, "seed": seed,

@@ -31,7 +31,7 @@ from pinn_lora.monitors import (
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
-from pinn_lora.validation import validation_points, validation_residual
+from pinn_lora.validation import judge, validation_points, validation_residual
 from pinn_lora.zoo import load_base
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -238,7 +238,7 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     if solver == "method":
         rec.update(rec.get("first_order") or {})
     sampling = rec.get("sampling", "uniform") if sampling is None else sampling
-    loop = {k: v for k, v in {**(rec.get("loop") or {}), **(loop_options or {})}.items()}
+    loop = {**(rec.get("loop") or {}), **(loop_options or {})}
     unknown = sorted(set(loop) - set(LOOP_OPTIONS))
     if unknown:
         raise ConfigError(f"loop option {', '.join(unknown)} unknown; options: {', '.join(LOOP_OPTIONS)}")
@@ -301,14 +301,9 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     trainer.history.records = records
     history = claim.guard(trainer.run)
     val = validation_residual(problem, model, val_points)
-    if history.status == "completed" and not val < val_base:
-        history.status = "no_improvement"
-        history.message = (f"the validation residual ({val:.3e} on {val_points.shape[0]} fixed points) is not below "
-                           f"the base model's ({val_base:.3e}): the adaptation did not improve on the base")
-    if history.records:  # the verdict's numbers go with the last record (metrics.jsonl keeps one per step)
-        history.records[-1].update(validation_residual_base=val_base, validation_residual=val)
-        if run_dir is not None:
-            amend_last_record(Path(run_dir) / "metrics.jsonl", history.records[-1])
+    judge(history, val_base, val, val_points.shape[0])
+    if history.records and run_dir is not None:
+        amend_last_record(Path(run_dir) / "metrics.jsonl", history.records[-1])
     error = history.last("rel_l2") if history.records else base_error
     main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
     extra = {"device": device_name(dev), "seed": seed,

@@ -31,3 +31,15 @@ def validation_residual(problem: Any, model: nn.Module, points: torch.Tensor) ->
 
     r = residual_vector(problem, model, points)
     return float(r @ r)
+
+
+def judge(history: Any, base: float, result: float, n_points: int) -> None:
+    """The verdict on a finished run's ``history``: a completed run whose validation residual
+    ``result`` is not below the base's becomes ``no_improvement``; both numbers go into the last
+    record (metrics keep one record per step)."""
+    if history.status == "completed" and not result < base:
+        history.status = "no_improvement"
+        history.message = (f"the validation residual ({result:.3e} on {n_points} fixed points) is not below the base "
+                           f"model's ({base:.3e}): the adaptation did not improve on the base")
+    if history.records:
+        history.records[-1].update(validation_residual_base=base, validation_residual=result)
