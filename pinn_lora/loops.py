@@ -197,13 +197,14 @@ class SecondOrderLoop:
         for step in range(start, cfg.steps):
             pending = t.checkpointer.capture(step) if t.checkpointer.due(step, step + 1) else None
             self.points = t.batch(step, self.points)
+            physics = t.physics  # the step's problem (a continuation stage, or the target)
             t.dynamics.set_progress(step / max(cfg.steps, 1))
             before = t.guard.snapshot()
-            r, jac = residual_jacobian(t.problem, t.model, self.points)
+            r, jac = residual_jacobian(physics, t.model, self.points)
             pts = self.points
 
             def trial() -> float:
-                v = residual_vector(t.problem, t.model, pts)
+                v = residual_vector(physics, t.model, pts)
                 return float(v @ v)
 
             loss = t.dynamics.gn_step(r, jac, trial)

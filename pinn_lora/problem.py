@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -30,6 +30,21 @@ class Coefficient:
     low_inclusive: bool = False
     high: float | None = None
     doc: str = ""
+    # continuation (adapting through intermediate values): the coordinate in which stages are
+    # evenly spaced ("log": geometric, "linear", "square": linear in the square) and the width of
+    # one stage in it (None: this coefficient needs no intermediate stages)
+    scale: str = "linear"
+    stage: float | None = None
+
+    def coordinate(self, value: float) -> float:
+        if self.scale == "log":
+            return math.log(value)
+        return value * value if self.scale == "square" else value
+
+    def from_coordinate(self, c: float) -> float:
+        if self.scale == "log":
+            return math.exp(c)
+        return math.sqrt(c) if self.scale == "square" else c
 
     def allowed(self) -> str:
         lo = "" if self.low is None else f"{self.low:g} {'<=' if self.low_inclusive else '<'} "
@@ -125,6 +140,37 @@ class Problem:
 
     def with_coefficients(self, **changes: Any) -> "Problem":
         return type(self)(**{**self.coefficients, **changes})
+
+    def stages_from(self, source: Mapping[str, float], count: int | str = "auto") -> list["Problem"]:
+        """The intermediate problems of a continuation from ``source``'s coefficients to these
+        (this problem itself excluded): ``count`` stages evenly spaced in each coefficient's
+        coordinate (:class:`Coefficient` ``scale``), or with ``"auto"`` as many as the widest
+        distance needs — ceil(|Δ coordinate| / ``stage``), maximised over the coefficients — minus
+        the target itself. A stage the family refuses (e.g. Helmholtz near a resonance) is moved
+        to the nearest allowed point between its neighbours, or left out."""
+        specs = {c.name: c for c in self.coefficient_specs}
+        start = {k: float(source.get(k, self.coefficients[k])) for k in self.coefficients}
+        if count == "auto":
+            count = max([math.ceil(abs(specs[k].coordinate(self.coefficients[k]) - specs[k].coordinate(start[k]))
+                                   / specs[k].stage - 1e-9) for k in specs if specs[k].stage] + [1]) - 1
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"continuation={count!r}: use auto, off or a number of intermediate stages >= 0")
+        out: list[Problem] = []
+        for i in range(1, count + 1):
+            values = {}
+            for k, spec in specs.items():
+                a, b = spec.coordinate(start[k]), spec.coordinate(self.coefficients[k])
+                values[k] = spec.from_coordinate(a + (b - a) * i / (count + 1))
+            for shift in (0.0, 0.25, -0.25, 0.45, -0.45):  # fractions of a stage, toward a neighbour
+                try:
+                    out.append(self.with_coefficients(**{
+                        k: specs[k].from_coordinate(specs[k].coordinate(v) + shift * (
+                            specs[k].coordinate(self.coefficients[k]) - specs[k].coordinate(start[k])) / (count + 1))
+                        for k, v in values.items()}))
+                    break
+                except CoefficientError:
+                    continue
+        return out
 
     def __getattr__(self, key: str) -> Any:
         coeffs = self.__dict__.get("coefficients", {})

@@ -241,7 +241,9 @@ ADAPT_CONFIG = {"type": "object", "additional": False, "required": [
     "resample_every": {"type": ("integer", "null"), "minimum": 1},
     "lm_mu": {"type": ("number", "null"), "exclusive_minimum": 0}, "lm_adaptive": {"type": ("boolean", "null")},
     "rad_k": {"type": ("number", "null"), "minimum": 0}, "rad_c": {"type": ("number", "null"), "minimum": 0},
-    "rad_pool": {"type": ("integer", "null"), "minimum": 1}}}
+    "rad_pool": {"type": ("integer", "null"), "minimum": 1},
+    "continuation": {"type": ("string", "integer", "null")}, "stage_steps": {"type": ("integer", "null"), "minimum": 1},
+    "stage_tol": {"type": ("number", "null"), "minimum": 0}}}
 
 PRETRAIN_CONFIG = {"type": "object", "required": ["defaults", "seed", "device", "dtype", "progress", "out", "steps",
                                                   "lbfgs_steps", "init_from", "hydra"], "properties": {
@@ -257,6 +259,7 @@ PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "
                                                                                          "minimum": 1},
         "lbfgs_steps": COUNT, "solver": {"enum": ["method", "lm"]}, "sampling": {"enum": ["uniform", "rad"]},
         "loop": {"type": "object"}, "first_order": {"type": "object"},
+        "continuation": {"type": ("string", "integer")},
         "method": {"type": "object", "additional": {"type": "object", "required": ["lr"],
                                                     "properties": {"lr": _POSITIVE}, "additional": METHOD_OPTION},
                    "doc": "an object of method name -> recommended options"}}},

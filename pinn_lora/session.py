@@ -41,7 +41,7 @@ VERDICTS = {"completed": "", "no_improvement": " | NO IMPROVEMENT: the result's 
 
 
 _BASE_VALIDATION: dict[tuple, float] = {}
-LOOP_OPTIONS = ("lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool")
+LOOP_OPTIONS = ("lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool", "stage_steps", "stage_tol")
 
 
 class ConfigError(ValueError):
@@ -179,7 +179,8 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
           monitors: Sequence[Monitor] = (), default_monitors: bool = True, derivatives: str = "auto",
           cuda_graph: bool | str = "auto", sync_every: int = 0, resume: bool = False,
           recommended: Mapping[str, Any] | None = None, solver: str | None = None, sampling: str | None = None,
-          loop_options: Mapping[str, Any] | None = None, **method_options: Any) -> AdaptResult:
+          loop_options: Mapping[str, Any] | None = None, continuation: int | str | None = None,
+          **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
     ``base`` is a shipped name ("burgers"), a path to a saved base, a
@@ -211,8 +212,16 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     ``solver``: ``lm`` (Levenberg–Marquardt on the trainable parameters; ODELoRA's implicit scheme)
     or ``method`` (the method's own first-order dynamics; the recommendations' ``first_order``
     section then applies); ``sampling``: ``uniform`` or ``rad`` (residual-based adaptive points);
-    ``loop_options``: ``lm_mu``, ``lm_adaptive``, ``rad_k``, ``rad_c``, ``rad_pool``
-    (:class:`~pinn_lora.train.TrainConfig`). Left out, they take the problem's recommendations.
+    ``loop_options``: ``lm_mu``, ``lm_adaptive``, ``rad_k``, ``rad_c``, ``rad_pool``, ``stage_steps``,
+    ``stage_tol`` (:class:`~pinn_lora.train.TrainConfig`). Left out, they take the problem's recommendations.
+
+    ``continuation``: ``auto``, ``off`` or a number N of intermediate stages. The run first adapts
+    to coefficients between the base's and the target (:meth:`~pinn_lora.problem.Problem.stages_from`:
+    evenly spaced, geometric in a viscosity or diffusion, linear in a reaction rate, in k² for a
+    wavenumber; ``auto``: as many as the family's stage width asks for), each stage warm-starting
+    the next and taking at most ``stage_steps`` steps (fewer once a step starts at a loss ≤
+    ``stage_tol``); these steps come on top of ``steps``, which the target keeps, plus any steps a
+    stage left unused. Records carry ``stage``; ``summary()["continuation"]`` lists the stages.
 
     The verdict (``summary()["status"]``): ``completed``, ``diverged``, or ``no_improvement`` when
     the result's residual on the fixed validation set (:mod:`pinn_lora.validation`) is not below
@@ -242,6 +251,10 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     unknown = sorted(set(loop) - set(LOOP_OPTIONS))
     if unknown:
         raise ConfigError(f"loop option {', '.join(unknown)} unknown; options: {', '.join(LOOP_OPTIONS)}")
+    continuation = rec.get("continuation", "off") if continuation is None else continuation
+    if continuation not in ("auto", "off") and (isinstance(continuation, bool) or not isinstance(continuation, int)
+                                                or continuation < 0):
+        raise ConfigError(f"continuation={continuation!r}: use auto, off or a number of intermediate stages >= 0")
     steps = rec.get("steps", 1000) if steps is None else steps
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     lbfgs_steps = rec.get("lbfgs_steps", 0) if lbfgs_steps is None else lbfgs_steps
@@ -249,12 +262,15 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1),
                 "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0),
                 "sync_every": (sync_every, 0), "resample_every": (resample_every, 1)})
-    train_cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
+    stage_steps = loop.get("stage_steps", TrainConfig.stage_steps)
+    net, card = resolve_base(base, problem, dt, dev)
+    stages = ([] if continuation == "off" or not card.get("coefficients")
+              else problem.stages_from(card["coefficients"], continuation))
+    train_cfg = TrainConfig(steps=steps + len(stages) * stage_steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
                             solver=solver, sampling=sampling, **loop, seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
                             sampler=sampler, lbfgs_steps=lbfgs_steps, derivatives=derivatives,
                             cuda_graph=cuda_graph, sync_every=sync_every)
     torch.manual_seed(seed)
-    net, card = resolve_base(base, problem, dt, dev)
     base_error = problem.relative_l2(net)
     val_points = validation_points(problem, dtype=dt, device=dev)
     val_key = (problem.key(), card.get("weights_sha256"), str(dt), str(dev))
@@ -281,7 +297,7 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
         "base_fingerprint": model.pinn_lora_base["fingerprint"], "steps": steps, "n_points": n_points,
         "resample_every": resample_every, "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "seed": seed,
         "sampler": sampler, "dtype": dtype, "derivatives": derivatives, "checkpoint_every": checkpoint_every,
-        "solver": solver, "sampling": sampling, **loop,
+        "solver": solver, "sampling": sampling, **loop, "continuation": continuation,
         "default_monitors": default_monitors, "monitors": len(mons)})
     records: list[dict[str, Any]] = []
     if saved is not None:
@@ -297,7 +313,7 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     if run_dir is not None:
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
     trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.step_hook(),
-                      checkpoint_path=checkpoint, method=meth, resume_from=saved, settings=settings)
+                      checkpoint_path=checkpoint, method=meth, resume_from=saved, settings=settings, stages=stages)
     trainer.history.records = records
     history = claim.guard(trainer.run)
     val = validation_residual(problem, model, val_points)
@@ -310,9 +326,11 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
              # the loop settings, so a run directory describes itself without Hydra's config
              "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
                           "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "sampler": sampler,
-                          "solver": solver, "sampling": sampling, **loop,
+                          "solver": solver, "sampling": sampling, **loop, "continuation": continuation,
                           "derivatives": derivatives, "cuda_graph": trainer.graph_captured,
                           "dtype": dtype, "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}}
+    if stages:
+        extra["continuation"] = stage_summary(stages + [problem], history.records)
     if lbfgs_steps and main:
         extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
     result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
@@ -323,6 +341,18 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
         claim.guard(result.save, run_dir, plots=plots)
     claim.release()
     return result
+
+
+def stage_summary(problems: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per continuation stage: its coefficients, first step, steps taken and losses at the start
+    of its first and last step (from the records' ``stage``)."""
+    out = []
+    for i, p in enumerate(problems):
+        mine = [r for r in records if r.get("stage") == i and r.get("phase") == "train"]
+        out.append({"stage": i, "coefficients": dict(p.coefficients), "first_step": mine[0]["step"] if mine else None,
+                    "steps": len(mine), "loss_first": mine[0]["loss"] if mine else None,
+                    "loss_last": mine[-1]["loss"] if mine else None})
+    return out
 
 
 def json_safe_tree(value: Any) -> Any:
@@ -396,4 +426,5 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
                  derivatives=cfg.get("derivatives", "auto"), cuda_graph=cfg.get("cuda_graph", "auto"),
                  sync_every=cfg.get("sync_every", 0), resume=bool(cfg.get("resume", False)),
                  solver=cfg.get("solver"), sampling=cfg.get("sampling"), resample_every=cfg.get("resample_every"),
+                 continuation=cfg.get("continuation"),
                  loop_options={k: cfg[k] for k in LOOP_OPTIONS if cfg.get(k) is not None}, **options)

@@ -49,6 +49,8 @@ class TrainConfig:
     rad_k: float = 1.0  # rad: density ∝ |r|^k / mean(|r|^k) + c
     rad_c: float = 1.0
     rad_pool: int = 8  # rad: candidates per point drawn
+    stage_steps: int = 3  # continuation: the most steps of each intermediate stage (Trainer ``stages``)
+    stage_tol: float = 1e-3  # continuation: a stage ends early once a step starts at a loss <= this
 
     def __post_init__(self) -> None:
         if self.cuda_graph not in ("auto", True, False):
@@ -78,6 +80,10 @@ class TrainConfig:
                 raise ValueError(f"train: {key}={value!r} must be a finite number >= 0")
         if isinstance(self.rad_pool, bool) or not isinstance(self.rad_pool, int) or self.rad_pool < 1:
             raise ValueError(f"train: rad_pool={self.rad_pool!r} must be an integer >= 1")
+        if isinstance(self.stage_steps, bool) or not isinstance(self.stage_steps, int) or self.stage_steps < 1:
+            raise ValueError(f"train: stage_steps={self.stage_steps!r} must be an integer >= 1")
+        if isinstance(self.stage_tol, bool) or not isinstance(self.stage_tol, (int, float)) or not self.stage_tol >= 0:
+            raise ValueError(f"train: stage_tol={self.stage_tol!r} must be a number >= 0")
 
 
 def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_eps: float = 0.0,
@@ -304,6 +310,7 @@ class Checkpointer:
             "dynamics": t.dynamics.state_dict() if t.dynamics is not None else {},
             "method": t.method.state_dict() if t.method is not None else {},
             "monitors": [m.state_dict() for m in t.recorder.monitors], "settings": t.settings,
+            "stage": [t.stage, t.stage_start, t._stage_loss if math.isfinite(t._stage_loss) else None],
         }
         return {k: v.detach().clone() for k, v in t.model.state_dict().items()}, resume.capture(state)
 
@@ -332,8 +339,11 @@ class Checkpointer:
             m.load_state_dict(ms)
         torch.set_rng_state(state["torch_rng"])
         step, phase = int(state["step"]), state["phase"]
+        t.stage, t.stage_start, loss = state.get("stage", [0, 0, None])
+        t._stage_loss = math.inf if loss is None else float(loss)
         # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
-        redraw = phase == "train" and step % t.cfg.resample_every and state["draw_rng"] is not None
+        redraw = (phase == "train" and t.block_position(step) and not t._stage_done(step)
+                  and state["draw_rng"] is not None)
         if redraw and state.get("points") is not None:
             t.restored_points = state["points"].to(dtype=t.dtype, device=t.device)
             redraw = False
@@ -356,12 +366,21 @@ class Trainer:
                  monitors: Sequence[Monitor] = (), after_step: Callable[[int, nn.Module, Dynamics], None] | None = None,
                  checkpoint_path: str | Path | None = None, method: Any = None,
                  resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, stages: Sequence[Any] = ()) -> None:
         """``method`` (its running state goes into checkpoints), ``resume_from`` (a checkpoint's
         (network state, resume state), :func:`pinn_lora.resume.load`: the run continues at its step;
         ``history.records`` must already hold the records written before it) and ``settings``
-        (stored in checkpoints, compared on resume by the caller)."""
+        (stored in checkpoints, compared on resume by the caller).
+
+        ``stages``: continuation — problems (the same family at intermediate coefficients) whose
+        residuals are trained first, in order, each for at most ``cfg.stage_steps`` steps (fewer once
+        a step starts at a loss ≤ ``cfg.stage_tol``); the remaining steps train ``problem``. Each
+        stage starts with new points; records carry ``stage`` (``len(stages)``: the target).
+        Evaluations always measure the error against ``problem``."""
         self.problem, self.model, self.dynamics, self.cfg = problem, model, dynamics, cfg
+        self.stages = list(stages)
+        self.stage, self.stage_start = 0, 0  # the current stage and the step it started at
+        self._stage_loss = math.inf  # the loss at the start of the stage's last step
         self.after_step = after_step
         self.method, self.resume_from, self.settings = method, resume_from, settings or {}
         ref = next(iter(model.parameters()), None)
@@ -386,13 +405,35 @@ class Trainer:
     def monitors(self) -> list[Monitor]:
         return self.recorder.monitors
 
+    @property
+    def physics(self) -> Any:
+        """The problem whose residuals the current step trains (a continuation stage, or the target)."""
+        return self.stages[self.stage] if self.stage < len(self.stages) else self.problem
+
+    def _stage_done(self, step: int) -> bool:
+        """Whether the current continuation stage is over before ``step``."""
+        if self.stage >= len(self.stages) or step <= self.stage_start:
+            return False
+        return step - self.stage_start >= self.cfg.stage_steps or self._stage_loss <= self.cfg.stage_tol
+
+    def _next_stage(self, step: int) -> bool:
+        """Move to the next continuation stage when the current one is over before ``step``."""
+        if not self._stage_done(step):
+            return False
+        self.stage, self.stage_start, self._stage_loss = self.stage + 1, step, math.inf
+        return True
+
+    def block_position(self, step: int) -> int:
+        """Steps since the last draw of points: every ``resample_every`` steps from the stage's start."""
+        return (step - self.stage_start) % self.cfg.resample_every
+
     def points(self, n: int) -> torch.Tensor:
         self._draw_state = self.rng.bit_generator.state
         seed = int(self.rng.integers(2**31 - 1))
         if self.cfg.sampling == "rad":
             pts = self._rad_points(n, seed)
         else:
-            pts = torch.as_tensor(self.problem.sample(n, seed=seed, sampler=self.cfg.sampler), dtype=self.dtype,
+            pts = torch.as_tensor(self.physics.sample(n, seed=seed, sampler=self.cfg.sampler), dtype=self.dtype,
                                   device=self.device)
         self.current_points = pts
         return pts
@@ -400,7 +441,7 @@ class Trainer:
     def batch(self, step: int, current: torch.Tensor | None) -> torch.Tensor:
         """The points of ``step``: new ones every ``resample_every`` steps, else ``current`` (after a
         resume mid-block, the checkpoint's; with uniform sampling they are drawn again instead)."""
-        mid = step % self.cfg.resample_every
+        mid = 0 if self._next_stage(step) else self.block_position(step)
         if current is not None and mid:
             return current
         if current is None and mid and self.restored_points is not None:
@@ -415,9 +456,9 @@ class Trainer:
         from pinn_lora.jacobian import residual_vector
 
         cfg = self.cfg
-        pool = torch.as_tensor(self.problem.sample(n * cfg.rad_pool, seed=seed, sampler=cfg.sampler),
+        pool = torch.as_tensor(self.physics.sample(n * cfg.rad_pool, seed=seed, sampler=cfg.sampler),
                                dtype=self.dtype, device=self.device)
-        r = residual_vector(self.problem, self.model, pool).reshape(-1, pool.shape[0]).abs().sum(0)
+        r = residual_vector(self.physics, self.model, pool).reshape(-1, pool.shape[0]).abs().sum(0)
         dens = r ** cfg.rad_k
         dens = (dens / dens.mean().clamp_min(1e-300) + cfg.rad_c).double().cpu().numpy()
         if not np.all(np.isfinite(dens)) or dens.sum() <= 0:
@@ -427,7 +468,7 @@ class Trainer:
 
     def _loss_terms(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms on ``points``; the loss is their sum."""
-        return residual_losses(self.problem, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins,
+        return residual_losses(self.physics, self.model, points, self.cfg.causal_eps, self.cfg.causal_bins,
                                self.cfg.derivatives)
 
     def _gradient_stats(self, stash: dict[str, Any]) -> None:
@@ -486,6 +527,9 @@ class Trainer:
             self._finish_diverged(out.record)
             return False
         self.history.steps += out.advance
+        if self.stages and out.record.get("phase") == "train":
+            out.record["stage"] = self.stage
+            self._stage_loss = out.loss
         if out.hook and self.after_step is not None:
             self.after_step(out.step, self.model, self.dynamics)
         if out.evaluate:
@@ -521,6 +565,8 @@ class Trainer:
         return None
 
     def _static_unsafe_reason(self) -> str:
+        if self.stages:
+            return "continuation changes the residual between stages"
         if self.after_step is not None:
             return "the method changes the model between steps (merges, restarts or basis refreshes)"
         return self.dynamics.graph_unsafe_reason()

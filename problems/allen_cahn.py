@@ -16,8 +16,8 @@ class AllenCahn(Problem):
     lower = (-1.0, 0.0)
     upper = (1.0, 1.0)
     coefficient_specs = (
-        Coefficient("d", 1e-3, low=0.0, doc="diffusion"),
-        Coefficient("gamma", 5.0, low=0.0, doc="reaction rate"),
+        Coefficient("d", 1e-3, low=0.0, doc="diffusion", scale="log", stage=math.log(2) / 4),
+        Coefficient("gamma", 5.0, low=0.0, doc="reaction rate", stage=0.5),
     )
     target = {"gamma": 3.0}
     eval_points = (201, 101)

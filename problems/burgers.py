@@ -15,7 +15,8 @@ class Burgers(Problem):
     variables = ("x", "t")
     lower = (-1.0, 0.0)
     upper = (1.0, 1.0)
-    coefficient_specs = (Coefficient("nu", 0.01 / math.pi, low=0.0, doc="viscosity"),)
+    coefficient_specs = (Coefficient("nu", 0.01 / math.pi, low=0.0, doc="viscosity",
+                                     scale="log", stage=math.log(2) / 10),)
     target = {"nu": 0.02 / math.pi}
     eval_points = (256, 101)
     network = {"layers": [2, 64, 64, 64, 64, 1], "activation": "tanh"}

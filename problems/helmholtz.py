@@ -31,7 +31,8 @@ class Helmholtz(Problem):
     variables = ("x", "y")
     lower = (-1.0, -1.0)
     upper = (1.0, 1.0)
-    coefficient_specs = (Coefficient("k", 1.0, low=0.0, low_inclusive=True, doc="wavenumber"),)
+    coefficient_specs = (Coefficient("k", 1.0, low=0.0, low_inclusive=True, doc="wavenumber",
+                                    scale="square", stage=2.0),)
     target = {"k": 3.0}
     eval_points = (201, 201)
     network = {"layers": [2, 64, 64, 64, 1], "activation": "sin"}
