@@ -47,6 +47,8 @@ METRICS_SCHEMA = {
     "lm_tries": "int: solver=lm: proposals tried in this step (each a damped solve and one loss evaluation)",
     "lm_accepted": "bool: solver=lm: whether a proposal lowered the loss on the step's points and was taken",
     "gain_ratio": "float: solver=lm: actual / predicted decrease of the last proposal (lr is its h = 1/mu)",
+    "stage": "int: continuation runs only: the stage the step trained (0 = the first intermediate coefficients; "
+             "the last index = the target; summary.json's continuation lists them)",
     "validation_residual_base": "float: last record only: the base network's residual on the fixed validation "
                                 "set (pinn_lora.validation)",
     "validation_residual": "float: last record only: the result's residual on the same set (the verdict)",

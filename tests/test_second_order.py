@@ -208,3 +208,35 @@ def test_methods_that_train_every_weight_take_first_order_steps_unless_lm_is_ask
     assert full.solver_for("lm", False) == "method" and pinn_lora.get_method("lora").solver_for("lm", False) == "lm"
     with pytest.raises(ValueError, match="too many parameters for the dense second-order step"):
         full.solver_for("lm", True)
+
+
+def test_implicit_odelora_converges_on_matrix_sensing_where_explicit_euler_diverges():
+    """Matrix sensing (pinn_lora.sensing: the loss's Hessian ≈ I, explicit Euler stable only for h < 2):
+    at a fixed h = 4, ODELoRA's explicit Euler diverges and its implicit scheme converges."""
+    from pinn_lora import sensing
+    from pinn_lora.dynamics.odelora import implicit_dynamics
+
+    prob = sensing.MatrixSensing.random(20, 20, 3, seed=0)
+    h = 4.0
+    assert sensing.train(prob, "odelora", h, 100, scheme="euler").diverged
+    layer = sensing.sensing_layer(20, 20, 3, 1e-2, seed=0)
+    dyn = implicit_dynamics([layer], mu=1.0 / h, adaptive=False)
+    norm = math.sqrt(2 * prob.observations.numel())  # ‖ρ‖² = ½·mean of the squared residuals = the loss
+
+    def rho(b, a):
+        return prob.residuals(layer.weight0 + layer.scale * b @ a) / norm
+
+    def loss():
+        with torch.no_grad():
+            r = rho(*layer.factors())
+        return float(r @ r)
+
+    first = loss()
+    for _ in range(25):
+        b, a = (t.detach() for t in layer.factors())
+        jb, ja = torch.autograd.functional.jacobian(rho, (b, a))
+        dyn.gn_step(rho(b, a), torch.cat([jb.reshape(jb.shape[0], -1), ja.reshape(ja.shape[0], -1)], 1), loss)
+        assert math.isfinite(loss())
+    assert loss() < 1e-10 * first
+    b, a = layer.factors()
+    assert torch.allclose(b.T @ b, a @ a.T, atol=1e-10)  # the rebalance keeps it on the balanced manifold
