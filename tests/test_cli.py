@@ -98,7 +98,8 @@ def test_every_method_runs_from_the_composed_cli_config(problem):
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             cfg = OmegaConf.to_container(compose("adapt", [f"problem={problem}", f"method={meth}", "steps=4",
                                                            "n_points=64", "lbfgs_steps=0", "device=cpu",
-                                                           "progress=false", "eval_every=4"]), resolve=False)
+                                                           "progress=false", "eval_every=4", "continuation=off"]),
+                                    resolve=False)
         cfg.pop("hydra", None), cfg.pop("out", None)
         res = run_config(cfg, run_dir=None)
         assert res.history.status in ("completed", "no_improvement"), (meth, res.history.message)  # 4 steps: either
