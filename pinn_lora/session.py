@@ -30,6 +30,7 @@ from pinn_lora.monitors import (
 )
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
+from pinn_lora.rng import own_rng
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
 from pinn_lora.validation import judge, validation_points, validation_residual
 from pinn_lora.zoo import load_base
@@ -171,6 +172,7 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
     return net, card
 
 
+@own_rng  # the seed below stays inside the call: the caller's global RNG is left as it was
 def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
           steps: int | None = None, n_points: int | None = None, resample_every: int | None = None,
           eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
