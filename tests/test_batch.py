@@ -2,6 +2,7 @@
 import pytest
 
 from pinn_lora.batch import adapt_many
+from pinn_lora.network import build_network
 from pinn_lora.registry import get_problem
 from pinn_lora.session import ConfigError, adapt
 
@@ -9,16 +10,23 @@ COMMON = dict(steps=12, n_points=96, resample_every=5, eval_every=6, lbfgs_steps
               plots=False)
 
 
+def tiny_burgers_base():
+    """A 2→8→8→1 tanh network as a Burgers base (the default run; the shipped base runs under -m integration)."""
+    return build_network([2, 8, 8, 1], "tanh", seed=0, output_transform=get_problem("burgers").output_transform)
+
+
+@pytest.mark.parametrize("base", ["tiny", pytest.param("burgers", marks=pytest.mark.integration)])
 @pytest.mark.parametrize("method,opts", [("lora", {}), ("odelora", {"precondition": "rmsprop", "lr": 1e-3}),
                                          ("c3la", {"chain_every": 5}), ("dora", {})])
 @pytest.mark.parametrize("engine", ["jets", "autograd"])
-def test_batched_equals_separate_runs(method, opts, engine):
+def test_batched_equals_separate_runs(method, opts, engine, base):
     nus = [0.005, 0.01, 0.02]
     probs = [get_problem("burgers", nu=nu) for nu in nus]
-    batch = adapt_many("burgers", probs, method, **COMMON, **opts)
+    base = tiny_burgers_base() if base == "tiny" else base
+    batch = adapt_many(base, probs, method, **COMMON, **opts)
     assert [r.problem.nu for r in batch] == nus
     for prob, res in zip(probs, batch):
-        alone = adapt("burgers", prob, method, derivatives=engine, solver="method", **COMMON, **opts)
+        alone = adapt(base, prob, method, derivatives=engine, solver="method", **COMMON, **opts)
         a = [r for r in alone.history.records if r["phase"] == "train"]
         b = [r for r in res.history.records if r["phase"] == "train"]
         assert len(a) == len(b) == 12

@@ -21,6 +21,9 @@ def fake_distribution(root: Path, name: str, entry_points: str) -> None:
     (info / "entry_points.txt").write_text(textwrap.dedent(entry_points).lstrip())
 
 
+pytestmark = pytest.mark.integration  # each case is a fresh interpreter with a fake installed distribution
+
+
 def run_python(code: str, path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=path, env=env, capture_output=True,

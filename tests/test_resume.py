@@ -42,6 +42,7 @@ def records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.integration  # three 600-step runs in subprocesses, one killed
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     proc = run(cut, wait=False)
