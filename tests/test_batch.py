@@ -20,7 +20,7 @@ def tiny_burgers_base():
                                          ("c3la", {"chain_every": 5}), ("dora", {})])
 @pytest.mark.parametrize("engine", ["jets", "autograd"])
 def test_batched_equals_separate_runs(method, opts, engine, base):
-    nus = [0.005, 0.01, 0.02]
+    nus = [0.005, 0.02] if base == "tiny" else [0.005, 0.01, 0.02]
     probs = [get_problem("burgers", nu=nu) for nu in nus]
     base = tiny_burgers_base() if base == "tiny" else base
     batch = adapt_many(base, probs, method, **COMMON, **opts)
@@ -39,7 +39,8 @@ def test_batched_equals_separate_runs(method, opts, engine, base):
 
 def test_batch_writes_one_run_directory_per_coefficient(tmp_path):
     probs = [get_problem("helmholtz", k=k) for k in (2.5, 3.0)]
-    res = adapt_many("helmholtz", probs, "lora", run_dir=tmp_path, **{**COMMON, "plots": False})
+    base = build_network([2, 8, 8, 1], "sin", seed=0, output_transform=probs[0].output_transform)
+    res = adapt_many(base, probs, "lora", run_dir=tmp_path, **{**COMMON, "plots": False})
     dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert dirs == ["00_k=2.5", "01_k=3"] and (tmp_path / ".pinn_lora_run.json").is_file()  # the batch's claim
     assert [r.run_dir.name for r in res] == dirs

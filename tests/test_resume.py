@@ -102,6 +102,7 @@ def test_a_batched_run_cannot_be_resumed(tmp_path):
         run_config(cfg, tmp_path)
 
 
+@pytest.mark.integration  # a live owner process and three runs on the shipped base
 def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
     """resume=true on a run whose owner process is alive on this host is refused without touching the
     directory; once the owner is gone the run is taken over and the marker names the new owner (issue 14)."""
