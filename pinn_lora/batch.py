@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
-from pinn_lora.rng import own_rng
+from pinn_lora.runtime import own_rng
 from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
 from pinn_lora.validation import judge, validation_points, validation_residual
 

@@ -28,9 +28,8 @@ from pinn_lora.monitors import (
     amend_last_record,
     json_safe,
 )
-from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
-from pinn_lora.rng import own_rng
+from pinn_lora.runtime import device_name, own_rng
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
 from pinn_lora.validation import judge, validation_points, validation_residual
 from pinn_lora.zoo import load_base
@@ -148,7 +147,7 @@ def recommendations(problem_name: str) -> dict[str, Any]:
     """The ``adapt`` section of ``configs/problem/<name>.yaml`` (empty for a family without one)."""
     from omegaconf import OmegaConf
 
-    from pinn_lora.cli import config_dir
+    from pinn_lora.schema import config_dir
 
     path = Path(config_dir()) / "problem" / f"{problem_name}.yaml"
     if not path.is_file():

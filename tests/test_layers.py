@@ -27,7 +27,10 @@ LAYER = {  # module (relative to pinn_lora; a subpackage maps all its modules) -
 ROOT_NAMES = {"__version__"}  # what a module may take from the package itself (``import pinn_lora``)
 
 # Cycles not broken yet, each inside one layer; the test fails when one of them is gone, so the list shrinks.
-KNOWN_CYCLES: set[frozenset[str]] = set()
+KNOWN_CYCLES: set[frozenset[str]] = {
+    frozenset({"pinn_lora.session", "pinn_lora.batch"}),  # batch takes session's helpers; run_config calls adapt_many
+    frozenset({"pinn_lora.train", "pinn_lora.loops"}),  # the loops take Trainer's types (item 2 splits the Trainer)
+}
 
 
 def module_name(path: Path) -> str:

@@ -1,8 +1,11 @@
-"""Seeding without side effects: a run seeds and draws from torch's global RNG inside a fork of it, so the
+"""The process a run happens in: its random state and its device.
+
+Seeding without side effects: a run seeds and draws from torch's global RNG inside a fork of it, so the
 caller's global random state (CPU and every CUDA device) is the same after the run as before."""
 from __future__ import annotations
 
 import functools
+import platform
 from typing import Callable, TypeVar
 
 import torch
@@ -19,3 +22,10 @@ def own_rng(fn: F) -> F:
         with torch.random.fork_rng(devices=devices):
             return fn(*args, **kwargs)
     return wrapper  # type: ignore[return-value]
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a card or summary records it: the GPU's name, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
