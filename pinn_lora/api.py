@@ -22,9 +22,9 @@ from torch import nn
 
 from pinn_lora.checkpoint import (CheckpointError, load_tensors, read_json, save_tensors, sha256, state_mismatch,
                                   write_json)
+from pinn_lora.schema import CARD_KIND  # the adapter card's "kind"
 
 ADAPTER_FILE, CARD_FILE = "adapter.safetensors", "card.json"
-CARD_KIND = "pinn_lora.adapter"
 BASE_ATTR = "pinn_lora_base"  # set on an attached model: what it was attached to
 
 

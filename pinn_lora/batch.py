@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
+from pinn_lora.runtime import own_rng
 from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
 from pinn_lora.validation import judge, validation_points, validation_residual
 
@@ -121,6 +122,7 @@ class BatchTrainer(Trainer):
         return out
 
 
+@own_rng  # each copy's torch.manual_seed stays inside the call
 def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | None = None,
                n_points: int | None = None, resample_every: int | None = None, eval_every: int = 100,
                seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",

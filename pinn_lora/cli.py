@@ -20,18 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from pinn_lora.schema import config_dir  # noqa: F401 (where the configs are; the library reads it from schema)
+
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_NO_IMPROVEMENT = 4  # finished without diverging, but the validation residual is not below the base's
-
-
-def config_dir() -> str:
-    """``configs/`` of a checkout or editable install, else the copy inside the wheel."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "configs", here / "configs"):
-        if (cand / "adapt.yaml").is_file():
-            return str(cand)
-    raise FileNotFoundError(f"pinn_lora's Hydra configs were not found next to {here}")
 
 
 def group_options(group: str) -> list[str]:

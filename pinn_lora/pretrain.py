@@ -2,7 +2,6 @@
 the family's source coefficients and write it as safetensors + card."""
 from __future__ import annotations
 
-import platform
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -13,14 +12,9 @@ import torch
 import pinn_lora
 from pinn_lora.dynamics import GradientDynamics
 from pinn_lora.network import build_network
+from pinn_lora.runtime import device_name
 from pinn_lora.train import Monitor, TrainConfig, Trainer
 from pinn_lora.zoo import save_base
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def pretrain(problem: Any, *, layers: list[int], activation: str, train: TrainConfig, lr: float,

@@ -12,25 +12,25 @@ def _save(fig, path: str | Path, dpi: int = 110, rect: tuple[float, float, float
     """Lay out ``fig`` inside ``rect``, write it to ``path`` as PNG and close it."""
     fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=dpi)
-    _plt().close(fig)
     return Path(path)
 
 
-def _plt():
-    import matplotlib
+def _subplots(*grid: int, figsize: tuple[float, float], **kw: Any):
+    """(figure, axes) on a figure of its own with an Agg canvas: nothing goes through pyplot, so the
+    caller's matplotlib backend and open figures stay as they were (a notebook keeps its inline backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*grid, **kw)
 
 
 def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str = "",
                 base_error: float | None = None) -> Path:
     """Loss per residual term and relative L2 error against steps (log scale);
     ``base_error`` (the unadapted model's error) is drawn as a dashed line."""
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(11, 4))
     steps = np.array([r["step"] for r in records])
     terms = sorted({k for r in records for k in r if k.startswith("loss_")})
     keys = ["loss"] + (terms if len(terms) > 1 else [])
@@ -59,7 +59,6 @@ def plot_losses(records: Sequence[dict[str, Any]], path: str | Path, title: str 
 
 def plot_solution(problem: Any, net: torch.nn.Module, path: str | Path, title: str = "") -> Path:
     """Prediction, reference and absolute error on the evaluation grid."""
-    plt = _plt()
     pts, ref = problem.eval_grid()
     like = next(iter(net.buffers()), None)
     like = like if like is not None else next(iter(net.parameters()))
@@ -69,7 +68,7 @@ def plot_solution(problem: Any, net: torch.nn.Module, path: str | Path, title: s
     axes = problem.eval_axes()
     u, r = pred.reshape(shape), ref.reshape(shape)
     extent = [axes[1][0], axes[1][-1], axes[0][0], axes[0][-1]]
-    fig, axs = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axs = _subplots(1, 3, figsize=(14, 4))
     vmin, vmax = float(min(u.min(), r.min())), float(max(u.max(), r.max()))
     for ax, data, name in ((axs[0], u, "prediction"), (axs[1], r, "reference")):
         im = ax.imshow(data, origin="lower", aspect="auto", extent=extent, cmap="RdBu_r", vmin=vmin, vmax=vmax)
@@ -88,8 +87,9 @@ def plot_solution(problem: Any, net: torch.nn.Module, path: str | Path, title: s
 # A band is (x grid, median, min, max) over the runs of one variant, or None when they recorded nothing.
 
 def _colors(n: int) -> list:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -110,8 +110,7 @@ def plot_compare_curves(series: Sequence[tuple[str, dict[str, Any], int]], path:
     where an L-BFGS finish starts (a dotted line in the series' colour); each band is drawn as its
     median with a shaded min–max range (for more than one run). The loss axis stops at 1000× the
     largest starting loss, so a diverged run's blow-up does not flatten the others."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = _subplots(1, 2, figsize=(13, 5.2))
     handles, labels = [], []
     for (label, bands, n), color in zip(series, _colors(len(series))):
         line = None
@@ -131,7 +130,9 @@ def plot_compare_curves(series: Sequence[tuple[str, dict[str, Any], int]], path:
             for ax in axes:
                 ax.axvline(start, color=color, ls=":", lw=1.2)
     if any(np.isfinite(bands.get("lbfgs", np.nan)) for _, bands, _ in series):
-        handles.append(plt.Line2D([], [], color="k", ls=":", lw=1.2))
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="k", ls=":", lw=1.2))
         labels.append("L-BFGS finish starts")
     if base_error is not None and np.isfinite(base_error):
         handles.append(axes[1].axhline(base_error, color="gray", ls="--", lw=1))
@@ -161,8 +162,7 @@ def plot_lr_window(series: Sequence[tuple[str, Sequence[tuple[float, float, bool
     """Final error against learning rate (log–log), one colour per method: a dot per run, a line through
     the median over seeds at each rate, an x for a diverged run (a run without a finite error is drawn
     at the top of the axis)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5.6))
+    fig, ax = _subplots(figsize=(8, 5.6))
     finite = [e for _, pts in series for _, e, _ in pts if np.isfinite(e) and e > 0]
     top = max(finite) * 3 if finite else 1.0
     handles, labels = [], []
@@ -210,13 +210,12 @@ ADAPTER_STATE_NAMES = {  # name in metrics.jsonl (layer<i>/<name>) -> (panel tit
 def plot_adapter_state(series: Sequence[tuple[str, dict[str, Any]]], path: str | Path, title: str = "") -> Path:
     """One panel per adapter-state quantity (``layerN/<name>`` in metrics.jsonl) against step: per
     method the median over layers and seeds, shaded min–max over seeds; log y where it spans decades."""
-    plt = _plt()
     names = sorted({n for _, bands in series for n, b in bands.items() if b is not None})
     if not names:
         names = ["(none recorded)"]
     ncol = 2 if len(names) == 4 else min(3, len(names))
     nrow = -(-len(names) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow + 0.8), squeeze=False)
+    fig, axes = _subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow + 0.8), squeeze=False)
     handles, labels = [], []
     for (label, bands), color in zip(series, _colors(len(series))):
         line = None
@@ -247,7 +246,6 @@ def plot_solution_rows(problem: Any, rows: Sequence[tuple[str, torch.nn.Module]]
                        title: str = "") -> Path:
     """One row per network: prediction, reference and |error| on the problem's evaluation grid. The
     prediction and reference panels share one colour scale, the |error| panels one log scale."""
-    plt = _plt()
     from matplotlib.colors import LogNorm
 
     pts, ref = problem.eval_grid()
@@ -268,7 +266,7 @@ def plot_solution_rows(problem: Any, rows: Sequence[tuple[str, torch.nn.Module]]
     emax = max(float(e.max()) for e in errs) if errs else 1.0
     emax = emax if emax > 0 else 1.0
     norm = LogNorm(vmin=emax * 1e-4, vmax=emax)
-    fig, axs = plt.subplots(len(rows), 3, figsize=(11, 2.4 * len(rows) + 0.7), squeeze=False)
+    fig, axs = _subplots(len(rows), 3, figsize=(11, 2.4 * len(rows) + 0.7), squeeze=False)
     xlab, ylab = problem.variables[1], problem.variables[0]
     for i, ((label, _), u, err) in enumerate(zip(rows, preds, errs)):
         for ax, data, name in ((axs[i, 0], u, f"{label}\nprediction"), (axs[i, 1], r, "reference")):

@@ -25,6 +25,17 @@ from typing import Any, Mapping
 
 from pinn_lora.checkpoint import CheckpointError
 
+CARD_KIND = "pinn_lora.adapter"  # the "kind" of an adapter card
+
+
+def config_dir() -> str:
+    """``configs/`` of a checkout or editable install, else the copy inside the wheel."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "configs", here / "configs"):
+        if (cand / "adapt.yaml").is_file():
+            return str(cand)
+    raise FileNotFoundError(f"pinn_lora's Hydra configs were not found next to {here}")
+
 
 class SchemaError(CheckpointError):
     """A card or config does not match its schema; the message names the file, the key and what
@@ -196,8 +207,6 @@ METHOD_OPTION = {"type": ("string", "integer", "number", "boolean", "null", "arr
 
 def adapter_card_schema() -> dict[str, Any]:
     """An adapter's ``card.json`` (written by :func:`pinn_lora.save_adapter`; extra keys allowed)."""
-    from pinn_lora.api import CARD_KIND
-
     maybe = {"type": ("string", "null")}
     return {"type": "object", "required": ["kind", "method", "base"], "properties": {
         "kind": {"const": CARD_KIND},
@@ -299,8 +308,6 @@ def config_schema(path: Path, root: Path) -> dict[str, Any]:
 def validate_config_file(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """Parse the YAML file ``path`` with ``yaml.safe_load`` and check it against its schema."""
     import yaml
-
-    from pinn_lora.cli import config_dir
 
     root = Path(root or config_dir())
     try:

@@ -311,12 +311,12 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{slope:>15.4f} {r2:>6.3f}  {'yes' if r.diverged else 'no'}")
     print("slope: least-squares slope of log(loss) per step between loss < 1e-2 x initial and 1e-20")
     if args.plot:
-        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))  # no pyplot: the caller's backend stays as it was
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
         for r in runs:
             ax.semilogy(range(len(r.losses)), r.losses, label=r.label + (" (diverged)" if r.diverged else ""))
         ax.set_xlabel("iteration")

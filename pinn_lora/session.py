@@ -28,8 +28,8 @@ from pinn_lora.monitors import (
     amend_last_record,
     json_safe,
 )
-from pinn_lora.pretrain import device_name
 from pinn_lora.registry import PROBLEMS
+from pinn_lora.runtime import device_name, own_rng
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
 from pinn_lora.validation import judge, validation_points, validation_residual
 from pinn_lora.zoo import load_base
@@ -147,7 +147,7 @@ def recommendations(problem_name: str) -> dict[str, Any]:
     """The ``adapt`` section of ``configs/problem/<name>.yaml`` (empty for a family without one)."""
     from omegaconf import OmegaConf
 
-    from pinn_lora.cli import config_dir
+    from pinn_lora.schema import config_dir
 
     path = Path(config_dir()) / "problem" / f"{problem_name}.yaml"
     if not path.is_file():
@@ -171,6 +171,7 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
     return net, card
 
 
+@own_rng  # the seed below stays inside the call: the caller's global RNG is left as it was
 def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
           steps: int | None = None, n_points: int | None = None, resample_every: int | None = None,
           eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",

@@ -6,6 +6,15 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """``slow`` is folded into ``integration``: the default run (``-m 'not integration'``) skips both and CI's
+    ``-m integration`` run takes both."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(autouse=True)
 def _float64_default():
     old = torch.get_default_dtype()

@@ -456,6 +456,7 @@ def _subprocess(*args, cwd):
                           text=True, env=ENV, timeout=300)
 
 
+@pytest.mark.integration  # three subprocesses
 def test_cli_real_process_exit_codes(tmp_path):
     """The real entry point: one line and exit 2 before Hydra starts and inside the task (no run directory
     created), and debug=true's traceback (exit 1)."""

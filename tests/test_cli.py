@@ -23,6 +23,7 @@ def _run(*args, cwd):
                           env=ENV, timeout=600)
 
 
+@pytest.mark.integration  # a subprocess
 def test_adapt_end_to_end(tmp_path):
     out = tmp_path / "run"
     res = _run("problem=burgers", "method=odelora", "steps=6", "lbfgs_steps=0", "n_points=256", "eval_every=3", "device=cpu",
@@ -43,6 +44,7 @@ def test_adapt_end_to_end(tmp_path):
     assert summary["base_error"] > 0.01  # the base is far from the target
 
 
+@pytest.mark.integration  # a subprocess per case; tests/test_bad_input.py runs the catalogue in-process
 @pytest.mark.parametrize("args,message", [
     (["problem=burger"], "unknown problem 'burger'; valid problems: allen_cahn, burgers, helmholtz"),
     (["method=lorra"], "unknown method 'lorra'; valid methods: "),
@@ -88,6 +90,7 @@ def test_every_config_composes_and_matches_method_defaults():
                 assert v == cls_defaults[k], (meth, k)
 
 
+@pytest.mark.integration  # 3 x 18 runs on the shipped bases
 @pytest.mark.parametrize("problem", ["burgers", "allen_cahn", "helmholtz"])
 def test_every_method_runs_from_the_composed_cli_config(problem):
     """What `python -m pinn_lora.adapt problem=P method=M steps=4` runs, for every method (in-process,
@@ -107,6 +110,7 @@ def test_every_method_runs_from_the_composed_cli_config(problem):
         assert res.method.name == meth
 
 
+@pytest.mark.integration  # a subprocess
 def test_pretrain_cli_bad_integer(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pinn_lora.pretrain", "problem=helmholtz", "steps=2.5",
                           f"out={tmp_path / 'p'}"], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
@@ -114,6 +118,7 @@ def test_pretrain_cli_bad_integer(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.integration  # a subprocess
 def test_pretrain_cli_writes_a_loadable_base(tmp_path):
     out = tmp_path / "pre"
     res = subprocess.run([sys.executable, "-m", "pinn_lora.pretrain", "problem=helmholtz", "steps=3", "lbfgs_steps=2",
@@ -134,6 +139,7 @@ def test_pretrain_cli_writes_a_loadable_base(tmp_path):
     assert res.returncode == 2 and "base model is for problem 'helmholtz', not 'burgers'" in res.stderr
 
 
+@pytest.mark.integration  # a sweep in a subprocess
 def test_diverged_run_exit_code_and_sweep_goes_on(tmp_path):
     res = _run("problem=helmholtz", "method=lora", "solver=method", "method.lr=1e7", "steps=30", "n_points=64", "plots=false",
                f"out={tmp_path / 'd'}", cwd=tmp_path)

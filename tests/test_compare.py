@@ -252,6 +252,7 @@ def test_cli_errors(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error: "), err
 
 
+@pytest.mark.integration  # a sweep and the report in subprocesses
 def test_real_mini_sweep_through_the_cli(tmp_path):
     sweep = tmp_path / "sweep"
     res = subprocess.run([sys.executable, "-m", "pinn_lora.adapt", "-m", "problem=helmholtz", "method=lora,cla",
@@ -270,7 +271,7 @@ def test_real_mini_sweep_through_the_cli(tmp_path):
     assert (sweep / "report" / "figures" / "helmholtz_k_3_solutions.png").is_file()  # rebuilt from the adapters
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # a parallel sweep through the joblib launcher
 @pytest.mark.skipif(not _installed("hydra_plugins.hydra_joblib_launcher"), reason="hydra-joblib-launcher")
 def test_local_launcher_sweep(tmp_path):
     sweep = tmp_path / "sweep"

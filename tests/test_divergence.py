@@ -12,6 +12,7 @@ from pinn_lora.registry import METHODS
 PROBLEM = pinn_lora.get_problem("helmholtz").default_target()
 
 
+@pytest.mark.integration  # every method, 40 steps on the shipped base; tests/test_train.py keeps three by default
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
 def test_blow_up_stops_cleanly(name, tmp_path):
     res = pinn_lora.adapt("helmholtz", PROBLEM, name, lr=1e8, solver="method", steps=40, n_points=32, lbfgs_steps=0, device="cpu",

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -19,6 +21,9 @@ def fake_distribution(root: Path, name: str, entry_points: str) -> None:
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0\n")
     (info / "entry_points.txt").write_text(textwrap.dedent(entry_points).lstrip())
+
+
+pytestmark = pytest.mark.integration  # each case is a fresh interpreter with a fake installed distribution
 
 
 def run_python(code: str, path: Path) -> subprocess.CompletedProcess:

@@ -17,6 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # builds a wheel into a fresh venv
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "pinn_lora", "problems", "configs", "setup.py", "setup.cfg",
                 "MANIFEST.in", "LICENSE")

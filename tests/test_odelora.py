@@ -130,6 +130,7 @@ def test_top_hessian_eigenvalue_of_a_quadratic():
     assert abs(lam - 7.0) < 1e-3  # the largest algebraic eigenvalue, not the dominant -50
 
 
+@pytest.mark.integration  # 16 RK4 steps of the shipped Allen–Cahn base on 500 points (about a minute)
 def test_rmsprop_metric_floor_keeps_rk4_stable():
     """With the metric taken from one gradient, entries whose gradient was ~0 get metric ~eps and
     a later RK stage divides a non-zero gradient by it: RK4 blew up in its first steps on

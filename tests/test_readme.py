@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -15,6 +17,7 @@ def python_blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
 
 
+@pytest.mark.integration  # a subprocess running the whole walk-through (about a minute)
 def test_walk_through_runs(tmp_path):
     (code,) = python_blocks("Python")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,

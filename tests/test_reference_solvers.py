@@ -108,6 +108,7 @@ def test_burgers_large_nu_finite_and_converged():
 # -------------------------------------------------------------- Allen–Cahn
 
 
+@pytest.mark.integration  # the full-resolution solve
 def test_allen_cahn_matches_deepxde_file():
     from scipy.io import loadmat
 
@@ -119,6 +120,7 @@ def test_allen_cahn_matches_deepxde_file():
     assert rel_l2(u, u_file.T) <= 5e-4
 
 
+@pytest.mark.integration  # three solves, the finest at full resolution
 def test_allen_cahn_converges_under_refinement():
     x = np.linspace(-1.0, 1.0, 201)
     t = np.linspace(0.0, 1.0, 101)

@@ -18,7 +18,8 @@ METHODS = {  # a plain LoRA, ODELoRA (gradient start, Runge-Kutta), and a chaine
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.integration]  # nine runs on the shipped base; tests/test_train.py checks one seed by default
 
 
 def _run(method: str, seed: int):

@@ -42,6 +42,7 @@ def records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.integration  # three 600-step runs in subprocesses, one killed
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     proc = run(cut, wait=False)
@@ -101,6 +102,7 @@ def test_a_batched_run_cannot_be_resumed(tmp_path):
         run_config(cfg, tmp_path)
 
 
+@pytest.mark.integration  # a live owner process and three runs on the shipped base
 def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
     """resume=true on a run whose owner process is alive on this host is refused without touching the
     directory; once the owner is gone the run is taken over and the marker names the new owner (issue 14)."""

@@ -187,6 +187,7 @@ class _Crash(pinn_lora.train.Monitor):
             raise KeyboardInterrupt("killed")
 
 
+@pytest.mark.integration  # a long resume: an interrupted and an uninterrupted second-order run
 def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(tmp_path):
     """A run with solver=lm and sampling=rad interrupted after a checkpoint that falls inside a block of
     points (checkpoint_every=4, resample_every=3) resumes to the same records as an uninterrupted run."""

@@ -148,7 +148,7 @@ def _static_vs_eager(method, steps=12, sync_every=5, **opts):
     prob = get_problem("helmholtz", k=3.0)
     runs = {}
     for sync in (0, sync_every):
-        runs[sync] = adapt("helmholtz", prob, method, steps=steps, n_points=128, resample_every=4, eval_every=10,
+        runs[sync] = adapt(_base("helmholtz"), prob, method, steps=steps, n_points=128, resample_every=4, eval_every=10,
                            lbfgs_steps=0, device="cpu", progress=False, plots=False, sync_every=sync, solver="method",
                            **opts)
     return runs[0], runs[sync_every]
