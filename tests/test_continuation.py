@@ -86,6 +86,7 @@ def test_a_stage_below_its_tolerance_ends_early_and_the_target_keeps_the_steps()
     assert [r["stage"] for r in hist.records if r["phase"] == "train"] == [0, 1, 2, 3, 3, 3, 3, 3, 3]
 
 
+@pytest.mark.integration
 def test_adapt_records_the_stages_and_resumes_mid_stage(tmp_path):
     """A continuation run interrupted inside a stage resumes to the same records as an uninterrupted
     one; summary()["continuation"] lists the stages in order."""
