@@ -1,7 +1,7 @@
 """Adaptation with the defaults on held-out targets: does every run end well below the base, and
 does any evaluation during the run go above it?
 
-    python benchmarks/adapt_targets.py [--methods odelora lora] [--scratch] [--only burgers]
+    python benchmarks/adapt_targets.py [--methods odelora lora] [--scratch] [--only burgers] [--defaults]
 
 For each target (issue 13's list) and method, ``pinn_lora.session.adapt`` runs with the problem's
 default recipe (whatever ``configs/problem/*.yaml`` recommends: today solver=lm, sampling=rad) and
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["odelora", "lora"])
     ap.add_argument("--scratch", action="store_true")
     ap.add_argument("--only", default=None, help="one family")
+    ap.add_argument("--defaults", action="store_true", help="only each family's default target")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -66,6 +67,8 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d")}
     for family, coeffs in TARGETS:
         if args.only and family != args.only:
+            continue
+        if args.defaults and get_problem(family, **coeffs) != get_problem(family).default_target():
             continue
         for method in args.methods:
             rows.append(one(family, coeffs, method, every=1))

@@ -27,6 +27,7 @@ def _run(*args, cwd):
 def test_adapt_end_to_end(tmp_path):
     out = tmp_path / "run"
     res = _run("problem=burgers", "method=odelora", "steps=6", "lbfgs_steps=0", "n_points=256", "eval_every=3", "device=cpu",
+               "continuation=off",
                f"out={out}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     line = [ln for ln in res.stdout.splitlines() if "method=odelora(" in ln][0]

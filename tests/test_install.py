@@ -88,7 +88,7 @@ def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
 
     assert found["problem_names"] == ["allen_cahn", "burgers", "helmholtz"] and found["methods"] == METHODS.names()
 
-    res = _run([python, "-m", "pinn_lora.adapt", "problem=burgers", "method=lora", "steps=3", "n_points=64",
+    res = _run([python, "-m", "pinn_lora.adapt", "problem=burgers", "method=lora", "steps=3", "n_points=64", "continuation=off",
                 "lbfgs_steps=0", "eval_every=3", "device=cpu", "progress=false", "plots=false", "out=run"],
                cwd=work, env=env)
     assert "burgers" in res.stdout and "method=lora" in res.stdout

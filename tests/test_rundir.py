@@ -105,7 +105,7 @@ def _cli(*args, cwd, wait=True):
 
 
 RUN = ["problem=helmholtz", "method=lora", "n_points=64", "lbfgs_steps=0", "progress=false", "plots=false",
-       "device=cpu"]
+       "device=cpu", "continuation=off"]
 
 
 @pytest.mark.integration
