@@ -222,7 +222,7 @@ def _schema_pattern(key):
 
 def test_adapt_writes_monitor_keys_and_stability_summary(tmp_path):
     res = adapt("helmholtz", get_problem("helmholtz").default_target(), "lora", steps=5, n_points=64, lbfgs_steps=0,
-                eval_every=2, device="cpu", run_dir=tmp_path, progress=False, plots=False)
+                eval_every=2, device="cpu", run_dir=tmp_path, progress=False, plots=False, continuation="off")
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all("update_norm" in r for r in recs)
     measured = [r["step"] for r in recs if "layer0/eff_rank" in r]
