@@ -313,16 +313,53 @@ def hydra_errors(debug: bool):
                 os.environ["HYDRA_FULL_ERROR"] = old
 
 
-def guarded(fn: Callable[[], Any], *, debug: bool = False) -> Any:
+def guarded(fn: Callable[[], Any], *, debug: bool = False, resume_command: str | None = None) -> Any:
     """Run ``fn``; a user error becomes one line on stderr and exit code 2 (with ``debug`` it
     propagates with its traceback instead). Nothing is removed: bad input is found before the run
-    directory is claimed, and a run that fails after its claim is marked failed there."""
+    directory is claimed, and a run that fails after its claim is marked failed there.
+
+    SIGINT (Ctrl-C) and SIGTERM end the run with one line and exit code 130 / 143: the training loop
+    first writes a checkpoint of its last verified state (:class:`pinn_lora.train.Interrupted`), and
+    the line gives ``resume_command`` when there is a checkpoint to continue from."""
+    import signal
+
+    from pinn_lora.train import Interrupted
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     try:
         return fn()
     except user_errors() as exc:
         if debug:
             raise
         fail(str(exc))
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        then = f"; resume with: {resume_command}" if stop.step is not None and resume_command else ""
+        fail(f"{stop}{then}", stop.exit_code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def resume_command(module: str, overrides: list[str], run_dir: Path) -> str:
+    """The command line that continues the run in ``run_dir``: ``overrides`` (the run's, as Hydra
+    recorded them) with ``out`` set to the run directory and ``resume=true``."""
+    import shlex
+
+    keep = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("out", "resume")]
+    out = str(run_dir) if all(c.isalnum() or c in "/._-" for c in str(run_dir)) else _quote(run_dir)
+    return " ".join(shlex.quote(a) for a in ["python", "-m", module, *keep, f"out={out}", "resume=true"])
 
 
 def run_task(cfg: Any, fn: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, Path]:
@@ -349,7 +386,9 @@ def run_task(cfg: Any, fn: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, 
         with rundir.files_on_claim(run_dir, files):
             return fn(plain, run_dir)
 
-    return guarded(run, debug=debug), run_dir
+    again = (resume_command(f"pinn_lora.{hydra_cfg.job.config_name}", list(hydra_cfg.overrides.task), run_dir)
+             if "resume" in cfg else None)
+    return guarded(run, debug=debug, resume_command=again), run_dir
 
 
 def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:

@@ -225,8 +225,9 @@ def load_run(run_dir: str | Path) -> Run:
     summary = json.loads((run_dir / "summary.json").read_text())
     if not isinstance(summary, dict) or "problem" not in summary or "method" not in summary:
         raise ValueError(f"{run_dir / 'summary.json'} is not a pinn_lora run summary")
-    if summary.get("status") == "failed":
-        raise ValueError(f"a failed run ({summary.get('message', 'no message')})")
+    if summary.get("status") in ("failed", "interrupted"):
+        raise ValueError(f"a{'n' if summary['status'] == 'interrupted' else ''} {summary['status']} run "
+                         f"({summary.get('message', 'no message')})")
     return Run(run_dir, summary, read_metrics(run_dir / "metrics.jsonl"), _read_config(run_dir))
 
 

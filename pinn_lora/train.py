@@ -3,6 +3,8 @@ sample → residual terms → loss → method step → monitors → checkpoint."
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,19 +273,44 @@ class Guard:
         return True
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM. With a checkpoint path the Trainer first
+    wrote a checkpoint of the last verified state (``step``: the step it continues at, None when
+    none was written); the run can be resumed from it. ``run_status`` is what the run directory's
+    claim records (:meth:`pinn_lora.rundir.Claim.fail`)."""
+
+    run_status = "interrupted"
+
+    def __init__(self, signum: int, step: int | None = None, path: Path | None = None, at: int | None = None) -> None:
+        self.signum, self.step, self.path, self.at = signum, step, path, at
+        name = signal.Signals(signum).name
+        where = "" if at is None else f" at step {at}"
+        saved = (f"the checkpoint {path} holds the last verified state (step {step})" if step is not None
+                 else "no checkpoint was written")
+        super().__init__(f"interrupted by {name}{where}; {saved}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
 class Checkpointer:
     """Everything needed to continue at a step, captured before that step runs and written once
     the step's loss has verified it (a step's own result is verified only by the next loss)."""
 
     def __init__(self, trainer: "Trainer", path: Path | None, every: int) -> None:
         self.trainer, self.path, self.every = trainer, path, every
+        self.written: int | None = None  # the step of the last checkpoint written
 
     @property
     def enabled(self) -> bool:
         return self.path is not None and self.every > 0
 
     def due(self, first: int, end: int) -> bool:
-        """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``every``)."""
+        """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``every``), or
+        one is wanted now because the run was asked to stop (SIGINT/SIGTERM)."""
+        if self.path is not None and self.trainer.stop is not None:
+            return True
         return self.enabled and (end // self.every) > (first // self.every)
 
     def capture(self, step: int, phase: str = "train",
@@ -314,6 +341,7 @@ class Checkpointer:
 
         self.trainer.recorder.flush()  # the records before the checkpoint must be on disk with it
         resume.save(self.path, *pending)
+        self.written = int(pending[1][0]["step"])
 
     def restore(self, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> tuple[int, str]:
         """Continue from a checkpoint: the network, dynamics, method, monitors, generators and
@@ -376,6 +404,7 @@ class Trainer:
         self.current_points: torch.Tensor | None = None  # the last points drawn
         self.restored_points: torch.Tensor | None = None  # a checkpoint's points, for a resume mid-block
         self.history = History()
+        self.stop: int | None = None  # the signal (SIGINT/SIGTERM) that asked the run to stop
         self.graph_captured = False  # set when the steps ran from a CUDA graph
         self.recorder = Recorder(self.history, monitors, cfg.eval_every, cfg.progress)
         self.guard = Guard(self._state_tensors, cfg.divergence_factor, self.history, self.recorder.monitors)
@@ -461,6 +490,7 @@ class Trainer:
         self.recorder.open(self.model, self.problem)
         start, phase = (0, "train") if self.resume_from is None else self.checkpointer.restore(*self.resume_from)
         self.recorder.show(cfg.steps + cfg.lbfgs_steps)
+        restore_signals = self._stop_on_signals()
         try:
             method_loop = self._method_loop() if phase == "train" else None
             loops = [(method_loop, start)] if method_loop is not None and cfg.steps else []
@@ -475,6 +505,7 @@ class Trainer:
                 if not self._verify_end(loop.points, loop.end - 1):
                     return self.history
         finally:
+            restore_signals()
             self.recorder.close()
         return self.history
 
@@ -492,7 +523,31 @@ class Trainer:
             out.record["rel_l2"] = self.evaluate()
         self._emit(out.record, out.advance)
         self.checkpointer.write(out.pending)
+        if self.stop is not None and (out.pending is not None or self.checkpointer.path is None
+                                      or out.record.get("phase") == "lbfgs"):
+            raise self._interrupted(out.step)  # L-BFGS: no checkpoints inside it; the one at its start stays
         return True
+
+    def _interrupted(self, at: int | None) -> Interrupted:
+        ck = self.checkpointer
+        return Interrupted(self.stop or signal.SIGINT, ck.written, ck.path if ck.written is not None else None, at)
+
+    def _stop_on_signals(self) -> Callable[[], None]:
+        """While the loop runs (main thread only): the first SIGINT/SIGTERM asks the run to stop once the
+        next checkpoint of a verified state is written (the loops capture one before their next step, and
+        that step's loss verifies it); a second one, or one without a checkpoint path, stops at once
+        (:class:`Interrupted`). Returns what puts the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stop is not None or self.checkpointer.path is None:
+                self.stop = self.stop or signum
+                raise self._interrupted(None)
+            self.stop = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(sig, old) for sig, old in previous.items()] and None
 
     def _method_loop(self) -> Any:
         """The loop for the method's steps: eager, or the static step (graph mode)."""
