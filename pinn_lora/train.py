@@ -238,39 +238,107 @@ class Recorder:
             m.on_end(self.history)
 
 
+GUARD_POINTS = 1024  # the fixed points (pinn_lora.validation's set) on which the Guard ranks verified states
+
+
+@dataclass
+class Candidate:
+    """A verified state the Guard may keep: its step (the state before that step), its residual on the
+    fixed point set, its tensors."""
+
+    step: int
+    score: float
+    tensors: list[torch.Tensor]
+
+
 class Guard:
     """Divergence: a step's loss is measured at the state *before* it, so each state is verified
-    by the next loss (the last one by one extra evaluation). A failed check restores the last
-    verified state and says why."""
+    by the next loss (the last one by one extra evaluation). A failed check restores the best
+    verified state and says which.
+
+    The best verified state: at the start and at every evaluation the state is scored by ``score``
+    (the residual on a fixed point set, :data:`GUARD_POINTS` of :mod:`pinn_lora.validation`'s
+    points); once the next loss verifies it, it is a candidate; once its record is written, a
+    candidate whose record the Stability monitor flagged (a ``spike``) is dropped, and the lowest
+    score is kept. Without ``score`` (or before any candidate) the last verified state is kept."""
 
     def __init__(self, tensors: Callable[[], list[torch.Tensor]], factor: float, history: History,
-                 monitors: Sequence[Monitor]) -> None:
+                 monitors: Sequence[Monitor], score: Callable[[], float] | None = None) -> None:
         self.tensors, self.factor, self.history, self.monitors = tensors, factor, history, monitors
+        self.score = score
         self.initial: float | None = None  # the first loss (the scale of the check)
         self.good: list[torch.Tensor] | None = None  # the last state whose loss passed
+        self.proposed: Candidate | None = None  # the live state, scored, not verified yet
+        self.verified: list[Candidate] = []  # verified, their records not judged yet
+        self.best: Candidate | None = None  # the lowest score of the verified, unflagged states
+        self.flagged = 0  # candidates dropped because the Stability monitor flagged their record
 
     def snapshot(self) -> list[torch.Tensor]:
         # parameters and buffers: chained methods merge into frozen weights and move selectors
         # (tiny networks: a copy costs microseconds)
         return [t.detach().clone() for t in self.tensors()]
 
+    def propose(self, step: int) -> None:
+        """Score the live state (the state before ``step``); the next passing check verifies it."""
+        if self.score is None:
+            return
+        value = self.score()
+        self.proposed = Candidate(step, value, self.snapshot()) if math.isfinite(value) else None
+
+    def _settle(self, step: int) -> None:
+        """Judge the verified candidates whose records are written (those before ``step``)."""
+        keep = []
+        for c in self.verified:
+            if c.step >= step:
+                keep.append(c)
+                continue
+            rec = next((r for r in reversed(self.history.records) if r.get("step") == c.step), {})
+            if rec.get("spike") is not None:
+                self.flagged += 1
+            elif self.best is None or c.score < self.best.score:
+                self.best = c
+        self.verified = keep
+
     def check(self, loss: float, current: list[torch.Tensor], step: int) -> bool:
-        """Accept ``current`` (whose loss is ``loss``) as good, or restore the last good state (True)."""
+        """Accept ``current`` (whose loss is ``loss``) as good, or restore the best verified state (True)."""
         self.initial = loss if self.initial is None else self.initial
         bad = _diverged(loss, self.initial, self.factor)
+        self._settle(step)
         if not bad:
             self.good = current
+            if self.proposed is not None and self.proposed.step <= step:
+                self.verified.append(self.proposed)
+                self.proposed = None
             return False
+        kept = self.best
         with torch.no_grad():
-            for t, g in zip(self.tensors(), self.good if self.good is not None else current):
+            restore = kept.tensors if kept is not None else self.good if self.good is not None else current
+            for t, g in zip(self.tensors(), restore):
                 t.copy_(g)
         self.history.status = "diverged"
         flagged = next((s for s in (m.warning_step() for m in self.monitors) if s is not None), None)
         warned = "" if flagged is None else f"; the Stability monitor saw the first loss spike at step {flagged}"
+        if kept is not None:
+            dropped = f", {self.flagged} flagged by the Stability monitor left out" if self.flagged else ""
+            which = (f"kept the best verified state (step {kept.step}: residual {kept.score:.3e} on "
+                     f"{GUARD_POINTS} fixed points, the lowest of the states scored{dropped})")
+        else:
+            which = f"kept the last state with a good loss (step {max(step - 1, 0)})"
         self.history.message = (f"divergence check (loss > {self.factor:g} x the first loss, or non-finite) fired "
-                                f"at step {step}: {bad}{warned}; kept the last state with a good loss "
-                                f"(step {max(step - 1, 0)})")
+                                f"at step {step}: {bad}{warned}; {which}")
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The candidates, for checkpoints (a resumed run keeps the same best state)."""
+        pack = lambda c: None if c is None else {"step": c.step, "score": c.score, "tensors": c.tensors}  # noqa: E731
+        return {"best": pack(self.best), "verified": [pack(c) for c in self.verified],
+                "proposed": pack(self.proposed), "flagged": self.flagged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unpack = lambda c: None if c is None else Candidate(int(c["step"]), float(c["score"]), list(c["tensors"]))  # noqa: E731
+        self.best, self.proposed = unpack(state.get("best")), unpack(state.get("proposed"))
+        self.verified = [unpack(c) for c in state.get("verified", [])]
+        self.flagged = int(state.get("flagged", 0))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -331,6 +399,7 @@ class Checkpointer:
             "dynamics": t.dynamics.state_dict() if t.dynamics is not None else {},
             "method": t.method.state_dict() if t.method is not None else {},
             "monitors": [m.state_dict() for m in t.recorder.monitors], "settings": t.settings,
+            "guard": t.guard.state_dict(),
         }
         return {k: v.detach().clone() for k, v in t.model.state_dict().items()}, resume.capture(state)
 
@@ -369,6 +438,7 @@ class Checkpointer:
         hist = t.history
         hist.evaluations, hist.steps = int(state["evaluations"]), int(state["steps_done"])
         t.guard.initial = state["initial"]
+        t.guard.load_state_dict(state.get("guard") or {})
         t.recorder.started = time.perf_counter() - float(state["wall_time"])
         return step, phase
 
@@ -407,13 +477,24 @@ class Trainer:
         self.stop: int | None = None  # the signal (SIGINT/SIGTERM) that asked the run to stop
         self.graph_captured = False  # set when the steps ran from a CUDA graph
         self.recorder = Recorder(self.history, monitors, cfg.eval_every, cfg.progress)
-        self.guard = Guard(self._state_tensors, cfg.divergence_factor, self.history, self.recorder.monitors)
+        self.guard = Guard(self._state_tensors, cfg.divergence_factor, self.history, self.recorder.monitors,
+                           self._guard_score if self.scored else None)
         self.checkpointer = Checkpointer(self, None if checkpoint_path is None else Path(checkpoint_path),
                                          cfg.checkpoint_every)
+
+    scored = True  # the Guard ranks verified states by their residual on fixed points (False: keeps the last)
 
     @property
     def monitors(self) -> list[Monitor]:
         return self.recorder.monitors
+
+    def _guard_score(self) -> float:
+        """The live model's residual on :data:`GUARD_POINTS` fixed points of the validation set."""
+        from pinn_lora.validation import validation_points, validation_residual
+
+        if getattr(self, "_guard_points", None) is None:
+            self._guard_points = validation_points(self.problem, GUARD_POINTS, self.dtype, self.device)
+        return validation_residual(self.problem, self.model, self._guard_points)
 
     def points(self, n: int) -> torch.Tensor:
         self._draw_state = self.rng.bit_generator.state
@@ -491,6 +572,8 @@ class Trainer:
         start, phase = (0, "train") if self.resume_from is None else self.checkpointer.restore(*self.resume_from)
         self.recorder.show(cfg.steps + cfg.lbfgs_steps)
         restore_signals = self._stop_on_signals()
+        if self.resume_from is None:  # a resumed run has its candidates from the checkpoint
+            self.guard.propose(0)
         try:
             method_loop = self._method_loop() if phase == "train" else None
             loops = [(method_loop, start)] if method_loop is not None and cfg.steps else []
@@ -521,6 +604,7 @@ class Trainer:
             self.after_step(out.step, self.model, self.dynamics)
         if out.evaluate:
             out.record["rel_l2"] = self.evaluate()
+            self.guard.propose(out.step + out.advance)
         self._emit(out.record, out.advance)
         self.checkpointer.write(out.pending)
         if self.stop is not None and (out.pending is not None or self.checkpointer.path is None
