@@ -25,6 +25,7 @@ from pinn_lora.checkpoint import (CheckpointError, load_tensors, read_json, save
 
 ADAPTER_FILE, CARD_FILE = "adapter.safetensors", "card.json"
 CARD_KIND = "pinn_lora.adapter"
+CARD_HASH_KEY, CARD_COPY_KEY = "pinn_lora.card_sha256", "pinn_lora.card"  # in the weights file's metadata
 BASE_ATTR = "pinn_lora_base"  # set on an attached model: what it was attached to
 
 
@@ -156,7 +157,6 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         raise FileExistsError(f"{directory} already holds an adapter ({', '.join(held)}); it is never overwritten: "
                               "save into another directory")
     directory.mkdir(parents=True, exist_ok=True)
-    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict(), new=not overwrite)
     card = {
         "kind": CARD_KIND,
         "package_version": pinn_lora.__version__,
@@ -167,12 +167,71 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         "problem": None if problem is None else problem.name,
         "coefficients": None if problem is None else dict(problem.coefficients),
         "base": base,
-        "weights_sha256": digest,
         "contents": "full adapted state dict (frozen weights as buffers + trainable factors)",
         **extra,
     }
+    # the card is bound to the weights: its hash (and a copy, to name what an edit changed) goes into the
+    # weights file's metadata, so a card edited later is refused at load (the card holds the file's sha256)
+    bound = canonical_card(card)
+    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict(), new=not overwrite,
+                          metadata={CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound})
+    card["weights_sha256"] = digest
     write_json(directory / CARD_FILE, card, new=not overwrite)
     return card
+
+
+def canonical_card(card: Mapping[str, Any]) -> str:
+    """The card as canonical JSON (sorted keys, no spaces), without ``weights_sha256`` (the weights file's
+    own hash, written into the card after the file): what the weights file's metadata binds."""
+    import json
+
+    return json.dumps({k: v for k, v in card.items() if k != "weights_sha256"}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
+    """The leaves (``method.alpha``) where ``now`` differs from ``saved``, as 'path is X (saved: Y)'."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in now:
+                out.append(f"{where} was removed (saved: {saved[key]!r})")
+            elif key not in saved:
+                out.append(f"{where} was added ({now[key]!r})")
+            else:
+                out += _differences(saved[key], now[key], where)
+        return out
+    return [] if saved == now else [f"{path or 'the card'} is {now!r} (saved: {saved!r})"]
+
+
+def check_card_binding(card: Mapping[str, Any], weights: Path, card_path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the fields of ``card`` changed since it was saved with
+    ``weights`` (the hash in the weights file's metadata); a card saved before cards were bound to their
+    weights loads with a one-line warning."""
+    import json
+    import warnings
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as fh:
+        meta = fh.metadata() or {}
+    if CARD_HASH_KEY not in meta:
+        warnings.warn(f"{card_path}: an adapter card written before cards were bound to their weights; its fields "
+                      f"cannot be checked against {weights.name} (save it again to bind them)", UserWarning,
+                      stacklevel=3)
+        return
+    bound = canonical_card(card)
+    if hashlib.sha256(bound.encode()).hexdigest() == meta[CARD_HASH_KEY]:
+        return
+    try:
+        changed = _differences(json.loads(meta.get(CARD_COPY_KEY, "")), json.loads(bound))
+    except ValueError:
+        changed = []
+    raise CheckpointError(f"card {card_path} was changed after it was saved with {weights.name}: "
+                          f"{'; '.join(changed[:4]) if changed else 'its hash differs'}"
+                          f"{' …' if len(changed) > 4 else ''}; the card must be the one saved with the weights "
+                          "(save the adapter again to change it)")
 
 
 @dataclass
@@ -274,6 +333,7 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
     state = load_tensors(weights)
     if card.get("weights_sha256") and sha256(weights) != card["weights_sha256"]:
         raise CheckpointError(f"{weights} does not match its card's sha256 (file changed or truncated)")
+    check_card_binding(card, weights, _paths(path)[1])
     dtype = dtype or next((t.dtype for t in state.values() if t.is_floating_point()), torch.float64)
     want = card["base"]
     if base is None:

@@ -313,14 +313,15 @@ def hydra_errors(debug: bool):
                 os.environ["HYDRA_FULL_ERROR"] = old
 
 
-def guarded(fn: Callable[[], Any], *, debug: bool = False, resume_command: str | None = None) -> Any:
+def guarded(fn: Callable[[], Any], *, debug: bool = False,
+            resume_command: Callable[[], str | None] | None = None) -> Any:
     """Run ``fn``; a user error becomes one line on stderr and exit code 2 (with ``debug`` it
     propagates with its traceback instead). Nothing is removed: bad input is found before the run
     directory is claimed, and a run that fails after its claim is marked failed there.
 
     SIGINT (Ctrl-C) and SIGTERM end the run with one line and exit code 130 / 143: the training loop
     first writes a checkpoint of its last verified state (:class:`pinn_lora.train.Interrupted`), and
-    the line gives ``resume_command`` when there is a checkpoint to continue from."""
+    the line gives ``resume_command()`` when there is a checkpoint to continue from."""
     import signal
 
     from pinn_lora.train import Interrupted
@@ -339,7 +340,8 @@ def guarded(fn: Callable[[], Any], *, debug: bool = False, resume_command: str |
         if debug:
             raise
         stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
-        then = f"; resume with: {resume_command}" if stop.step is not None and resume_command else ""
+        command = resume_command() if stop.step is not None and resume_command is not None else None
+        then = f"; resume with: {command}" if command else ""
         fail(f"{stop}{then}", stop.exit_code)
     finally:
         if previous is not None:
@@ -386,8 +388,11 @@ def run_task(cfg: Any, fn: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, 
         with rundir.files_on_claim(run_dir, files):
             return fn(plain, run_dir)
 
-    again = (resume_command(f"pinn_lora.{hydra_cfg.job.config_name}", list(hydra_cfg.overrides.task), run_dir)
-             if "resume" in cfg else None)
+    def again() -> str | None:  # entry points with resume=true only
+        if OmegaConf.select(cfg, "resume", default=None, throw_on_resolution_failure=False) is None:
+            return None
+        return resume_command(f"pinn_lora.{hydra_cfg.job.config_name}", list(hydra_cfg.overrides.task), run_dir)
+
     return guarded(run, debug=debug, resume_command=again), run_dir
 
 

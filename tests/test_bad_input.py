@@ -147,7 +147,7 @@ def files(tmp_path_factory) -> Files:
 
     f.a_truncated = adapter_variant("a_truncated", weights_bytes=araw[: len(araw) // 3])
     f.a_wrong_hash = adapter_variant("a_wrong_hash", {**acard, "weights_sha256": "f" * 64})
-    f.a_wrong_rank = adapter_variant("a_wrong_rank", {**acard, "method": {**acard["method"], "rank": 2}})
+    f.a_wrong_rank = rebound(adapter_variant("a_wrong_rank", {**acard, "method": {**acard["method"], "rank": 2}}))
     f.a_bad_rank = adapter_variant("a_bad_rank", {**acard, "method": {**acard["method"], "rank": -2}})
     f.a_unknown_method = adapter_variant("a_unknown_method", {**acard, "method": {**acard["method"], "name": "lorax"}})
     f.a_no_kind = adapter_variant("a_no_kind", {k: v for k, v in acard.items() if k != "kind"})
@@ -168,6 +168,22 @@ def files(tmp_path_factory) -> Files:
     f.foreign.mkdir()
     (f.foreign / "notes.txt").write_text("not a run")
     return f
+
+
+def rebound(d: Path) -> Path:
+    """Bind ``d``'s edited card to its weights again (as a forger who knows the format would): the weights file
+    gets the card's hash, the card the file's sha256, so the checks after the binding's are reached."""
+    from safetensors.torch import load_file, save
+
+    from pinn_lora.api import CARD_COPY_KEY, CARD_HASH_KEY, canonical_card
+
+    card = json.loads((d / "card.json").read_text())
+    bound = canonical_card(card)
+    data = save(load_file(str(d / "adapter.safetensors")),
+                metadata={CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound})
+    (d / "adapter.safetensors").write_bytes(data)
+    (d / "card.json").write_text(json.dumps({**card, "weights_sha256": hashlib.sha256(data).hexdigest()}))
+    return d
 
 
 # ---- command line: one line, exit code 2, nothing left behind -------------------------------------------------
@@ -636,8 +652,82 @@ def test_api_bad_input_writes_nothing(files, tmp_path):
         assert list(tmp_path.iterdir()) == [], kw
 
 
+# ---- tampered adapter cards (issue 14, item 9): every field of a saved card is bound to its weights -----------
+def _set(path: str, value):
+    def edit(card: dict) -> None:
+        *parents, last = path.split(".")
+        where = card
+        for key in parents:
+            where = where[key]
+        if value is _REMOVE:
+            del where[last]
+        else:
+            where[last] = value
+    return edit
+
+
+_REMOVE = object()
+BOUND = r"card .*card.json was changed after it was saved with adapter.safetensors: "
+TAMPER_CASES = [  # (field, new value, what the one line says)
+    ("kind", "pinn_lora.adapter2", r"is not a pinn_lora adapter card"),  # checked before anything else
+    ("package_version", "9.9.9", BOUND + r"package_version is '9.9.9' \(saved: '0.1.0'\)"),
+    ("method.name", "rslora", BOUND + r"method.name is 'rslora' \(saved: 'lora'\)"),
+    ("method.lr", 0.03, BOUND + r"method.lr is 0.03 \(saved: 0.003\)"),
+    ("method.schedule", "constant", BOUND + r"method.schedule is 'constant'"),
+    ("method.final_ratio", 0.2, BOUND + r"method.final_ratio is 0.2"),
+    ("method.rank", 2, BOUND + r"method.rank is 2 \(saved: 4\)"),
+    ("method.alpha", 8.0, BOUND + r"method.alpha is 8.0 \(saved: 4.0\)"),
+    ("method.targets", "hidden", BOUND + r"method.targets is 'hidden' \(saved: 'all'\)"),
+    ("adapted_layers", [0, 1, 2], BOUND + r"adapted_layers is \[0, 1, 2\] \(saved: \[0, 1, 2, 3\]\)"),
+    ("layer_ranks.0", 3, BOUND + r"layer_ranks.0 is 3 \(saved: 2\)"),
+    ("trainable_parameters", 1, BOUND + r"trainable_parameters is 1 \(saved: 1221\)"),
+    ("problem", "burgers", r"card .*card.json: burgers: unknown coefficient k"),  # checked by the registry first
+    ("coefficients.k", 4.0, BOUND + r"coefficients.k is 4.0 \(saved: 3.0\)"),
+    ("base.coefficients.k", 2.0, BOUND + r"base.coefficients.k is 2.0 \(saved: 1.0\)"),
+    ("base.network.activation", "tanh", BOUND + r"base.network.activation is 'tanh' \(saved: 'sin'\)"),
+    ("base.network.layers", [2, 64, 64, 1], BOUND + r"base.network.layers is \[2, 64, 64, 1\]"),
+    ("base.weights_sha256", "0" * 64, BOUND + r"base.weights_sha256 is '0000"),
+    ("base.fingerprint", "0" * 64, BOUND + r"base.fingerprint is '0000"),
+    ("contents", "only the factors", BOUND + r"contents is 'only the factors'"),
+    ("contents", _REMOVE, BOUND + r"contents was removed \(saved: 'full adapted state dict"),
+    ("note", "added later", BOUND + r"note was added \('added later'\)"),
+    ("weights_sha256", "e" * 64, r"adapter.safetensors does not match its card's sha256"),  # the file's own hash
+]
+
+
+@pytest.mark.parametrize("field,value,message", TAMPER_CASES,
+                         ids=[f"{c[0]} removed" if c[1] is _REMOVE else c[0] for c in TAMPER_CASES])
+def test_a_tampered_card_is_refused(field, value, message, files, tmp_path):
+    """Editing any field of a saved card.json (alpha 4 -> 8, lora -> rslora, the target coefficient ...) is
+    refused at load with one line naming the field, its value and the saved one (main loaded them silently)."""
+    d = tmp_path / "a"
+    shutil.copytree(files.adapter, d)
+    card = json.loads((d / "card.json").read_text())
+    _set(field, value)(card)
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=message) as info:
+        pinn_lora.load_adapter(d)
+    assert "\n" not in str(info.value)
+
+
+def test_an_unbound_card_loads_with_one_warning(files, tmp_path):
+    """A card written before cards were bound to their weights (no hash in the file's metadata) loads, with
+    one warning line."""
+    from safetensors.torch import load_file, save
+
+    d = tmp_path / "old"
+    shutil.copytree(files.adapter, d)
+    data = save(load_file(str(d / "adapter.safetensors")))  # the same tensors, no metadata
+    (d / "adapter.safetensors").write_bytes(data)
+    card = json.loads((d / "card.json").read_text())
+    (d / "card.json").write_text(json.dumps({**card, "weights_sha256": hashlib.sha256(data).hexdigest()}))
+    with pytest.warns(UserWarning, match=r"card.json: an adapter card written before cards were bound") as got:
+        pinn_lora.load_adapter(d)
+    assert len(got) == 1 and "\n" not in str(got[0].message)
+
+
 def test_catalogue_size():
-    assert len(CLI_CASES) + len(BASE_CASES) >= 30 and len(API_CASES) >= 30
+    assert len(CLI_CASES) + len(BASE_CASES) >= 30 and len(API_CASES) >= 30 and len(TAMPER_CASES) >= 20
 
 
 def test_shipped_cards_and_fresh_cards_pass_the_schema(files, tmp_path):
