@@ -222,8 +222,8 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     if run_dir is not None:  # refused now; claimed once the input is known to be good (rundir)
         rundir.check(run_dir, resume=resume)
     checkpoint = Path(run_dir) / "checkpoint.safetensors" if run_dir is not None else None
-    saved = resume_state.load(checkpoint) if resume else None
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    saved = resume_state.load(checkpoint, dev) if resume else None
     dt = resolve_dtype(dtype)
     rec = dict(recommendations(problem.name) if recommended is None else recommended)
     if isinstance(method, Method):

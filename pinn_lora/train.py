@@ -400,6 +400,7 @@ class Checkpointer:
             "method": t.method.state_dict() if t.method is not None else {},
             "monitors": [m.state_dict() for m in t.recorder.monitors], "settings": t.settings,
             "guard": t.guard.state_dict(),
+            "device": str(t.device),  # where the run's tensors were (resume maps them to the resuming run's)
         }
         return {k: v.detach().clone() for k, v in t.model.state_dict().items()}, resume.capture(state)
 

@@ -1,6 +1,7 @@
 """Interruption and resume: a run killed with SIGKILL and resumed ends exactly where an
 uninterrupted run ends, and metrics.jsonl has every step once."""
 import json
+import re
 import os
 import signal
 import socket
@@ -266,3 +267,53 @@ def test_sigint_in_the_loop_checkpoints_the_next_verified_state(tmp_path, monkey
     res = pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, resume=True, **kw)
     ref = pinn_lora.adapt("helmholtz", prob, "lora", **kw)
     assert [r["loss"] for r in res.history.records] == [r["loss"] for r in ref.history.records]
+
+
+def _retag(obj, device, path=""):
+    """The packed resume state with every tensor tagged ``device``, as a GPU run writes it (its CPU generator
+    state, ``torch_rng``, stays on the CPU)."""
+    if isinstance(obj, list):
+        return [_retag(v, device, path) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return obj if path.startswith("/torch_rng") else {**obj, "device": device}
+        if "__dict__" in obj:
+            return {"__dict__": {k: _retag(v, device, f"{path}/{k}") for k, v in obj["__dict__"].items()}}
+        return {k: _retag(v, device, f"{path}/{k}" if k not in ("__map__", "__tuple__") else path)
+                for k, v in obj.items()}
+    return obj
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["run device recorded", "older checkpoint"])
+def test_a_gpu_checkpoint_resumes_on_a_cpu(recorded, tmp_path):
+    """A checkpoint whose tensors are tagged cuda:0 (crafted: written as a GPU run writes them) resumes on a
+    CPU-only run to the records of an uninterrupted run (issue 14, item 13; main: 'Torch not compiled with
+    CUDA'). Loading stays safetensors + JSON (nothing unpickled)."""
+    from safetensors.torch import load_file, save_file
+
+    from pinn_lora import resume as resume_state
+
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=6, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=3,
+              eval_every=2, solver="method")
+    d = tmp_path / "run"
+    ref = pinn_lora.adapt("helmholtz", prob, "odelora", run_dir=d, **kw)
+    (d / "summary.json").unlink()  # as if stopped after its checkpoint at step 3
+    ckpt = d / "checkpoint.safetensors"
+    with safe_open(str(ckpt), "pt") as fh:
+        meta = fh.metadata()
+    state = {"format": 1, **_retag({"__dict__": {k: v for k, v in json.loads(meta["__resume__"]).items()
+                                                  if k != "format"}}, "cuda:0")["__dict__"]}
+    assert state["device"] == "cpu"
+    if recorded:
+        state["device"] = "cuda:0"
+    else:
+        del state["device"]
+    tags = {m.group(1) for m in re.finditer(r'"device": "([^"]+)"', json.dumps(state))}
+    assert tags == {"cuda:0", "cpu"}
+    save_file(load_file(str(ckpt)), str(ckpt), metadata={**meta, "__resume__": json.dumps(state)})
+    _, loaded = resume_state.load(ckpt, "cpu")
+    assert loaded["torch_rng"].device.type == "cpu" and loaded["guard"]["best"]["tensors"][0].device.type == "cpu"
+    res = pinn_lora.adapt("helmholtz", prob, "odelora", run_dir=d, resume=True, **kw)
+    assert [r["loss"] for r in res.history.records] == [r["loss"] for r in ref.history.records]
+    assert res.error == ref.error
