@@ -45,6 +45,11 @@ def fingerprint(net: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def layer_sizes(net: nn.Module) -> list[int]:
+    """The sizes of ``net``'s linear layers (``net.linears``), input first."""
+    return [net.linears[0].in_features] + [lin.out_features for lin in net.linears]
+
+
 def _architecture(net: nn.Module) -> dict[str, Any] | None:
     if hasattr(net, "architecture"):
         return net.architecture()
@@ -53,7 +58,7 @@ def _architecture(net: nn.Module) -> dict[str, Any] | None:
         return None
     from pinn_lora.network import ACTIVATIONS
 
-    sizes = [linears[0].in_features] + [lin.out_features for lin in linears]
+    sizes = layer_sizes(net)
     act = getattr(net, "activation_name", None)  # else the name of a known function (deepxde.nn.FNN)
     fn = getattr(net, "activation", None)
     if act is None and fn is not None:

@@ -16,8 +16,9 @@ from torch import nn
 from pinn_lora.adapters import adapter_layers
 from pinn_lora import resume as resume_state
 from pinn_lora import rundir
-from pinn_lora.api import attach, save_adapter
+from pinn_lora.api import attach, layer_sizes, save_adapter
 from pinn_lora.checkpoint import write_json
+from pinn_lora.memory import check_points
 from pinn_lora.methods import Method, get_method, trainable_parameters
 from pinn_lora.monitors import (
     AdapterState,
@@ -255,6 +256,9 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
                             cuda_graph=cuda_graph, sync_every=sync_every)
     torch.manual_seed(seed)
     net, card = resolve_base(base, problem, dt, dev)
+    if getattr(net, "linears", None):  # before any point is drawn (attach draws n_points for its start)
+        check_points(n_points, layer_sizes(net), dt, dev, error=ConfigError,
+                     pool=loop.get("rad_pool", 8) if sampling == "rad" else 1)
     base_error = problem.relative_l2(net)
     val_points = validation_points(problem, dtype=dt, device=dev)
     val_key = (problem.key(), card.get("weights_sha256"), str(dt), str(dev))

@@ -227,6 +227,7 @@ CLI_CASES = [
     (["steps=abc"], "steps='abc' must be an integer >= 0"),
     (["steps=2.5"], "steps=2.5 must be an integer >= 0"),
     (["n_points=0"], "n_points=0 must be an integer >= 1"),
+    (["n_points=1000000000000"], "n_points=1000000000000 (x 8 candidates each: sampling=rad, rad_pool=8) needs at least 29.3 PB"),  # item 14
     (["eval_every=0"], "eval_every=0 must be an integer >= 1"),
     (["seed=-1"], "seed=-1 must be an integer >= 0"),
     (["sync_every=2.5"], "sync_every=2.5 must be an integer >= 0"),
@@ -548,6 +549,9 @@ API_CASES = [
     ("steps negative", lambda f: _adapt(steps=-1), ConfigError, r"steps=-1 must be an integer >= 0"),
     ("steps text", lambda f: _adapt(steps="10"), ConfigError, r"steps='10' must be an integer >= 0"),
     ("n_points zero", lambda f: _adapt(n_points=0), ConfigError, r"n_points=0 must be an integer >= 1"),
+    ("n_points beyond memory", lambda f: _adapt(n_points=10**12, sampling="uniform"), ConfigError,  # issue 14, item 14
+     r"n_points=1000000000000 needs at least 2.7 PB of memory for one step \(the points and the network's "
+     r"activations in float64\), more than the .* of cpu; use fewer points \(fewer than \d+\)"),
     # device, float type, run directory
     pytest.param("cuda", lambda f: _adapt(device="cuda"), ConfigError,
                  r"device='cuda' requested but no CUDA device is available", marks=NO_CUDA),
