@@ -196,10 +196,15 @@ CLI_CASES = [
     (["derivatives=magic"], "derivatives='magic'; choose one of"),
     (["cuda_graph=maybe"], "cuda_graph='maybe'; use auto, true or false"),
     # coefficients
-    (["problem.nu=0"], "burgers: coefficient nu=0 is out of range (allowed: 0 < nu)"),
-    (["problem.nu=-0.01"], "coefficient nu=-0.01 is out of range (allowed: 0 < nu)"),
-    (["problem.nu=nan"], "coefficient nu=nan is out of range (allowed: 0 < nu)"),
-    (["problem.nu=inf"], "coefficient nu=inf is out of range (allowed: 0 < nu)"),
+    (["problem.nu=0"], "burgers: coefficient nu=0 is out of range (allowed: 0.00031831 <= nu <= 100: the range in "
+                       "which the Cole–Hopf reference solution is accurate and takes seconds)"),
+    (["problem.nu=-0.01"], "coefficient nu=-0.01 is out of range (allowed: 0.00031831 <= nu <= 100"),
+    (["problem.nu=nan"], "coefficient nu=nan is out of range (allowed: 0.00031831 <= nu <= 100"),
+    (["problem.nu=inf"], "coefficient nu=inf is out of range (allowed: 0.00031831 <= nu <= 100"),
+    (["problem.nu=1e-12"], "coefficient nu=1e-12 is out of range (allowed: 0.00031831 <= nu"),  # item 11: hours
+    (["problem.nu=1e6"], "coefficient nu=1000000.0 is out of range (allowed: 0.00031831 <= nu <= 100"),  # minutes
+    (["problem=allen_cahn", "problem.d=1e-6"], "allen_cahn: d=1e-06, gamma=3 make an interface of width sqrt(2 "
+                                               "d/gamma)=0.000816, narrower than the reference solution resolves"),
     (["problem=helmholtz", "problem.k=2.2214"], "helmholtz: k=2.2214 is within 5% of the resonance k²=π²(1²+1²)/4"),
     (["problem=helmholtz", "problem.k=-1"], "coefficient k=-1 is out of range (allowed: 0 <= k)"),
     (["problem=burgers", "problem.gamma=3"], "unknown key 'problem.gamma' for problem burgers; its keys: nu, adapt"),
@@ -512,17 +517,25 @@ API_CASES = [
     ("sampler", lambda f: _adapt(sampler="random"), ValueError, r"sampler='random'; choose one of pseudo"),
     # coefficients
     ("nu zero", lambda f: pinn_lora.get_problem("burgers", nu=0.0), CoefficientError,
-     r"burgers: coefficient nu=0.0 is out of range \(allowed: 0 < nu\)"),
+     r"burgers: coefficient nu=0.0 is out of range \(allowed: 0.00031831 <= nu <= 100: the range in which the "
+     r"Cole–Hopf reference solution is accurate and takes seconds\)"),
+    ("nu too small for the reference", lambda f: pinn_lora.get_problem("burgers", nu=1e-12), CoefficientError,
+     r"nu=1e-12 is out of range \(allowed: 0.00031831 <= nu <= 100"),
+    ("nu too large for the reference", lambda f: pinn_lora.get_problem("burgers", nu=1e6), CoefficientError,
+     r"nu=1000000.0 is out of range"),
+    ("allen_cahn interface unresolved", lambda f: pinn_lora.get_problem("allen_cahn", d=1e-5, gamma=5.0),
+     CoefficientError, r"allen_cahn: d=1e-05, gamma=5 make an interface of width sqrt\(2 d/gamma\)=0.002, narrower "
+     r"than the reference solution resolves \(0.00586: Chebyshev degree 2048\); choose d >= 1.72e-05 x gamma"),
     ("nu negative", lambda f: pinn_lora.get_problem("burgers", nu=-1), CoefficientError, r"nu=-1 is out of range"),
     ("nu nan", lambda f: pinn_lora.get_problem("burgers", nu=float("nan")), CoefficientError,
      r"nu=nan is out of range"),
     ("nu inf", lambda f: pinn_lora.get_problem("burgers", nu=math.inf), CoefficientError, r"nu=inf is out of range"),
     ("nu text", lambda f: pinn_lora.get_problem("burgers", nu="abc"), CoefficientError,
-     r"nu='abc' is not a number \(allowed: 0 < nu\)"),
+     r"nu='abc' is not a number \(allowed: 0.00031831 <= nu <= 100\)"),
     ("k resonance", lambda f: pinn_lora.get_problem("helmholtz", k=math.pi / math.sqrt(2)), CoefficientError,
      r"k=2.22144 is within 5% of the resonance k²=π²\(1²\+1²\)/4"),
     ("wrong coefficient", lambda f: pinn_lora.get_problem("burgers", gamma=3.0), CoefficientError,
-     r"burgers: unknown coefficient gamma; the coefficients are: nu \(0 < nu\)"),
+     r"burgers: unknown coefficient gamma; the coefficients are: nu \(0.00031831 <= nu <= 100\)"),
     # rank, alpha, learning rate, tolerances
     ("rank zero", lambda f: pinn_lora.get_method("lora", rank=0), MethodOptionError, r"option rank=0 must be > 0"),
     ("rank negative", lambda f: pinn_lora.get_method("dora", rank=-3), MethodOptionError,
