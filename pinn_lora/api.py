@@ -103,6 +103,10 @@ def attach(net: nn.Module, method: Any, problem: Any = None, *, seed: int = 0,
     cards; the weights' fingerprint is taken here, before the method changes anything."""
     from pinn_lora.methods import AttachContext, Method, get_method
 
+    if hasattr(net, BASE_ATTR):
+        raise ValueError(f"attach: this network already has a method attached "
+                         f"({type(net).__name__} from {_describe_base(getattr(net, BASE_ATTR))}); attach to the base "
+                         "network (e.g. a fresh pinn_lora.load_base(...)[0]), not to an adapted one")
     _check_net(net)
     if isinstance(method, Method) and options:
         raise TypeError("attach: give options either to the Method object or by name, not both")
@@ -171,6 +175,7 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         "trainable_parameters": trainable_parameters(model),
         "problem": None if problem is None else problem.name,
         "coefficients": None if problem is None else dict(problem.coefficients),
+        **problem_options(problem),
         "base": base,
         "contents": "full adapted state dict (frozen weights as buffers + trainable factors)",
         **extra,
@@ -183,6 +188,20 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
     card["weights_sha256"] = digest
     write_json(directory / CARD_FILE, card, new=not overwrite)
     return card
+
+
+def problem_options(problem: Any) -> dict[str, Any]:
+    """What rebuilds ``problem`` beyond its coefficients (Helmholtz's ``modes``), for cards."""
+    modes = getattr(problem, "modes", None)
+    return {} if modes is None else {"modes": [list(m) for m in modes]}
+
+
+def _card_problem(where: Mapping[str, Any]) -> Any:
+    """The problem a card (or its ``base``) names, its options (``modes``) included."""
+    from pinn_lora.registry import get_problem
+
+    options = {"modes": where["modes"]} if where.get("modes") is not None else {}
+    return get_problem(where["problem"], **options, **(where.get("coefficients") or {}))
 
 
 def canonical_card(card: Mapping[str, Any]) -> str:
@@ -267,7 +286,7 @@ def read_adapter_card(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{card_path} is not a pinn_lora adapter card (kind={card.get('kind')!r}; "
                               f"expected {CARD_KIND!r})")
     from pinn_lora.methods import get_method
-    from pinn_lora.registry import UnknownNameError, get_problem
+    from pinn_lora.registry import UnknownNameError
     from pinn_lora.schema import adapter_card_schema, validate
 
     validate(card, adapter_card_schema(), f"card {card_path}")
@@ -275,7 +294,7 @@ def read_adapter_card(path: str | Path) -> dict[str, Any]:
         get_method(card["method"]["name"], **{k: v for k, v in card["method"].items() if k != "name"})
         for where in (card, card["base"]):
             if where.get("problem"):
-                problem = get_problem(where["problem"], **(where.get("coefficients") or {}))
+                problem = _card_problem(where)
                 layers = where.get("network", {}).get("layers")
                 if layers is not None and (layers[0] != problem.dim or layers[-1] != 1):
                     raise ValueError(f"base.network.layers {layers} does not fit {problem.name} "
@@ -330,7 +349,6 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
     defaults to the file's."""
     from pinn_lora.methods import AttachContext, get_method
     from pinn_lora.network import PINN
-    from pinn_lora.registry import get_problem
     from pinn_lora.zoo import load_base
 
     weights, _ = _paths(path)
@@ -342,8 +360,11 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
     dtype = dtype or next((t.dtype for t in state.values() if t.is_floating_point()), torch.float64)
     want = card["base"]
     if base is None:
-        source = get_problem(want["problem"], **(want.get("coefficients") or {})) if want.get("problem") else None
-        net = PINN(want["network"]["layers"], want["network"].get("activation", "tanh"),
+        if not want["network"].get("activation"):
+            raise CheckpointError(f"card {_paths(path)[1]}: base.network names no activation, so the base network "
+                                  "cannot be rebuilt from the card; pass base=... (the base model it was trained on)")
+        source = _card_problem(want) if want.get("problem") else None
+        net = PINN(want["network"]["layers"], want["network"]["activation"],
                    None if source is None else source.output_transform)
     elif isinstance(base, nn.Module):
         check_base(card, base_description(base), f"adapter {path}")
@@ -352,7 +373,7 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
         net, bcard, _ = load_base(base)
         check_base(card, base_description(net, bcard), f"adapter {path}")
     net = net.to(dtype=dtype, device=device)
-    problem = get_problem(card["problem"], **card["coefficients"]) if card.get("problem") else None
+    problem = _card_problem(card) if card.get("problem") else None
     options = {k: v for k, v in card["method"].items() if k != "name"}
     method = get_method(card["method"]["name"], **options)
     # the loss only seeds a loss-dependent start (ODELoRA's), which the loaded tensors replace

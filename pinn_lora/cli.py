@@ -73,8 +73,12 @@ def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name:
             chosen[key] = names
     for arg in argv:
         key, sep, _ = arg.partition("=")
-        if not sep or arg.startswith(("+", "~", "-")) or key.startswith(("hydra.", "hydra/")):
+        appended = arg.startswith("+")  # +foo=1 / ++foo=1 add a key: none of ours is missing, so a typo
+        key = key.lstrip("+")
+        if not sep or arg.startswith(("~", "-")) or key.startswith(("hydra.", "hydra/")):
             continue  # Hydra's own settings and groups (hydra/launcher=joblib): Hydra checks those
+        if appended and key in groups:
+            continue  # +problem=NAME: the group name was checked above
         head, _, rest = key.partition(".")
         if head in groups and rest:
             for name in chosen[head]:

@@ -113,6 +113,9 @@ def _refusal(path: Path, *, resume: bool, kind: str, key: str | None) -> str | N
     where, other = (f"{key}={path}", f"another {key}=...") if key else (f"run directory {path}", "another one")
     if path.exists() and not path.is_dir():
         return f"{where} is a file; give a directory"
+    if path.is_symlink() and not path.exists():
+        return (f"{where} is a symbolic link to {os.readlink(path)}, which does not exist; give a directory (or "
+                "create the link's target first)")
     if not path.is_dir():
         return None
     info = read_marker(path)

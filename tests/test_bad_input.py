@@ -159,6 +159,12 @@ def files(tmp_path_factory) -> Files:
     nan_adapter = nan_in_first_weight(f.adapter / "adapter.safetensors")
     f.a_nonfinite = adapter_variant("a_nonfinite", {**acard, "weights_sha256": hashlib.sha256(nan_adapter).hexdigest()},
                                     nan_adapter)
+    f.a_no_activation = rebound(adapter_variant("a_no_activation", {**acard, "base": {
+        **acard["base"], "network": {"layers": acard["base"]["network"]["layers"]}}}))
+    f.a_file = root / "a_file"
+    f.a_file.write_text("not a directory")
+    f.dangling = root / "dangling"
+    f.dangling.symlink_to(root / "nowhere")
     f.a_empty = root / "a_empty"
     f.a_empty.mkdir()
     f.previous_run = root / "previous_run"
@@ -247,6 +253,12 @@ CLI_CASES = [
     (["out=${now:"], "malformed override 'out=${now:'"),
     (["seed=0,1"], "'seed=0,1' gives several values: add -m (--multirun)"),
     (["stepz=3"], "unknown key 'stepz'; top-level keys: seed, device, dtype"),
+    (["+stepz=100"], "unknown key 'stepz'; top-level keys: seed, device, dtype"),  # issue 14, item 16
+    (["+foo=1"], "unknown key 'foo'; top-level keys:"),
+    (["++foo=1"], "unknown key 'foo'; top-level keys:"),
+    (["method=lora", "+method.rnk=3"], "unknown key 'method.rnk' for method lora; its keys: rank, alpha"),
+    (["seed=1180591620717411303424"], "seed=1180591620717411303424 is too large: a seed is an integer from 0 to "
+                                      "2147483647"),  # item 18 (2**70)
     (["method=lora", "method.rnk=3"], "unknown key 'method.rnk' for method lora; its keys: rank, alpha"),
     (["problem.nu=${oops}"], "Interpolation key 'oops' not found"),
     (["~problem"], "no problem selected (was it removed with ~problem?); choose one with problem=NAME"),
@@ -560,6 +572,25 @@ API_CASES = [
     ("atol negative", lambda f: pinn_lora.get_method("odelora", atol=-1e-6), MethodOptionError,
      r"atol=-1e-06 must be > 0"),
     ("steps negative", lambda f: _adapt(steps=-1), ConfigError, r"steps=-1 must be an integer >= 0"),
+    ("seed 2**70", lambda f: _adapt(seed=2**70), ConfigError,  # issue 14, items 18-19
+     r"seed=1180591620717411303424 is too large: a seed is an integer from 0 to 2147483647 \(2\*\*31 - 1\)"),
+    ("problem as a string", lambda f: pinn_lora.adapt("helmholtz", "helmholtz", "lora"), TypeError,
+     r"adapt: problem must be a problem object, e.g. pinn_lora.get_problem\('helmholtz'\) \(its coefficients are "
+     r"the target\); got str 'helmholtz'"),
+    ("linears a plain list", lambda f: pinn_lora.attach(_plain_list_net(), "lora"), TypeError,
+     r"attach: expected a torch.nn.Module whose 'linears' is a ModuleList of nn.Linear layers"),
+    ("attach twice", lambda f: pinn_lora.attach(pinn_lora.attach(pinn_lora.load_base("helmholtz")[0], "lora"), "lora"),
+     ValueError, r"attach: this network already has a method attached \(PINN from .* base \[2, 64, 64, 64, 1\]"),
+    ("device object without CUDA", lambda f: _adapt(device=torch.device("cuda")), ConfigError,
+     r"device=device\(type='cuda'\) requested but no CUDA device is available"),
+    ("device not a name", lambda f: _adapt(device=3), TypeError, r"device=3: give a string"),
+    ("run_dir a file", lambda f: _adapt(run_dir=f.a_file), pinn_lora.rundir.RunDirError,
+     r"run directory .*a_file is a file; give a directory"),
+    ("run_dir not a path", lambda f: _adapt(run_dir=3), TypeError, r"adapt: run_dir must be a path"),
+    ("run_dir dangling link", lambda f: _adapt(run_dir=f.dangling), pinn_lora.rundir.RunDirError,  # item 17
+     r"run directory .*dangling is a symbolic link to .*nowhere, which does not exist; give a directory"),
+    ("load_adapter no activation", lambda f: pinn_lora.load_adapter(f.a_no_activation), CheckpointError,  # item 22
+     r"card .*a_no_activation/card.json: base.network names no activation, so the base network cannot be rebuilt"),
     ("steps text", lambda f: _adapt(steps="10"), ConfigError, r"steps='10' must be an integer >= 0"),
     ("n_points zero", lambda f: _adapt(n_points=0), ConfigError, r"n_points=0 must be an integer >= 1"),
     ("n_points beyond memory", lambda f: _adapt(n_points=10**12, sampling="uniform"), ConfigError,  # issue 14, item 14
@@ -638,6 +669,14 @@ API_CASES = [
     ("load_adapter nan coefficient", lambda f: pinn_lora.load_adapter(f.a_bad_coefficient), CheckpointError,
      r"key 'coefficients.k' is nan; expected a finite number"),
 ]
+
+
+def _plain_list_net():
+    net = build_network([2, 8, 1], "tanh", seed=0)
+    linears = list(net.linears)
+    del net.linears
+    net.__dict__["linears"] = linears  # a plain list, not a ModuleList (torch refuses the assignment)
+    return net
 
 
 MULTILINE = {"load_adapter wrong shape"}  # see test_api_adapter_shape_mismatch_is_one_line
@@ -741,6 +780,41 @@ def test_an_unbound_card_loads_with_one_warning(files, tmp_path):
     with pytest.warns(UserWarning, match=r"card.json: an adapter card written before cards were bound") as got:
         pinn_lora.load_adapter(d)
     assert len(got) == 1 and "\n" not in str(got[0].message)
+
+
+def test_cli_out_a_dangling_symlink(tmp_path, monkeypatch, capsys):
+    """out= a symbolic link whose target does not exist: one line (issue 14, item 17; main: Hydra's
+    FileExistsError traceback); the link is left as it was."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "missing")
+    code, _, err = cli([*FAST, f"out={link}"], monkeypatch, capsys, tmp_path)
+    assert_one_line(code, err, f"out={link} is a symbolic link to {tmp_path / 'missing'}, which does not exist")
+    assert link.is_symlink() and not (tmp_path / "missing").exists()
+
+
+def test_api_accepts_numpy_integers_torch_dtypes_and_load_base_tuples():
+    """Issue 14, item 19 (the accepted half) and 22: np.int64 steps and rank, dtype=torch.float32, and what
+    load_base returns, (network, card, path), as base."""
+    import numpy as np
+
+    res = _adapt(steps=np.int64(2), rank=np.int64(2), dtype=torch.float32)
+    assert res.history.steps == 2 and res.method.describe()["rank"] == 2 and res.extra["settings"]["dtype"] == "float32"
+    assert _adapt(base=pinn_lora.load_base("helmholtz")).history.steps == 1
+
+
+def test_negative_target_index_is_the_output_layer(tmp_path):
+    """Issue 14, item 21: targets=[-1] is accepted, documented (as in Python, from the end) and recorded."""
+    res = _adapt(targets=[-1], rank=1, run_dir=tmp_path / "run")
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["adapted_layers"] == [len(res.model.linears) - 1] and card["method"]["targets"] == [-1]
+
+
+def test_helmholtz_modes_survive_the_card(tmp_path):
+    """Issue 14, item 22: a Helmholtz target with other modes reloads with them (main rebuilt the default)."""
+    prob = pinn_lora.get_problem("helmholtz", k=3.0, modes=[[1, 1], [2, 3]])
+    res = _adapt(problem=prob, run_dir=tmp_path / "run")
+    loaded = pinn_lora.load_adapter(tmp_path / "run")
+    assert loaded.problem.modes == ((1, 1), (2, 3)) and loaded.problem.key() == res.problem.key()
 
 
 def test_catalogue_size():
