@@ -408,3 +408,26 @@ def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
     sys.argv = [sys.argv[0], *plan.argv]
     with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
         hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()
+    if plan.multirun and plan.root is not None:
+        sweep_summary(plan.root)
+
+
+def sweep_summary(root: Path) -> None:
+    """After a sweep: one line counting its jobs by status; the jobs that diverged named on stderr and exit code
+    :data:`EXIT_DIVERGED` (the sweep ran them all; its exit code says that not all of them held)."""
+    import json
+
+    statuses: dict[str, list[str]] = {}
+    for summary in sorted(root.rglob("summary.json")):
+        try:
+            status = json.loads(summary.read_text()).get("status", "unknown")
+        except (OSError, ValueError, AttributeError):
+            status = "unreadable"
+        statuses.setdefault(status, []).append(summary.parent.relative_to(root).as_posix())
+    if not statuses:
+        return
+    total = sum(len(v) for v in statuses.values())
+    print(f"sweep {root}: {total} jobs: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(statuses.items())))
+    if statuses.get("diverged"):
+        fail(f"{len(statuses['diverged'])} of {total} jobs diverged: {', '.join(statuses['diverged'])} "
+             "(see their summary.json)", EXIT_DIVERGED)

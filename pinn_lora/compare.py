@@ -630,6 +630,8 @@ def _write_markdown(out: Path, root: Path, runs, skipped, sections: Sequence[Sec
         for caption, path in sec.figures:
             alt = caption.replace("[", "(").replace("]", ")")
             parts += [f"![{alt}]({path.relative_to(out).as_posix()})", "", f"*{alt}*", ""]
+    if skipped:  # every one, not only the header's first few
+        parts += ["## Skipped directories", "", *(f"- {line}" for line in skipped), ""]
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -470,6 +470,18 @@ def test_cli_sweep_stopped_by_bad_input_deletes_nothing(tmp_path, monkeypatch, c
     assert marker["kind"] == "sweep" and marker["status"] == "failed"
 
 
+def test_cli_sweep_names_its_diverged_jobs(tmp_path, monkeypatch, capsys):
+    """A sweep in which a job diverged runs every job, then names the diverged ones in one line and exits 3
+    (issue 14, item 20; main exited 0)."""
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["-m", *FAST, "steps=10", "problem=helmholtz", "method=lora", "solver=method",
+                          "method.lr=1e8,1e-3", f"hydra.sweep.dir={sweep}"], monkeypatch, capsys, tmp_path)
+    assert code == 3, err
+    assert f"sweep {sweep}: 2 jobs: 1 completed, 1 diverged" in out or f"sweep {sweep}: 2 jobs: 1 diverged, " in out
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert lines[-1] == "error: 1 of 2 jobs diverged: helmholtz/lora/0 (see their summary.json)", err
+
+
 def test_cli_debug_shows_the_exception(tmp_path, monkeypatch, capsys):
     """debug=true: the exception propagates (Hydra does not shorten it); no run directory was created."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
