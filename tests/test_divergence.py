@@ -77,3 +77,5 @@ def test_divergence_keeps_the_best_state_not_the_last(tmp_path):
     assert "the Stability monitor saw the first loss spike at step 1" in res.history.message
     assert "kept the best verified state (step 0: residual" in res.history.message
     assert res.error <= res.base_error * (1 + 1e-9)
+    # item 10: the state kept is no better than the base, and the message says so
+    assert res.history.message.endswith("the adaptation did not improve on the base")
