@@ -25,6 +25,7 @@ from pinn_lora.checkpoint import (CheckpointError, load_tensors, read_json, save
 from pinn_lora.schema import CARD_KIND  # the adapter card's "kind"
 
 ADAPTER_FILE, CARD_FILE = "adapter.safetensors", "card.json"
+CARD_HASH_KEY, CARD_COPY_KEY = "pinn_lora.card_sha256", "pinn_lora.card"  # in the weights file's metadata
 BASE_ATTR = "pinn_lora_base"  # set on an attached model: what it was attached to
 
 
@@ -44,6 +45,11 @@ def fingerprint(net: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def layer_sizes(net: nn.Module) -> list[int]:
+    """The sizes of ``net``'s linear layers (``net.linears``), input first."""
+    return [net.linears[0].in_features] + [lin.out_features for lin in net.linears]
+
+
 def _architecture(net: nn.Module) -> dict[str, Any] | None:
     if hasattr(net, "architecture"):
         return net.architecture()
@@ -52,7 +58,7 @@ def _architecture(net: nn.Module) -> dict[str, Any] | None:
         return None
     from pinn_lora.network import ACTIVATIONS
 
-    sizes = [linears[0].in_features] + [lin.out_features for lin in linears]
+    sizes = layer_sizes(net)
     act = getattr(net, "activation_name", None)  # else the name of a known function (deepxde.nn.FNN)
     fn = getattr(net, "activation", None)
     if act is None and fn is not None:
@@ -97,6 +103,10 @@ def attach(net: nn.Module, method: Any, problem: Any = None, *, seed: int = 0,
     cards; the weights' fingerprint is taken here, before the method changes anything."""
     from pinn_lora.methods import AttachContext, Method, get_method
 
+    if hasattr(net, BASE_ATTR):
+        raise ValueError(f"attach: this network already has a method attached "
+                         f"({type(net).__name__} from {_describe_base(getattr(net, BASE_ATTR))}); attach to the base "
+                         "network (e.g. a fresh pinn_lora.load_base(...)[0]), not to an adapted one")
     _check_net(net)
     if isinstance(method, Method) and options:
         raise TypeError("attach: give options either to the Method object or by name, not both")
@@ -156,7 +166,6 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         raise FileExistsError(f"{directory} already holds an adapter ({', '.join(held)}); it is never overwritten: "
                               "save into another directory")
     directory.mkdir(parents=True, exist_ok=True)
-    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict(), new=not overwrite)
     card = {
         "kind": CARD_KIND,
         "package_version": pinn_lora.__version__,
@@ -166,13 +175,87 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         "trainable_parameters": trainable_parameters(model),
         "problem": None if problem is None else problem.name,
         "coefficients": None if problem is None else dict(problem.coefficients),
+        **problem_options(problem),
         "base": base,
-        "weights_sha256": digest,
         "contents": "full adapted state dict (frozen weights as buffers + trainable factors)",
         **extra,
     }
+    # the card is bound to the weights: its hash (and a copy, to name what an edit changed) goes into the
+    # weights file's metadata, so a card edited later is refused at load (the card holds the file's sha256)
+    bound = canonical_card(card)
+    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict(), new=not overwrite,
+                          metadata={CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound})
+    card["weights_sha256"] = digest
     write_json(directory / CARD_FILE, card, new=not overwrite)
     return card
+
+
+def problem_options(problem: Any) -> dict[str, Any]:
+    """What rebuilds ``problem`` beyond its coefficients (Helmholtz's ``modes``), for cards."""
+    modes = getattr(problem, "modes", None)
+    return {} if modes is None else {"modes": [list(m) for m in modes]}
+
+
+def _card_problem(where: Mapping[str, Any]) -> Any:
+    """The problem a card (or its ``base``) names, its options (``modes``) included."""
+    from pinn_lora.registry import get_problem
+
+    options = {"modes": where["modes"]} if where.get("modes") is not None else {}
+    return get_problem(where["problem"], **options, **(where.get("coefficients") or {}))
+
+
+def canonical_card(card: Mapping[str, Any]) -> str:
+    """The card as canonical JSON (sorted keys, no spaces), without ``weights_sha256`` (the weights file's
+    own hash, written into the card after the file): what the weights file's metadata binds."""
+    import json
+
+    return json.dumps({k: v for k, v in card.items() if k != "weights_sha256"}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
+    """The leaves (``method.alpha``) where ``now`` differs from ``saved``, as 'path is X (saved: Y)'."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in now:
+                out.append(f"{where} was removed (saved: {saved[key]!r})")
+            elif key not in saved:
+                out.append(f"{where} was added ({now[key]!r})")
+            else:
+                out += _differences(saved[key], now[key], where)
+        return out
+    return [] if saved == now else [f"{path or 'the card'} is {now!r} (saved: {saved!r})"]
+
+
+def check_card_binding(card: Mapping[str, Any], weights: Path, card_path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the fields of ``card`` changed since it was saved with
+    ``weights`` (the hash in the weights file's metadata); a card saved before cards were bound to their
+    weights loads with a one-line warning."""
+    import json
+    import warnings
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as fh:
+        meta = fh.metadata() or {}
+    if CARD_HASH_KEY not in meta:
+        warnings.warn(f"{card_path}: an adapter card written before cards were bound to their weights; its fields "
+                      f"cannot be checked against {weights.name} (save it again to bind them)", UserWarning,
+                      stacklevel=3)
+        return
+    bound = canonical_card(card)
+    if hashlib.sha256(bound.encode()).hexdigest() == meta[CARD_HASH_KEY]:
+        return
+    try:
+        changed = _differences(json.loads(meta.get(CARD_COPY_KEY, "")), json.loads(bound))
+    except ValueError:
+        changed = []
+    raise CheckpointError(f"card {card_path} was changed after it was saved with {weights.name}: "
+                          f"{'; '.join(changed[:4]) if changed else 'its hash differs'}"
+                          f"{' …' if len(changed) > 4 else ''}; the card must be the one saved with the weights "
+                          "(save the adapter again to change it)")
 
 
 @dataclass
@@ -203,7 +286,7 @@ def read_adapter_card(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{card_path} is not a pinn_lora adapter card (kind={card.get('kind')!r}; "
                               f"expected {CARD_KIND!r})")
     from pinn_lora.methods import get_method
-    from pinn_lora.registry import UnknownNameError, get_problem
+    from pinn_lora.registry import UnknownNameError
     from pinn_lora.schema import adapter_card_schema, validate
 
     validate(card, adapter_card_schema(), f"card {card_path}")
@@ -211,7 +294,7 @@ def read_adapter_card(path: str | Path) -> dict[str, Any]:
         get_method(card["method"]["name"], **{k: v for k, v in card["method"].items() if k != "name"})
         for where in (card, card["base"]):
             if where.get("problem"):
-                problem = get_problem(where["problem"], **(where.get("coefficients") or {}))
+                problem = _card_problem(where)
                 layers = where.get("network", {}).get("layers")
                 if layers is not None and (layers[0] != problem.dim or layers[-1] != 1):
                     raise ValueError(f"base.network.layers {layers} does not fit {problem.name} "
@@ -266,7 +349,6 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
     defaults to the file's."""
     from pinn_lora.methods import AttachContext, get_method
     from pinn_lora.network import PINN
-    from pinn_lora.registry import get_problem
     from pinn_lora.zoo import load_base
 
     weights, _ = _paths(path)
@@ -274,11 +356,15 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
     state = load_tensors(weights)
     if card.get("weights_sha256") and sha256(weights) != card["weights_sha256"]:
         raise CheckpointError(f"{weights} does not match its card's sha256 (file changed or truncated)")
+    check_card_binding(card, weights, _paths(path)[1])
     dtype = dtype or next((t.dtype for t in state.values() if t.is_floating_point()), torch.float64)
     want = card["base"]
     if base is None:
-        source = get_problem(want["problem"], **(want.get("coefficients") or {})) if want.get("problem") else None
-        net = PINN(want["network"]["layers"], want["network"].get("activation", "tanh"),
+        if not want["network"].get("activation"):
+            raise CheckpointError(f"card {_paths(path)[1]}: base.network names no activation, so the base network "
+                                  "cannot be rebuilt from the card; pass base=... (the base model it was trained on)")
+        source = _card_problem(want) if want.get("problem") else None
+        net = PINN(want["network"]["layers"], want["network"]["activation"],
                    None if source is None else source.output_transform)
     elif isinstance(base, nn.Module):
         check_base(card, base_description(base), f"adapter {path}")
@@ -287,7 +373,7 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
         net, bcard, _ = load_base(base)
         check_base(card, base_description(net, bcard), f"adapter {path}")
     net = net.to(dtype=dtype, device=device)
-    problem = get_problem(card["problem"], **card["coefficients"]) if card.get("problem") else None
+    problem = _card_problem(card) if card.get("problem") else None
     options = {k: v for k, v in card["method"].items() if k != "name"}
     method = get_method(card["method"]["name"], **options)
     # the loss only seeds a loss-dependent start (ODELoRA's), which the loaded tensors replace

@@ -48,6 +48,8 @@ class BatchTrainer(Trainer):
     """The training loop over K stacked copies (records carry ``loss@k``, ``grad_norm@k`` and
     ``rel_l2@k``; :meth:`split` turns them into one history per copy)."""
 
+    scored = False  # the Guard keeps the last verified state (its score would mix the copies)
+
     def __init__(self, problems: Sequence[Any], stacked: Stacked, dynamics: Any, cfg: TrainConfig,
                  after_step: Callable | None = None) -> None:
         why = jets_supported(stacked.members[0])

@@ -66,8 +66,12 @@ def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name:
             chosen[key] = names
     for arg in argv:
         key, sep, _ = arg.partition("=")
-        if not sep or arg.startswith(("+", "~", "-")) or key.startswith(("hydra.", "hydra/")):
+        appended = arg.startswith("+")  # +foo=1 / ++foo=1 add a key: none of ours is missing, so a typo
+        key = key.lstrip("+")
+        if not sep or arg.startswith(("~", "-")) or key.startswith(("hydra.", "hydra/")):
             continue  # Hydra's own settings and groups (hydra/launcher=joblib): Hydra checks those
+        if appended and key in groups:
+            continue  # +problem=NAME: the group name was checked above
         head, _, rest = key.partition(".")
         if head in groups and rest:
             for name in chosen[head]:
@@ -306,16 +310,55 @@ def hydra_errors(debug: bool):
                 os.environ["HYDRA_FULL_ERROR"] = old
 
 
-def guarded(fn: Callable[[], Any], *, debug: bool = False) -> Any:
+def guarded(fn: Callable[[], Any], *, debug: bool = False,
+            resume_command: Callable[[], str | None] | None = None) -> Any:
     """Run ``fn``; a user error becomes one line on stderr and exit code 2 (with ``debug`` it
     propagates with its traceback instead). Nothing is removed: bad input is found before the run
-    directory is claimed, and a run that fails after its claim is marked failed there."""
+    directory is claimed, and a run that fails after its claim is marked failed there.
+
+    SIGINT (Ctrl-C) and SIGTERM end the run with one line and exit code 130 / 143: the training loop
+    first writes a checkpoint of its last verified state (:class:`pinn_lora.train.Interrupted`), and
+    the line gives ``resume_command()`` when there is a checkpoint to continue from."""
+    import signal
+
+    from pinn_lora.train import Interrupted
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     try:
         return fn()
     except user_errors() as exc:
         if debug:
             raise
         fail(str(exc))
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        command = resume_command() if stop.step is not None and resume_command is not None else None
+        then = f"; resume with: {command}" if command else ""
+        fail(f"{stop}{then}", stop.exit_code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def resume_command(module: str, overrides: list[str], run_dir: Path) -> str:
+    """The command line that continues the run in ``run_dir``: ``overrides`` (the run's, as Hydra
+    recorded them) with ``out`` set to the run directory and ``resume=true``."""
+    import shlex
+
+    keep = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("out", "resume")]
+    out = str(run_dir) if all(c.isalnum() or c in "/._-" for c in str(run_dir)) else _quote(run_dir)
+    return " ".join(shlex.quote(a) for a in ["python", "-m", module, *keep, f"out={out}", "resume=true"])
 
 
 def run_task(cfg: Any, fn: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, Path]:
@@ -342,7 +385,12 @@ def run_task(cfg: Any, fn: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, 
         with rundir.files_on_claim(run_dir, files):
             return fn(plain, run_dir)
 
-    return guarded(run, debug=debug), run_dir
+    def again() -> str | None:  # entry points with resume=true only
+        if OmegaConf.select(cfg, "resume", default=None, throw_on_resolution_failure=False) is None:
+            return None
+        return resume_command(f"pinn_lora.{hydra_cfg.job.config_name}", list(hydra_cfg.overrides.task), run_dir)
+
+    return guarded(run, debug=debug, resume_command=again), run_dir
 
 
 def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
@@ -353,3 +401,26 @@ def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
     sys.argv = [sys.argv[0], *plan.argv]
     with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
         hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()
+    if plan.multirun and plan.root is not None:
+        sweep_summary(plan.root)
+
+
+def sweep_summary(root: Path) -> None:
+    """After a sweep: one line counting its jobs by status; the jobs that diverged named on stderr and exit code
+    :data:`EXIT_DIVERGED` (the sweep ran them all; its exit code says that not all of them held)."""
+    import json
+
+    statuses: dict[str, list[str]] = {}
+    for summary in sorted(root.rglob("summary.json")):
+        try:
+            status = json.loads(summary.read_text()).get("status", "unknown")
+        except (OSError, ValueError, AttributeError):
+            status = "unreadable"
+        statuses.setdefault(status, []).append(summary.parent.relative_to(root).as_posix())
+    if not statuses:
+        return
+    total = sum(len(v) for v in statuses.values())
+    print(f"sweep {root}: {total} jobs: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(statuses.items())))
+    if statuses.get("diverged"):
+        fail(f"{len(statuses['diverged'])} of {total} jobs diverged: {', '.join(statuses['diverged'])} "
+             "(see their summary.json)", EXIT_DIVERGED)

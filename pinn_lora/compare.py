@@ -225,8 +225,9 @@ def load_run(run_dir: str | Path) -> Run:
     summary = json.loads((run_dir / "summary.json").read_text())
     if not isinstance(summary, dict) or "problem" not in summary or "method" not in summary:
         raise ValueError(f"{run_dir / 'summary.json'} is not a pinn_lora run summary")
-    if summary.get("status") == "failed":
-        raise ValueError(f"a failed run ({summary.get('message', 'no message')})")
+    if summary.get("status") in ("failed", "interrupted"):
+        raise ValueError(f"a{'n' if summary['status'] == 'interrupted' else ''} {summary['status']} run "
+                         f"({summary.get('message', 'no message')})")
     return Run(run_dir, summary, read_metrics(run_dir / "metrics.jsonl"), _read_config(run_dir))
 
 
@@ -629,6 +630,8 @@ def _write_markdown(out: Path, root: Path, runs, skipped, sections: Sequence[Sec
         for caption, path in sec.figures:
             alt = caption.replace("[", "(").replace("]", ")")
             parts += [f"![{alt}]({path.relative_to(out).as_posix()})", "", f"*{alt}*", ""]
+    if skipped:  # every one, not only the header's first few
+        parts += ["## Skipped directories", "", *(f"- {line}" for line in skipped), ""]
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

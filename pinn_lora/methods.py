@@ -8,6 +8,7 @@ third-party method. Options are validated against each method's defaults.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -71,11 +72,12 @@ class Method:
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise MethodOptionError(f"{bad} must be true or false")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
+        elif isinstance(default, int):  # numpy integers too (np.int64(4))
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise MethodOptionError(f"{bad} must be an integer")
+            value = int(value)
         elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise MethodOptionError(f"{bad} must be a finite number")
             value = float(value)
         if key == "targets":
@@ -84,7 +86,8 @@ class Method:
                 isinstance(value, (list, tuple)) and len(value) > 0
                 and all(isinstance(t, int) and not isinstance(t, bool) for t in value))
             if not ok:
-                raise MethodOptionError(f"{bad} must be one of {', '.join(named)} or a list of layer indices")
+                raise MethodOptionError(f"{bad} must be one of {', '.join(named)} or a list of layer indices "
+                                        "(negative ones count from the output layer, -1)")
             return value if isinstance(value, str) else [int(t) for t in value]
         if key in self.choices and value not in self.choices[key]:
             raise MethodOptionError(f"{bad} is not one of: {', '.join(map(str, self.choices[key]))}")

@@ -27,6 +27,10 @@ def pretrain(problem: Any, *, layers: list[int], activation: str, train: TrainCo
 
     Returns the network and its card; writes both to ``out`` when given."""
     device = torch.device(device)
+    from pinn_lora.memory import check_points
+
+    for key in ("n_points", "lbfgs_points"):
+        check_points(getattr(train, key), layers, dtype, device, key)
     net = build_network(layers, activation, train.seed, dtype=dtype, device=device,
                         output_transform=problem.output_transform)
     previous = None

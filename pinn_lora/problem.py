@@ -3,10 +3,11 @@ and a reference solution. Families live in ``problems/`` and are found through
 the ``pinn_lora.problems`` entry-point group (see :mod:`pinn_lora.registry`)."""
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ class Coefficient:
     low_inclusive: bool = False
     high: float | None = None
     doc: str = ""
+    why: str = ""  # why the range is what it is (e.g. what the reference solution supports), said on refusal
     # continuation (adapting through intermediate values): the coordinate in which stages are
     # evenly spaced ("log": geometric, "linear", "square": linear in the square) and the width of
     # one stage in it (None: this coefficient needs no intermediate stages)
@@ -67,9 +69,8 @@ class Coefficient:
         if ok and self.high is not None:
             ok = v <= self.high
         if not ok:
-            raise CoefficientError(
-                f"{family}: coefficient {self.name}={value!r} is out of range (allowed: {self.allowed()})"
-            )
+            raise CoefficientError(f"{family}: coefficient {self.name}={value!r} is out of range (allowed: "
+                                   f"{self.allowed()}{': ' + self.why if self.why else ''})")
         return v
 
 
@@ -234,10 +235,33 @@ class Problem:
         return hash(self.key())
 
 
+_PROGRESS: contextvars.ContextVar[Callable[[float], None] | None] = contextvars.ContextVar("reference_progress",
+                                                                                       default=None)
+PROGRESS_DELAY = 3.0  # seconds: a reference computed for longer shows a progress bar
+
+
+def reference_progress() -> Callable[[float], None] | None:
+    """For a family's :meth:`Problem.reference_grid`: the callback to report the fraction done (0…1) to, while
+    the reference is computed (a progress bar on stderr once it takes more than :data:`PROGRESS_DELAY` s)."""
+    return _PROGRESS.get()
+
+
 @functools.lru_cache(maxsize=64)
 def _reference_grid_cached(problem: Problem, axes_bytes: tuple[bytes, ...]) -> np.ndarray:
+    from tqdm.auto import tqdm
+
     axes = tuple(np.frombuffer(b, dtype=np.float64) for b in axes_bytes)
-    out = np.asarray(problem.reference_grid(axes), dtype=np.float64)
+    what = ", ".join(f"{k}={v:g}" for k, v in problem.coefficients.items())
+    with tqdm(total=1000, delay=PROGRESS_DELAY, desc=f"{problem.name} reference ({what})", unit="‰",
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}", leave=False) as bar:
+        def update(fraction: float) -> None:
+            bar.update(max(0, min(1000, int(1000 * fraction)) - bar.n))
+
+        token = _PROGRESS.set(update)
+        try:
+            out = np.asarray(problem.reference_grid(axes), dtype=np.float64)
+        finally:
+            _PROGRESS.reset(token)
     out.setflags(write=False)
     return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import safe_open
@@ -44,23 +44,41 @@ def pack(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
     raise TypeError(f"resume: cannot store a {type(obj).__name__} at {path or 'the top'}")
 
 
-def unpack(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+def unpack(obj: Any, tensors: Mapping[str, torch.Tensor],
+           where: Callable[[str], torch.device] = lambda tag: torch.device(tag)) -> Any:
+    """The object :func:`pack` stored; each tensor goes to ``where(its recorded device)``."""
     if isinstance(obj, list):
-        return [unpack(v, tensors) for v in obj]
+        return [unpack(v, tensors, where) for v in obj]
     if isinstance(obj, dict):
         if "__tensor__" in obj:
             if obj["__tensor__"] not in tensors:
                 raise CheckpointError(f"resume: the checkpoint's state names a tensor {obj['__tensor__']!r} "
                                       "that the file does not hold")
-            return tensors[obj["__tensor__"]].to(obj.get("device", "cpu"))
+            return tensors[obj["__tensor__"]].to(where(str(obj.get("device", "cpu"))))
         if "__dict__" in obj:
-            return {k: unpack(v, tensors) for k, v in obj["__dict__"].items()}
+            return {k: unpack(v, tensors, where) for k, v in obj["__dict__"].items()}
         if "__map__" in obj:
-            return {k: unpack(v, tensors) for k, v in obj["__map__"]}
+            return {k: unpack(v, tensors, where) for k, v in obj["__map__"]}
         if "__tuple__" in obj:
-            return tuple(unpack(v, tensors) for v in obj["__tuple__"])
+            return tuple(unpack(v, tensors, where) for v in obj["__tuple__"])
         raise CheckpointError(f"resume: unknown entry {sorted(obj)} in the checkpoint's state")
     return obj
+
+
+def device_map(written_on: str | None, device: torch.device | str | None) -> Callable[[str], torch.device]:
+    """Where a tensor recorded on device ``tag`` goes when a run on ``device`` resumes a checkpoint written
+    by a run on ``written_on`` (``map_location``): the run's tensors (recorded on ``written_on``; in a
+    checkpoint that does not say, any CUDA tensor) go to ``device``; others (the CPU generator's state)
+    stay where they were, or on the CPU when that device is missing (a GPU checkpoint on a CPU-only machine)."""
+    def where(tag: str) -> torch.device:
+        recorded = torch.device(tag)
+        ran_here = tag == written_on if written_on is not None else recorded.type == "cuda"
+        if device is not None and ran_here:
+            return torch.device(device)
+        if recorded.type == "cuda" and not torch.cuda.is_available():
+            return torch.device("cpu")
+        return recorded
+    return where
 
 
 def capture(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -77,8 +95,10 @@ def save(path: str | Path, model_state: Mapping[str, torch.Tensor],
     save_tensors(Path(path), {**model_state, **extra}, metadata={"__resume__": meta, "step": str(packed.get("step"))})
 
 
-def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(network state dict, resume state) from a checkpoint written by :func:`save`."""
+def load(path: str | Path, device: torch.device | str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(network state dict, resume state) from a checkpoint written by :func:`save`, its tensors mapped
+    to the resuming run's ``device`` (:func:`device_map`: a checkpoint written on a GPU resumes on a CPU
+    and the other way round); the network's tensors are on the CPU (``load_state_dict`` copies them)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: no checkpoint {path} (checkpoint_every=0, or the run stopped "
@@ -105,7 +125,8 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                               "version); start the run again in a new directory")
     model = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
     check_finite(model, str(path), CheckpointError)  # the optimiser's state may hold inf (e.g. a running minimum)
-    return model, {k: unpack(v, tensors) for k, v in state.items() if k != "format"}
+    where = device_map(state.get("device"), device)
+    return model, {k: unpack(v, tensors, where) for k, v in state.items() if k != "format"}
 
 
 def truncate_metrics(path: str | Path, n: int) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 MARKER = ".pinn_lora_run.json"
 SUMMARY = "summary.json"
 LEGACY_RESUMABLE = "checkpoint.safetensors"  # a run directory written before markers existed
+RESUMABLE = ("failed", "interrupted")  # summary.json statuses of a run that resume=true may continue
 
 T = TypeVar("T")
 
@@ -112,6 +113,9 @@ def _refusal(path: Path, *, resume: bool, kind: str, key: str | None) -> str | N
     where, other = (f"{key}={path}", f"another {key}=...") if key else (f"run directory {path}", "another one")
     if path.exists() and not path.is_dir():
         return f"{where} is a file; give a directory"
+    if path.is_symlink() and not path.exists():
+        return (f"{where} is a symbolic link to {os.readlink(path)}, which does not exist; give a directory (or "
+                "create the link's target first)")
     if not path.is_dir():
         return None
     info = read_marker(path)
@@ -132,7 +136,7 @@ def _refusal(path: Path, *, resume: bool, kind: str, key: str | None) -> str | N
     if info.get("kind", "run") != kind:
         return f"{where} holds a {info.get('kind')}, not a {kind}: {again}"
     status = _summary_status(path)
-    if kind == "run" and status is not None and status != "failed":
+    if kind == "run" and status is not None and status not in RESUMABLE:
         return f"run directory {path} holds a finished run ({SUMMARY}: {status}); nothing to resume"
     return None
 
@@ -194,15 +198,21 @@ class Claim:
         self._update(status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record)
 
     def fail(self, exc: BaseException) -> None:
-        """Mark the run failed: in the marker and in summary.json (kept and updated when it exists)."""
+        """Mark the run failed (or ``exc.run_status``, e.g. ``interrupted``): in the marker and in
+        summary.json (kept and updated when it exists). A run without a checkpoint to resume from is
+        told how to start over."""
         if self.path is None or _ACTIVE.get(self.path) is not self:
             return
+        status = getattr(exc, "run_status", "failed")
         message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        if self.info.get("kind") == "run" and not (self.path / LEGACY_RESUMABLE).is_file():
+            message += ("; it stopped before its first checkpoint, so resume=true cannot continue it: start it "
+                        "again in a new directory (another out=...)")
         summary = _read_json(self.path / SUMMARY) or {}
         if self.info.get("kind") == "run":
-            write_atomic(self.path / SUMMARY, (json.dumps({**summary, "status": "failed", "message": message},
+            write_atomic(self.path / SUMMARY, (json.dumps({**summary, "status": status, "message": message},
                                                       indent=2) + "\n").encode())
-        self.release("failed", message=message)
+        self.release(status, message=message)
 
     def guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``; if it raises (Ctrl-C included) the run is marked failed first."""

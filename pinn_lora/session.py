@@ -16,8 +16,9 @@ from torch import nn
 from pinn_lora.adapters import adapter_layers
 from pinn_lora import resume as resume_state
 from pinn_lora import rundir
-from pinn_lora.api import attach, save_adapter
+from pinn_lora.api import attach, layer_sizes, save_adapter
 from pinn_lora.checkpoint import write_json
+from pinn_lora.memory import check_points
 from pinn_lora.methods import Method, get_method, trainable_parameters
 from pinn_lora.monitors import (
     AdapterState,
@@ -48,9 +49,11 @@ class ConfigError(ValueError):
     """A bad value in the run's configuration."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(name, (str, torch.device)):
+        raise TypeError(f"device={name!r}: give a string ('auto', 'cpu', 'cuda', 'cuda:N') or a torch.device")
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -62,7 +65,9 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
     if name not in DTYPES:
         raise ConfigError(f"dtype={name!r}: choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -162,7 +167,10 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
     if isinstance(base, nn.Module):
         base = (base, {"problem": problem.name})
     if isinstance(base, tuple):
-        net, card = base
+        if len(base) not in (2, 3) or not isinstance(base[0], nn.Module) or not isinstance(base[1], Mapping):
+            raise TypeError("adapt: base=(network, card) or what load_base returns, (network, card, path); got a "
+                            f"tuple of {len(base)}")
+        net, card = base[:2]  # load_base's (network, card, path) as it is
         net, card = copy.deepcopy(net).to(dtype=dtype, device=device), dict(card)
     else:
         net, card, _ = load_base(base, dtype=dtype, device=device)
@@ -227,14 +235,22 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     The verdict (``summary()["status"]``): ``completed``, ``diverged``, or ``no_improvement`` when
     the result's residual on the fixed validation set (:mod:`pinn_lora.validation`) is not below
     the base network's."""
+    from pinn_lora.problem import Problem
+
+    if not isinstance(problem, Problem):
+        raise TypeError(f"adapt: problem must be a problem object, e.g. pinn_lora.get_problem({problem!r}) "
+                        f"(its coefficients are the target); got {type(problem).__name__} {problem!r}")
+    if run_dir is not None and not isinstance(run_dir, (str, Path)):
+        raise TypeError(f"adapt: run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}")
     if resume and run_dir is None:
         raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
     if run_dir is not None:  # refused now; claimed once the input is known to be good (rundir)
         rundir.check(run_dir, resume=resume)
     checkpoint = Path(run_dir) / "checkpoint.safetensors" if run_dir is not None else None
-    saved = resume_state.load(checkpoint) if resume else None
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dev = resolve_device(device)
+    saved = resume_state.load(checkpoint, dev) if resume else None
     dt = resolve_dtype(dtype)
+    dtype = str(dt).replace("torch.", "")  # dtype=torch.float32 recorded as its name
     rec = dict(recommendations(problem.name) if recommended is None else recommended)
     if isinstance(method, Method):
         meth = method
@@ -260,11 +276,17 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     lbfgs_steps = rec.get("lbfgs_steps", 0) if lbfgs_steps is None else lbfgs_steps
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
-    check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1),
-                "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0),
-                "sync_every": (sync_every, 0), "resample_every": (resample_every, 1)})
+    ints = check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1),
+                       "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0),
+                       "sync_every": (sync_every, 0), "resample_every": (resample_every, 1)})
+    steps, n_points, eval_every, lbfgs_steps = ints["steps"], ints["n_points"], ints["eval_every"], ints["lbfgs_steps"]
+    checkpoint_every, seed, sync_every, resample_every = (ints[k] for k in ("checkpoint_every", "seed", "sync_every",
+                                                                            "resample_every"))
     stage_steps = loop.get("stage_steps", TrainConfig.stage_steps)
     net, card = resolve_base(base, problem, dt, dev)
+    if getattr(net, "linears", None):  # before any point is drawn (attach draws n_points for its start)
+        check_points(n_points, layer_sizes(net), dt, dev, error=ConfigError,
+                     pool=loop.get("rad_pool", 8) if sampling == "rad" else 1)
     stages = ([] if continuation == "off" or not card.get("coefficients")
               else problem.stages_from(card["coefficients"], continuation))
     train_cfg = TrainConfig(steps=steps + len(stages) * stage_steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
@@ -376,11 +398,22 @@ def problem_from_config(pcfg: Mapping[str, Any], job: str = "adapt") -> Any:
     return cls(**extra, **{**defaults, **given})
 
 
-def check_ints(values: Mapping[str, tuple[Any, int]]) -> None:
-    """Each value must be an integer >= its lower bound (a ConfigError naming the key otherwise)."""
+SEED_LIMIT = 2**31  # the samplers seed numpy's legacy generator (32 bits) with seed + small offsets
+
+
+def check_ints(values: Mapping[str, tuple[Any, int]]) -> dict[str, int]:
+    """Each value must be an integer (numpy's included) >= its lower bound, a ``seed`` below
+    :data:`SEED_LIMIT` (a ConfigError naming the key otherwise). Returns them as Python ints."""
+    import numbers
+
+    out = {}
     for key, (val, low) in values.items():
-        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+        if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < low:
             raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
+        if key == "seed" and val >= SEED_LIMIT:
+            raise ConfigError(f"seed={val!r} is too large: a seed is an integer from 0 to {SEED_LIMIT - 1} (2**31 - 1)")
+        out[key] = int(val)
+    return out
 
 
 def check_strings(cfg: Mapping[str, Any], keys: Sequence[str]) -> None:

@@ -3,6 +3,8 @@ sample → residual terms → loss → method step → monitors → checkpoint."
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,39 +244,128 @@ class Recorder:
             m.on_end(self.history)
 
 
+GUARD_POINTS = 1024  # the fixed points (pinn_lora.validation's set) on which the Guard ranks verified states
+
+
+@dataclass
+class Candidate:
+    """A verified state the Guard may keep: its step (the state before that step), its residual on the
+    fixed point set, its tensors."""
+
+    step: int
+    score: float
+    tensors: list[torch.Tensor]
+
+
 class Guard:
     """Divergence: a step's loss is measured at the state *before* it, so each state is verified
-    by the next loss (the last one by one extra evaluation). A failed check restores the last
-    verified state and says why."""
+    by the next loss (the last one by one extra evaluation). A failed check restores the best
+    verified state and says which.
+
+    The best verified state: at the start and at every evaluation the state is scored by ``score``
+    (the residual on a fixed point set, :data:`GUARD_POINTS` of :mod:`pinn_lora.validation`'s
+    points); once the next loss verifies it, it is a candidate; once its record is written, a
+    candidate whose record the Stability monitor flagged (a ``spike``) is dropped, and the lowest
+    score is kept. Without ``score`` (or before any candidate) the last verified state is kept."""
 
     def __init__(self, tensors: Callable[[], list[torch.Tensor]], factor: float, history: History,
-                 monitors: Sequence[Monitor]) -> None:
+                 monitors: Sequence[Monitor], score: Callable[[], float] | None = None) -> None:
         self.tensors, self.factor, self.history, self.monitors = tensors, factor, history, monitors
+        self.score = score
         self.initial: float | None = None  # the first loss (the scale of the check)
         self.good: list[torch.Tensor] | None = None  # the last state whose loss passed
+        self.proposed: Candidate | None = None  # the live state, scored, not verified yet
+        self.verified: list[Candidate] = []  # verified, their records not judged yet
+        self.best: Candidate | None = None  # the lowest score of the verified, unflagged states
+        self.flagged = 0  # candidates dropped because the Stability monitor flagged their record
 
     def snapshot(self) -> list[torch.Tensor]:
         # parameters and buffers: chained methods merge into frozen weights and move selectors
         # (tiny networks: a copy costs microseconds)
         return [t.detach().clone() for t in self.tensors()]
 
+    def propose(self, step: int) -> None:
+        """Score the live state (the state before ``step``); the next passing check verifies it."""
+        if self.score is None:
+            return
+        value = self.score()
+        self.proposed = Candidate(step, value, self.snapshot()) if math.isfinite(value) else None
+
+    def _settle(self, step: int) -> None:
+        """Judge the verified candidates whose records are written (those before ``step``)."""
+        keep = []
+        for c in self.verified:
+            if c.step >= step:
+                keep.append(c)
+                continue
+            rec = next((r for r in reversed(self.history.records) if r.get("step") == c.step), {})
+            if rec.get("spike") is not None:
+                self.flagged += 1
+            elif self.best is None or c.score < self.best.score:
+                self.best = c
+        self.verified = keep
+
     def check(self, loss: float, current: list[torch.Tensor], step: int) -> bool:
-        """Accept ``current`` (whose loss is ``loss``) as good, or restore the last good state (True)."""
+        """Accept ``current`` (whose loss is ``loss``) as good, or restore the best verified state (True)."""
         self.initial = loss if self.initial is None else self.initial
         bad = _diverged(loss, self.initial, self.factor)
+        self._settle(step)
         if not bad:
             self.good = current
+            if self.proposed is not None and self.proposed.step <= step:
+                self.verified.append(self.proposed)
+                self.proposed = None
             return False
+        kept = self.best
         with torch.no_grad():
-            for t, g in zip(self.tensors(), self.good if self.good is not None else current):
+            restore = kept.tensors if kept is not None else self.good if self.good is not None else current
+            for t, g in zip(self.tensors(), restore):
                 t.copy_(g)
         self.history.status = "diverged"
         flagged = next((s for s in (m.warning_step() for m in self.monitors) if s is not None), None)
         warned = "" if flagged is None else f"; the Stability monitor saw the first loss spike at step {flagged}"
+        if kept is not None:
+            dropped = f", {self.flagged} flagged by the Stability monitor left out" if self.flagged else ""
+            which = (f"kept the best verified state (step {kept.step}: residual {kept.score:.3e} on "
+                     f"{GUARD_POINTS} fixed points, the lowest of the states scored{dropped})")
+        else:
+            which = f"kept the last state with a good loss (step {max(step - 1, 0)})"
         self.history.message = (f"divergence check (loss > {self.factor:g} x the first loss, or non-finite) fired "
-                                f"at step {step}: {bad}{warned}; kept the last state with a good loss "
-                                f"(step {max(step - 1, 0)})")
+                                f"at step {step}: {bad}{warned}; {which}")
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The candidates, for checkpoints (a resumed run keeps the same best state)."""
+        pack = lambda c: None if c is None else {"step": c.step, "score": c.score, "tensors": c.tensors}  # noqa: E731
+        return {"best": pack(self.best), "verified": [pack(c) for c in self.verified],
+                "proposed": pack(self.proposed), "flagged": self.flagged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unpack = lambda c: None if c is None else Candidate(int(c["step"]), float(c["score"]), list(c["tensors"]))  # noqa: E731
+        self.best, self.proposed = unpack(state.get("best")), unpack(state.get("proposed"))
+        self.verified = [unpack(c) for c in state.get("verified", [])]
+        self.flagged = int(state.get("flagged", 0))
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM. With a checkpoint path the Trainer first
+    wrote a checkpoint of the last verified state (``step``: the step it continues at, None when
+    none was written); the run can be resumed from it. ``run_status`` is what the run directory's
+    claim records (:meth:`pinn_lora.rundir.Claim.fail`)."""
+
+    run_status = "interrupted"
+
+    def __init__(self, signum: int, step: int | None = None, path: Path | None = None, at: int | None = None) -> None:
+        self.signum, self.step, self.path, self.at = signum, step, path, at
+        name = signal.Signals(signum).name
+        where = "" if at is None else f" at step {at}"
+        saved = (f"the checkpoint {path} holds the last verified state (step {step})" if step is not None
+                 else "no checkpoint was written")
+        super().__init__(f"interrupted by {name}{where}; {saved}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 class Checkpointer:
@@ -283,13 +374,17 @@ class Checkpointer:
 
     def __init__(self, trainer: "Trainer", path: Path | None, every: int) -> None:
         self.trainer, self.path, self.every = trainer, path, every
+        self.written: int | None = None  # the step of the last checkpoint written
 
     @property
     def enabled(self) -> bool:
         return self.path is not None and self.every > 0
 
     def due(self, first: int, end: int) -> bool:
-        """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``every``)."""
+        """Whether a checkpoint falls in steps ``first`` … ``end − 1`` (one after every ``every``), or
+        one is wanted now because the run was asked to stop (SIGINT/SIGTERM)."""
+        if self.path is not None and self.trainer.stop is not None:
+            return True
         return self.enabled and (end // self.every) > (first // self.every)
 
     def capture(self, step: int, phase: str = "train",
@@ -311,6 +406,8 @@ class Checkpointer:
             "method": t.method.state_dict() if t.method is not None else {},
             "monitors": [m.state_dict() for m in t.recorder.monitors], "settings": t.settings,
             "stage": [t.stage, t.stage_start, t._stage_loss if math.isfinite(t._stage_loss) else None],
+            "guard": t.guard.state_dict(),
+            "device": str(t.device),  # where the run's tensors were (resume maps them to the resuming run's)
         }
         return {k: v.detach().clone() for k, v in t.model.state_dict().items()}, resume.capture(state)
 
@@ -321,6 +418,7 @@ class Checkpointer:
 
         self.trainer.recorder.flush()  # the records before the checkpoint must be on disk with it
         resume.save(self.path, *pending)
+        self.written = int(pending[1][0]["step"])
 
     def restore(self, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> tuple[int, str]:
         """Continue from a checkpoint: the network, dynamics, method, monitors, generators and
@@ -351,6 +449,7 @@ class Checkpointer:
         hist = t.history
         hist.evaluations, hist.steps = int(state["evaluations"]), int(state["steps_done"])
         t.guard.initial = state["initial"]
+        t.guard.load_state_dict(state.get("guard") or {})
         t.recorder.started = time.perf_counter() - float(state["wall_time"])
         return step, phase
 
@@ -395,11 +494,15 @@ class Trainer:
         self.current_points: torch.Tensor | None = None  # the last points drawn
         self.restored_points: torch.Tensor | None = None  # a checkpoint's points, for a resume mid-block
         self.history = History()
+        self.stop: int | None = None  # the signal (SIGINT/SIGTERM) that asked the run to stop
         self.graph_captured = False  # set when the steps ran from a CUDA graph
         self.recorder = Recorder(self.history, monitors, cfg.eval_every, cfg.progress)
-        self.guard = Guard(self._state_tensors, cfg.divergence_factor, self.history, self.recorder.monitors)
+        self.guard = Guard(self._state_tensors, cfg.divergence_factor, self.history, self.recorder.monitors,
+                           self._guard_score if self.scored else None)
         self.checkpointer = Checkpointer(self, None if checkpoint_path is None else Path(checkpoint_path),
                                          cfg.checkpoint_every)
+
+    scored = True  # the Guard ranks verified states by their residual on fixed points (False: keeps the last)
 
     @property
     def monitors(self) -> list[Monitor]:
@@ -426,6 +529,14 @@ class Trainer:
     def block_position(self, step: int) -> int:
         """Steps since the last draw of points: every ``resample_every`` steps from the stage's start."""
         return (step - self.stage_start) % self.cfg.resample_every
+
+    def _guard_score(self) -> float:
+        """The live model's residual on :data:`GUARD_POINTS` fixed points of the validation set."""
+        from pinn_lora.validation import validation_points, validation_residual
+
+        if getattr(self, "_guard_points", None) is None:
+            self._guard_points = validation_points(self.problem, GUARD_POINTS, self.dtype, self.device)
+        return validation_residual(self.problem, self.model, self._guard_points)
 
     def points(self, n: int) -> torch.Tensor:
         self._draw_state = self.rng.bit_generator.state
@@ -502,6 +613,9 @@ class Trainer:
         self.recorder.open(self.model, self.problem)
         start, phase = (0, "train") if self.resume_from is None else self.checkpointer.restore(*self.resume_from)
         self.recorder.show(cfg.steps + cfg.lbfgs_steps)
+        restore_signals = self._stop_on_signals()
+        if self.resume_from is None:  # a resumed run has its candidates from the checkpoint
+            self.guard.propose(0)
         try:
             method_loop = self._method_loop() if phase == "train" else None
             loops = [(method_loop, start)] if method_loop is not None and cfg.steps else []
@@ -516,6 +630,7 @@ class Trainer:
                 if not self._verify_end(loop.points, loop.end - 1):
                     return self.history
         finally:
+            restore_signals()
             self.recorder.close()
         return self.history
 
@@ -534,9 +649,34 @@ class Trainer:
             self.after_step(out.step, self.model, self.dynamics)
         if out.evaluate:
             out.record["rel_l2"] = self.evaluate()
+            self.guard.propose(out.step + out.advance)
         self._emit(out.record, out.advance)
         self.checkpointer.write(out.pending)
+        if self.stop is not None and (out.pending is not None or self.checkpointer.path is None
+                                      or out.record.get("phase") == "lbfgs"):
+            raise self._interrupted(out.step)  # L-BFGS: no checkpoints inside it; the one at its start stays
         return True
+
+    def _interrupted(self, at: int | None) -> Interrupted:
+        ck = self.checkpointer
+        return Interrupted(self.stop or signal.SIGINT, ck.written, ck.path if ck.written is not None else None, at)
+
+    def _stop_on_signals(self) -> Callable[[], None]:
+        """While the loop runs (main thread only): the first SIGINT/SIGTERM asks the run to stop once the
+        next checkpoint of a verified state is written (the loops capture one before their next step, and
+        that step's loss verifies it); a second one, or one without a checkpoint path, stops at once
+        (:class:`Interrupted`). Returns what puts the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stop is not None or self.checkpointer.path is None:
+                self.stop = self.stop or signum
+                raise self._interrupted(None)
+            self.stop = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(sig, old) for sig, old in previous.items()] and None
 
     def _method_loop(self) -> Any:
         """The loop for the method's steps: eager, or the static step (graph mode)."""

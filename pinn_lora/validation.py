@@ -5,8 +5,9 @@ causal weights) on ``VALIDATION_POINTS`` quasi-random points that depend only on
 family — never on the run's seed, its training points or their resampling — for the base
 network at the target and for the result. A result whose validation residual is not below the
 base's is reported as ``no_improvement``: without a reference solution, that is the evidence a
-scientist has that adaptation did not help. The set is used for this verdict only, never to
-pick a state or to stop early."""
+scientist has that adaptation did not help. The set is used for this verdict and, after a
+divergence, to choose which verified state to keep (the Guard of :mod:`pinn_lora.train` ranks them on
+1024 points drawn the same way); never to stop early."""
 from __future__ import annotations
 
 import zlib
@@ -49,11 +50,15 @@ def validation_residual(problem: Any, model: nn.Module, points: torch.Tensor) ->
 
 def judge(history: Any, base: float, result: float, n_points: int) -> None:
     """The verdict on a finished run's ``history``: a completed run whose validation residual
-    ``result`` is not below the base's becomes ``no_improvement``; both numbers go into the last
+    ``result`` is not below the base's becomes ``no_improvement`` (a diverged run's message says so too, its
+    status stays ``diverged``); both numbers go into the last
     record (metrics keep one record per step)."""
+    worse = (f"the validation residual ({result:.3e} on {n_points} fixed points) is not below the base "
+             f"model's ({base:.3e}): the adaptation did not improve on the base")
     if history.status == "completed" and not result < base:
         history.status = "no_improvement"
-        history.message = (f"the validation residual ({result:.3e} on {n_points} fixed points) is not below the base "
-                           f"model's ({base:.3e}): the adaptation did not improve on the base")
+        history.message = worse
+    elif history.status == "diverged" and not result < base:  # the state kept is no better than the base either
+        history.message += f"; {worse}"
     if history.records:
         history.records[-1].update(validation_residual_base=base, validation_residual=result)

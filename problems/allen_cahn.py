@@ -46,4 +46,17 @@ class AllenCahn(Problem):
     def reference_grid(self, axes):
         from problems.reference_solvers import allen_cahn_reference
 
-        return allen_cahn_reference(self.d, self.gamma, axes[0], axes[1])
+        from pinn_lora.problem import reference_progress
+
+        return allen_cahn_reference(self.d, self.gamma, axes[0], axes[1], progress=reference_progress())
+
+    def validate(self) -> None:
+        from pinn_lora.problem import CoefficientError
+        from problems.reference_solvers import MAX_DEGREE, RESOLVED
+
+        width, need = math.sqrt(2 * self.d / self.gamma), RESOLVED / MAX_DEGREE
+        if width < need:
+            raise CoefficientError(
+                f"allen_cahn: d={self.d:g}, gamma={self.gamma:g} make an interface of width sqrt(2 d/gamma)="
+                f"{width:.3g}, narrower than the reference solution resolves ({need:.3g}: Chebyshev degree "
+                f"{MAX_DEGREE}); choose d >= {need * need / 2:.3g} x gamma")

@@ -147,7 +147,7 @@ def files(tmp_path_factory) -> Files:
 
     f.a_truncated = adapter_variant("a_truncated", weights_bytes=araw[: len(araw) // 3])
     f.a_wrong_hash = adapter_variant("a_wrong_hash", {**acard, "weights_sha256": "f" * 64})
-    f.a_wrong_rank = adapter_variant("a_wrong_rank", {**acard, "method": {**acard["method"], "rank": 2}})
+    f.a_wrong_rank = rebound(adapter_variant("a_wrong_rank", {**acard, "method": {**acard["method"], "rank": 2}}))
     f.a_bad_rank = adapter_variant("a_bad_rank", {**acard, "method": {**acard["method"], "rank": -2}})
     f.a_unknown_method = adapter_variant("a_unknown_method", {**acard, "method": {**acard["method"], "name": "lorax"}})
     f.a_no_kind = adapter_variant("a_no_kind", {k: v for k, v in acard.items() if k != "kind"})
@@ -159,6 +159,12 @@ def files(tmp_path_factory) -> Files:
     nan_adapter = nan_in_first_weight(f.adapter / "adapter.safetensors")
     f.a_nonfinite = adapter_variant("a_nonfinite", {**acard, "weights_sha256": hashlib.sha256(nan_adapter).hexdigest()},
                                     nan_adapter)
+    f.a_no_activation = rebound(adapter_variant("a_no_activation", {**acard, "base": {
+        **acard["base"], "network": {"layers": acard["base"]["network"]["layers"]}}}))
+    f.a_file = root / "a_file"
+    f.a_file.write_text("not a directory")
+    f.dangling = root / "dangling"
+    f.dangling.symlink_to(root / "nowhere")
     f.a_empty = root / "a_empty"
     f.a_empty.mkdir()
     f.previous_run = root / "previous_run"
@@ -168,6 +174,22 @@ def files(tmp_path_factory) -> Files:
     f.foreign.mkdir()
     (f.foreign / "notes.txt").write_text("not a run")
     return f
+
+
+def rebound(d: Path) -> Path:
+    """Bind ``d``'s edited card to its weights again (as a forger who knows the format would): the weights file
+    gets the card's hash, the card the file's sha256, so the checks after the binding's are reached."""
+    from safetensors.torch import load_file, save
+
+    from pinn_lora.api import CARD_COPY_KEY, CARD_HASH_KEY, canonical_card
+
+    card = json.loads((d / "card.json").read_text())
+    bound = canonical_card(card)
+    data = save(load_file(str(d / "adapter.safetensors")),
+                metadata={CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound})
+    (d / "adapter.safetensors").write_bytes(data)
+    (d / "card.json").write_text(json.dumps({**card, "weights_sha256": hashlib.sha256(data).hexdigest()}))
+    return d
 
 
 # ---- command line: one line, exit code 2, nothing left behind -------------------------------------------------
@@ -180,10 +202,15 @@ CLI_CASES = [
     (["derivatives=magic"], "derivatives='magic'; choose one of"),
     (["cuda_graph=maybe"], "cuda_graph='maybe'; use auto, true or false"),
     # coefficients
-    (["problem.nu=0"], "burgers: coefficient nu=0 is out of range (allowed: 0 < nu)"),
-    (["problem.nu=-0.01"], "coefficient nu=-0.01 is out of range (allowed: 0 < nu)"),
-    (["problem.nu=nan"], "coefficient nu=nan is out of range (allowed: 0 < nu)"),
-    (["problem.nu=inf"], "coefficient nu=inf is out of range (allowed: 0 < nu)"),
+    (["problem.nu=0"], "burgers: coefficient nu=0 is out of range (allowed: 0.00031831 <= nu <= 100: the range in "
+                       "which the Cole–Hopf reference solution is accurate and takes seconds)"),
+    (["problem.nu=-0.01"], "coefficient nu=-0.01 is out of range (allowed: 0.00031831 <= nu <= 100"),
+    (["problem.nu=nan"], "coefficient nu=nan is out of range (allowed: 0.00031831 <= nu <= 100"),
+    (["problem.nu=inf"], "coefficient nu=inf is out of range (allowed: 0.00031831 <= nu <= 100"),
+    (["problem.nu=1e-12"], "coefficient nu=1e-12 is out of range (allowed: 0.00031831 <= nu"),  # item 11: hours
+    (["problem.nu=1e6"], "coefficient nu=1000000.0 is out of range (allowed: 0.00031831 <= nu <= 100"),  # minutes
+    (["problem=allen_cahn", "problem.d=1e-6"], "allen_cahn: d=1e-06, gamma=3 make an interface of width sqrt(2 "
+                                               "d/gamma)=0.000816, narrower than the reference solution resolves"),
     (["problem=helmholtz", "problem.k=2.2214"], "helmholtz: k=2.2214 is within 5% of the resonance k²=π²(1²+1²)/4"),
     (["problem=helmholtz", "problem.k=-1"], "coefficient k=-1 is out of range (allowed: 0 <= k)"),
     (["problem=burgers", "problem.gamma=3"], "unknown key 'problem.gamma' for problem burgers; its keys: nu, adapt"),
@@ -211,6 +238,7 @@ CLI_CASES = [
     (["steps=abc"], "steps='abc' must be an integer >= 0"),
     (["steps=2.5"], "steps=2.5 must be an integer >= 0"),
     (["n_points=0"], "n_points=0 must be an integer >= 1"),
+    (["n_points=1000000000000"], "n_points=1000000000000 (x 8 candidates each: sampling=rad, rad_pool=8) needs at least 29.3 PB"),  # item 14
     (["eval_every=0"], "eval_every=0 must be an integer >= 1"),
     (["seed=-1"], "seed=-1 must be an integer >= 0"),
     (["sync_every=2.5"], "sync_every=2.5 must be an integer >= 0"),
@@ -225,6 +253,12 @@ CLI_CASES = [
     (["out=${now:"], "malformed override 'out=${now:'"),
     (["seed=0,1"], "'seed=0,1' gives several values: add -m (--multirun)"),
     (["stepz=3"], "unknown key 'stepz'; top-level keys: seed, device, dtype"),
+    (["+stepz=100"], "unknown key 'stepz'; top-level keys: seed, device, dtype"),  # issue 14, item 16
+    (["+foo=1"], "unknown key 'foo'; top-level keys:"),
+    (["++foo=1"], "unknown key 'foo'; top-level keys:"),
+    (["method=lora", "+method.rnk=3"], "unknown key 'method.rnk' for method lora; its keys: rank, alpha"),
+    (["seed=1180591620717411303424"], "seed=1180591620717411303424 is too large: a seed is an integer from 0 to "
+                                      "2147483647"),  # item 18 (2**70)
     (["method=lora", "method.rnk=3"], "unknown key 'method.rnk' for method lora; its keys: rank, alpha"),
     (["problem.nu=${oops}"], "Interpolation key 'oops' not found"),
     (["~problem"], "no problem selected (was it removed with ~problem?); choose one with problem=NAME"),
@@ -436,6 +470,18 @@ def test_cli_sweep_stopped_by_bad_input_deletes_nothing(tmp_path, monkeypatch, c
     assert marker["kind"] == "sweep" and marker["status"] == "failed"
 
 
+def test_cli_sweep_names_its_diverged_jobs(tmp_path, monkeypatch, capsys):
+    """A sweep in which a job diverged runs every job, then names the diverged ones in one line and exits 3
+    (issue 14, item 20; main exited 0)."""
+    sweep = tmp_path / "sweep"
+    code, out, err = cli(["-m", *FAST, "steps=10", "problem=helmholtz", "method=lora", "solver=method",
+                          "method.lr=1e8,1e-3", f"hydra.sweep.dir={sweep}"], monkeypatch, capsys, tmp_path)
+    assert code == 3, err
+    assert f"sweep {sweep}: 2 jobs: 1 completed, 1 diverged" in out or f"sweep {sweep}: 2 jobs: 1 diverged, " in out
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert lines[-1] == "error: 1 of 2 jobs diverged: helmholtz/lora/0 (see their summary.json)", err
+
+
 def test_cli_debug_shows_the_exception(tmp_path, monkeypatch, capsys):
     """debug=true: the exception propagates (Hydra does not shorten it); no run directory was created."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -496,17 +542,25 @@ API_CASES = [
     ("sampler", lambda f: _adapt(sampler="random"), ValueError, r"sampler='random'; choose one of pseudo"),
     # coefficients
     ("nu zero", lambda f: pinn_lora.get_problem("burgers", nu=0.0), CoefficientError,
-     r"burgers: coefficient nu=0.0 is out of range \(allowed: 0 < nu\)"),
+     r"burgers: coefficient nu=0.0 is out of range \(allowed: 0.00031831 <= nu <= 100: the range in which the "
+     r"Cole–Hopf reference solution is accurate and takes seconds\)"),
+    ("nu too small for the reference", lambda f: pinn_lora.get_problem("burgers", nu=1e-12), CoefficientError,
+     r"nu=1e-12 is out of range \(allowed: 0.00031831 <= nu <= 100"),
+    ("nu too large for the reference", lambda f: pinn_lora.get_problem("burgers", nu=1e6), CoefficientError,
+     r"nu=1000000.0 is out of range"),
+    ("allen_cahn interface unresolved", lambda f: pinn_lora.get_problem("allen_cahn", d=1e-5, gamma=5.0),
+     CoefficientError, r"allen_cahn: d=1e-05, gamma=5 make an interface of width sqrt\(2 d/gamma\)=0.002, narrower "
+     r"than the reference solution resolves \(0.00586: Chebyshev degree 2048\); choose d >= 1.72e-05 x gamma"),
     ("nu negative", lambda f: pinn_lora.get_problem("burgers", nu=-1), CoefficientError, r"nu=-1 is out of range"),
     ("nu nan", lambda f: pinn_lora.get_problem("burgers", nu=float("nan")), CoefficientError,
      r"nu=nan is out of range"),
     ("nu inf", lambda f: pinn_lora.get_problem("burgers", nu=math.inf), CoefficientError, r"nu=inf is out of range"),
     ("nu text", lambda f: pinn_lora.get_problem("burgers", nu="abc"), CoefficientError,
-     r"nu='abc' is not a number \(allowed: 0 < nu\)"),
+     r"nu='abc' is not a number \(allowed: 0.00031831 <= nu <= 100\)"),
     ("k resonance", lambda f: pinn_lora.get_problem("helmholtz", k=math.pi / math.sqrt(2)), CoefficientError,
      r"k=2.22144 is within 5% of the resonance k²=π²\(1²\+1²\)/4"),
     ("wrong coefficient", lambda f: pinn_lora.get_problem("burgers", gamma=3.0), CoefficientError,
-     r"burgers: unknown coefficient gamma; the coefficients are: nu \(0 < nu\)"),
+     r"burgers: unknown coefficient gamma; the coefficients are: nu \(0.00031831 <= nu <= 100\)"),
     # rank, alpha, learning rate, tolerances
     ("rank zero", lambda f: pinn_lora.get_method("lora", rank=0), MethodOptionError, r"option rank=0 must be > 0"),
     ("rank negative", lambda f: pinn_lora.get_method("dora", rank=-3), MethodOptionError,
@@ -531,8 +585,30 @@ API_CASES = [
     ("atol negative", lambda f: pinn_lora.get_method("odelora", atol=-1e-6), MethodOptionError,
      r"atol=-1e-06 must be > 0"),
     ("steps negative", lambda f: _adapt(steps=-1), ConfigError, r"steps=-1 must be an integer >= 0"),
+    ("seed 2**70", lambda f: _adapt(seed=2**70), ConfigError,  # issue 14, items 18-19
+     r"seed=1180591620717411303424 is too large: a seed is an integer from 0 to 2147483647 \(2\*\*31 - 1\)"),
+    ("problem as a string", lambda f: pinn_lora.adapt("helmholtz", "helmholtz", "lora"), TypeError,
+     r"adapt: problem must be a problem object, e.g. pinn_lora.get_problem\('helmholtz'\) \(its coefficients are "
+     r"the target\); got str 'helmholtz'"),
+    ("linears a plain list", lambda f: pinn_lora.attach(_plain_list_net(), "lora"), TypeError,
+     r"attach: expected a torch.nn.Module whose 'linears' is a ModuleList of nn.Linear layers"),
+    ("attach twice", lambda f: pinn_lora.attach(pinn_lora.attach(pinn_lora.load_base("helmholtz")[0], "lora"), "lora"),
+     ValueError, r"attach: this network already has a method attached \(PINN from .* base \[2, 64, 64, 64, 1\]"),
+    ("device object without CUDA", lambda f: _adapt(device=torch.device("cuda")), ConfigError,
+     r"device=device\(type='cuda'\) requested but no CUDA device is available"),
+    ("device not a name", lambda f: _adapt(device=3), TypeError, r"device=3: give a string"),
+    ("run_dir a file", lambda f: _adapt(run_dir=f.a_file), pinn_lora.rundir.RunDirError,
+     r"run directory .*a_file is a file; give a directory"),
+    ("run_dir not a path", lambda f: _adapt(run_dir=3), TypeError, r"adapt: run_dir must be a path"),
+    ("run_dir dangling link", lambda f: _adapt(run_dir=f.dangling), pinn_lora.rundir.RunDirError,  # item 17
+     r"run directory .*dangling is a symbolic link to .*nowhere, which does not exist; give a directory"),
+    ("load_adapter no activation", lambda f: pinn_lora.load_adapter(f.a_no_activation), CheckpointError,  # item 22
+     r"card .*a_no_activation/card.json: base.network names no activation, so the base network cannot be rebuilt"),
     ("steps text", lambda f: _adapt(steps="10"), ConfigError, r"steps='10' must be an integer >= 0"),
     ("n_points zero", lambda f: _adapt(n_points=0), ConfigError, r"n_points=0 must be an integer >= 1"),
+    ("n_points beyond memory", lambda f: _adapt(n_points=10**12, sampling="uniform"), ConfigError,  # issue 14, item 14
+     r"n_points=1000000000000 needs at least 2.7 PB of memory for one step \(the points and the network's "
+     r"activations in float64\), more than the .* of cpu; use fewer points \(fewer than \d+\)"),
     # device, float type, run directory
     pytest.param("cuda", lambda f: _adapt(device="cuda"), ConfigError,
                  r"device='cuda' requested but no CUDA device is available", marks=NO_CUDA),
@@ -608,6 +684,14 @@ API_CASES = [
 ]
 
 
+def _plain_list_net():
+    net = build_network([2, 8, 1], "tanh", seed=0)
+    linears = list(net.linears)
+    del net.linears
+    net.__dict__["linears"] = linears  # a plain list, not a ModuleList (torch refuses the assignment)
+    return net
+
+
 MULTILINE = {"load_adapter wrong shape"}  # see test_api_adapter_shape_mismatch_is_one_line
 
 
@@ -637,8 +721,117 @@ def test_api_bad_input_writes_nothing(files, tmp_path):
         assert list(tmp_path.iterdir()) == [], kw
 
 
+# ---- tampered adapter cards (issue 14, item 9): every field of a saved card is bound to its weights -----------
+def _set(path: str, value):
+    def edit(card: dict) -> None:
+        *parents, last = path.split(".")
+        where = card
+        for key in parents:
+            where = where[key]
+        if value is _REMOVE:
+            del where[last]
+        else:
+            where[last] = value
+    return edit
+
+
+_REMOVE = object()
+BOUND = r"card .*card.json was changed after it was saved with adapter.safetensors: "
+TAMPER_CASES = [  # (field, new value, what the one line says)
+    ("kind", "pinn_lora.adapter2", r"is not a pinn_lora adapter card"),  # checked before anything else
+    ("package_version", "9.9.9", BOUND + r"package_version is '9.9.9' \(saved: '0.1.0'\)"),
+    ("method.name", "rslora", BOUND + r"method.name is 'rslora' \(saved: 'lora'\)"),
+    ("method.lr", 0.03, BOUND + r"method.lr is 0.03 \(saved: 0.003\)"),
+    ("method.schedule", "constant", BOUND + r"method.schedule is 'constant'"),
+    ("method.final_ratio", 0.2, BOUND + r"method.final_ratio is 0.2"),
+    ("method.rank", 2, BOUND + r"method.rank is 2 \(saved: 4\)"),
+    ("method.alpha", 8.0, BOUND + r"method.alpha is 8.0 \(saved: 4.0\)"),
+    ("method.targets", "hidden", BOUND + r"method.targets is 'hidden' \(saved: 'all'\)"),
+    ("adapted_layers", [0, 1, 2], BOUND + r"adapted_layers is \[0, 1, 2\] \(saved: \[0, 1, 2, 3\]\)"),
+    ("layer_ranks.0", 3, BOUND + r"layer_ranks.0 is 3 \(saved: 2\)"),
+    ("trainable_parameters", 1, BOUND + r"trainable_parameters is 1 \(saved: 1221\)"),
+    ("problem", "burgers", r"card .*card.json: burgers: unknown coefficient k"),  # checked by the registry first
+    ("coefficients.k", 4.0, BOUND + r"coefficients.k is 4.0 \(saved: 3.0\)"),
+    ("base.coefficients.k", 2.0, BOUND + r"base.coefficients.k is 2.0 \(saved: 1.0\)"),
+    ("base.network.activation", "tanh", BOUND + r"base.network.activation is 'tanh' \(saved: 'sin'\)"),
+    ("base.network.layers", [2, 64, 64, 1], BOUND + r"base.network.layers is \[2, 64, 64, 1\]"),
+    ("base.weights_sha256", "0" * 64, BOUND + r"base.weights_sha256 is '0000"),
+    ("base.fingerprint", "0" * 64, BOUND + r"base.fingerprint is '0000"),
+    ("contents", "only the factors", BOUND + r"contents is 'only the factors'"),
+    ("contents", _REMOVE, BOUND + r"contents was removed \(saved: 'full adapted state dict"),
+    ("note", "added later", BOUND + r"note was added \('added later'\)"),
+    ("weights_sha256", "e" * 64, r"adapter.safetensors does not match its card's sha256"),  # the file's own hash
+]
+
+
+@pytest.mark.parametrize("field,value,message", TAMPER_CASES,
+                         ids=[f"{c[0]} removed" if c[1] is _REMOVE else c[0] for c in TAMPER_CASES])
+def test_a_tampered_card_is_refused(field, value, message, files, tmp_path):
+    """Editing any field of a saved card.json (alpha 4 -> 8, lora -> rslora, the target coefficient ...) is
+    refused at load with one line naming the field, its value and the saved one (main loaded them silently)."""
+    d = tmp_path / "a"
+    shutil.copytree(files.adapter, d)
+    card = json.loads((d / "card.json").read_text())
+    _set(field, value)(card)
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=message) as info:
+        pinn_lora.load_adapter(d)
+    assert "\n" not in str(info.value)
+
+
+def test_an_unbound_card_loads_with_one_warning(files, tmp_path):
+    """A card written before cards were bound to their weights (no hash in the file's metadata) loads, with
+    one warning line."""
+    from safetensors.torch import load_file, save
+
+    d = tmp_path / "old"
+    shutil.copytree(files.adapter, d)
+    data = save(load_file(str(d / "adapter.safetensors")))  # the same tensors, no metadata
+    (d / "adapter.safetensors").write_bytes(data)
+    card = json.loads((d / "card.json").read_text())
+    (d / "card.json").write_text(json.dumps({**card, "weights_sha256": hashlib.sha256(data).hexdigest()}))
+    with pytest.warns(UserWarning, match=r"card.json: an adapter card written before cards were bound") as got:
+        pinn_lora.load_adapter(d)
+    assert len(got) == 1 and "\n" not in str(got[0].message)
+
+
+def test_cli_out_a_dangling_symlink(tmp_path, monkeypatch, capsys):
+    """out= a symbolic link whose target does not exist: one line (issue 14, item 17; main: Hydra's
+    FileExistsError traceback); the link is left as it was."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "missing")
+    code, _, err = cli([*FAST, f"out={link}"], monkeypatch, capsys, tmp_path)
+    assert_one_line(code, err, f"out={link} is a symbolic link to {tmp_path / 'missing'}, which does not exist")
+    assert link.is_symlink() and not (tmp_path / "missing").exists()
+
+
+def test_api_accepts_numpy_integers_torch_dtypes_and_load_base_tuples():
+    """Issue 14, item 19 (the accepted half) and 22: np.int64 steps and rank, dtype=torch.float32, and what
+    load_base returns, (network, card, path), as base."""
+    import numpy as np
+
+    res = _adapt(steps=np.int64(2), rank=np.int64(2), dtype=torch.float32)
+    assert res.history.steps == 2 and res.method.describe()["rank"] == 2 and res.extra["settings"]["dtype"] == "float32"
+    assert _adapt(base=pinn_lora.load_base("helmholtz")).history.steps == 1
+
+
+def test_negative_target_index_is_the_output_layer(tmp_path):
+    """Issue 14, item 21: targets=[-1] is accepted, documented (as in Python, from the end) and recorded."""
+    res = _adapt(targets=[-1], rank=1, run_dir=tmp_path / "run")
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["adapted_layers"] == [len(res.model.linears) - 1] and card["method"]["targets"] == [-1]
+
+
+def test_helmholtz_modes_survive_the_card(tmp_path):
+    """Issue 14, item 22: a Helmholtz target with other modes reloads with them (main rebuilt the default)."""
+    prob = pinn_lora.get_problem("helmholtz", k=3.0, modes=[[1, 1], [2, 3]])
+    res = _adapt(problem=prob, run_dir=tmp_path / "run")
+    loaded = pinn_lora.load_adapter(tmp_path / "run")
+    assert loaded.problem.modes == ((1, 1), (2, 3)) and loaded.problem.key() == res.problem.key()
+
+
 def test_catalogue_size():
-    assert len(CLI_CASES) + len(BASE_CASES) >= 30 and len(API_CASES) >= 30
+    assert len(CLI_CASES) + len(BASE_CASES) >= 30 and len(API_CASES) >= 30 and len(TAMPER_CASES) >= 20
 
 
 def test_shipped_cards_and_fresh_cards_pass_the_schema(files, tmp_path):

@@ -197,6 +197,7 @@ def test_report_files_and_self_contained_html(sweep, tmp_path):
     md = (out / "report.md").read_text()
     assert "| lora (lr=0.01) | 1,221 | 2 | 1.20e-03 |" in md and "## helmholtz, k = 3" in md
     assert "cla: no solution figure" in md and "plots/solution.png" in md
+    assert "## Skipped directories" in md and f"- {sweep / 'helmholtz' / 'lora' / '99'}: no summary.json" in md
     for name in figs:
         assert f"](figures/{name})" in md
     page = (out / "report.html").read_text()

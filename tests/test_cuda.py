@@ -45,3 +45,20 @@ def test_jets_equal_autograd_on_cuda():
     gj = torch.autograd.grad(residual_loss(prob, net, pts, derivatives="jets"), params)
     for a, b in zip(ga, gj):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("first,then", [("cpu", "cuda"), ("cuda", "cpu")])
+def test_a_checkpoint_resumes_on_the_other_device(first, then, tmp_path):
+    """Issue 14, item 13 on a real GPU: a run checkpointed on one device continues on the other
+    (its optimiser/integrator state mapped to the resuming run's device) and ends like an uninterrupted run
+    on that device, to rounding."""
+    prob = get_problem("helmholtz", k=3.0)
+    kw = dict(steps=6, n_points=64, lbfgs_steps=0, progress=False, plots=False, checkpoint_every=3, eval_every=2,
+              solver="method", cuda_graph=False, derivatives="autograd", precondition="rmsprop", lr=1e-3)
+    d = tmp_path / "run"
+    adapt("helmholtz", prob, "odelora", run_dir=d, device=first, **kw)
+    (d / "summary.json").unlink()  # as if stopped after its checkpoint at step 3
+    res = adapt("helmholtz", prob, "odelora", run_dir=d, resume=True, device=then, **kw)
+    ref = adapt("helmholtz", prob, "odelora", device=first, **kw)
+    assert res.history.steps == 6 and res.history.status == ref.history.status
+    assert res.error == pytest.approx(ref.error, rel=1e-6)

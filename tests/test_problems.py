@@ -13,7 +13,7 @@ from problems.helmholtz import nearest_resonance
 
 
 @pytest.mark.parametrize("name,kwargs,match", [
-    ("burgers", {"nu": 0.0}, r"nu=0.0 is out of range \(allowed: 0 < nu\)"),
+    ("burgers", {"nu": 0.0}, r"nu=0.0 is out of range \(allowed: 0.00031831 <= nu <= 100: the range in which"),
     ("burgers", {"nu": -1}, "nu=-1 is out of range"),
     ("burgers", {"nu": float("nan")}, "nu=nan is out of range"),
     ("burgers", {"nu": float("inf")}, "nu=inf is out of range"),
@@ -131,3 +131,20 @@ def test_reference_satisfies_pde(name, coeffs):
 
 def test_registry_lists_families():
     assert PROBLEMS.names() == ["allen_cahn", "burgers", "helmholtz"]
+
+
+def test_a_slow_reference_shows_progress(monkeypatch, capsys):
+    """Issue 14, item 11: a reference computed for more than a few seconds shows a progress bar (here with the
+    delay set to 0); the solvers report the fraction done."""
+    from pinn_lora import problem as problem_module
+
+    monkeypatch.setattr(problem_module, "PROGRESS_DELAY", 0.0)
+    seen = []
+    from problems.reference_solvers import burgers_cole_hopf
+
+    burgers_cole_hopf(0.01, np.linspace(-1, 1, 5), np.linspace(0, 1, 4), progress=seen.append)
+    assert seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
+    prob = get_problem("burgers", nu=0.0123)  # not cached yet
+    prob.reference()
+    err = capsys.readouterr().err
+    assert "burgers reference (nu=0.0123):  " in err and "%|" in err

@@ -1,6 +1,7 @@
 """Interruption and resume: a run killed with SIGKILL and resumed ends exactly where an
 uninterrupted run ends, and metrics.jsonl has every step once."""
 import json
+import re
 import os
 import signal
 import socket
@@ -188,3 +189,137 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
     save_file(tensors, str(ckpt), metadata=meta)
     with pytest.raises(CheckpointError, match=rf"{key} holds 1 non-finite value \(NaN or inf\)"):
         pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+
+
+SIGNAL_ARGS = ["problem=helmholtz", "method=lora", "solver=method", "steps=120", "n_points=32", "eval_every=20",
+               "checkpoint_every=50", "lbfgs_steps=0", "device=cpu", "progress=false", "plots=false", "seed=1"]
+
+
+def _signal_run(out, *extra, wait=True):
+    cmd = [sys.executable, "-m", "pinn_lora.adapt", *SIGNAL_ARGS, f"out={out}", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_writes_a_checkpoint_and_says_how_to_resume(sig, tmp_path):
+    """Ctrl-C / SIGTERM (issue 14, item 12): a checkpoint of the last verified state (not the last periodic
+    one), one line with the exact resume command, exit 130 / 143, no traceback; the resumed run's records
+    equal an uninterrupted run's."""
+    import shlex
+
+    cut = tmp_path / "cut"
+    proc = _signal_run(cut, wait=False)
+    deadline = time.time() + 300
+    metrics = cut / "metrics.jsonl"
+    while proc.poll() is None and time.time() < deadline and (
+            not metrics.is_file() or len(metrics.read_text().splitlines()) < 12):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the signal: " + proc.stderr.read()[-2000:]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: interrupted by {signal.Signals(sig).name} at step ")
+    step = checkpoint_step(cut / "checkpoint.safetensors")
+    assert 12 <= step < 50, (step, lines[0])  # a checkpoint after the signal, not the periodic one (none yet)
+    assert f"holds the last verified state (step {step})" in lines[0]
+    assert len(records(metrics)) == step + 1  # the records up to the step that verified it
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert json.loads((cut / rundir.MARKER).read_text())["status"] == "interrupted"
+    command = lines[0].split("; resume with: ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "pinn_lora.adapt"] and f"out={cut}" in argv and argv[-1] == "resume=true"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    res = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = _signal_run(tmp_path / "full")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a, b = records(tmp_path / "full" / "metrics.jsonl"), records(metrics)
+    assert [r["step"] for r in b] == list(range(120)) == [r["step"] for r in a]
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
+
+
+def test_sigint_in_the_loop_checkpoints_the_next_verified_state(tmp_path, monkeypatch):
+    """In-process: a SIGINT during step 3 asks the loop to stop; the checkpoint captured before step 4 is
+    written once step 4's loss verifies it, then Interrupted (a KeyboardInterrupt) carries its step."""
+    from pinn_lora.train import Interrupted, Trainer
+
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=10, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=0)
+    real = Trainer._take
+
+    def take(self, out):
+        if out.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, out)
+
+    monkeypatch.setattr(Trainer, "_take", take)
+    d = tmp_path / "run"
+    with pytest.raises(Interrupted, match=r"interrupted by SIGINT at step 4; the checkpoint .* holds the last "
+                                          r"verified state \(step 4\)") as info:
+        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+    assert info.value.exit_code == 130 and checkpoint_step(d / "checkpoint.safetensors") == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    monkeypatch.setattr(Trainer, "_take", real)
+    res = pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, resume=True, **kw)
+    ref = pinn_lora.adapt("helmholtz", prob, "lora", **kw)
+    assert [r["loss"] for r in res.history.records] == [r["loss"] for r in ref.history.records]
+
+
+def _retag(obj, device, path=""):
+    """The packed resume state with every tensor tagged ``device``, as a GPU run writes it (its CPU generator
+    state, ``torch_rng``, stays on the CPU)."""
+    if isinstance(obj, list):
+        return [_retag(v, device, path) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return obj if path.startswith("/torch_rng") else {**obj, "device": device}
+        if "__dict__" in obj:
+            return {"__dict__": {k: _retag(v, device, f"{path}/{k}") for k, v in obj["__dict__"].items()}}
+        return {k: _retag(v, device, f"{path}/{k}" if k not in ("__map__", "__tuple__") else path)
+                for k, v in obj.items()}
+    return obj
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["run device recorded", "older checkpoint"])
+def test_a_gpu_checkpoint_resumes_on_a_cpu(recorded, tmp_path):
+    """A checkpoint whose tensors are tagged cuda:0 (crafted: written as a GPU run writes them) resumes on a
+    CPU-only run to the records of an uninterrupted run (issue 14, item 13; main: 'Torch not compiled with
+    CUDA'). Loading stays safetensors + JSON (nothing unpickled)."""
+    from safetensors.torch import load_file, save_file
+
+    from pinn_lora import resume as resume_state
+
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    kw = dict(steps=6, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=3,
+              eval_every=2, solver="method")
+    d = tmp_path / "run"
+    ref = pinn_lora.adapt("helmholtz", prob, "odelora", run_dir=d, **kw)
+    (d / "summary.json").unlink()  # as if stopped after its checkpoint at step 3
+    ckpt = d / "checkpoint.safetensors"
+    with safe_open(str(ckpt), "pt") as fh:
+        meta = fh.metadata()
+    state = {"format": 1, **_retag({"__dict__": {k: v for k, v in json.loads(meta["__resume__"]).items()
+                                                  if k != "format"}}, "cuda:0")["__dict__"]}
+    assert state["device"] == "cpu"
+    if recorded:
+        state["device"] = "cuda:0"
+    else:
+        del state["device"]
+    tags = {m.group(1) for m in re.finditer(r'"device": "([^"]+)"', json.dumps(state))}
+    assert tags == {"cuda:0", "cpu"}
+    save_file(load_file(str(ckpt)), str(ckpt), metadata={**meta, "__resume__": json.dumps(state)})
+    _, loaded = resume_state.load(ckpt, "cpu")
+    assert loaded["torch_rng"].device.type == "cpu" and loaded["guard"]["best"]["tensors"][0].device.type == "cpu"
+    res = pinn_lora.adapt("helmholtz", prob, "odelora", run_dir=d, resume=True, **kw)
+    assert [r["loss"] for r in res.history.records] == [r["loss"] for r in ref.history.records]
+    assert res.error == ref.error

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import pinn_lora
 from pinn_lora import rundir
@@ -53,8 +54,10 @@ def test_failure_after_the_claim_marks_and_keeps(tmp_path):
             (d / "metrics.jsonl").write_text("{}\n")
             1 / 0
     assert (d / "metrics.jsonl").read_text() == "{}\n"
-    assert json.loads((d / "summary.json").read_text()) == {"status": "failed", "message": "ZeroDivisionError: "
-                                                                                             "division by zero"}
+    assert json.loads((d / "summary.json").read_text()) == {
+        "status": "failed", "message": "ZeroDivisionError: division by zero; it stopped before its first checkpoint, "
+                                       "so resume=true cannot continue it: start it again in a new directory "
+                                       "(another out=...)"}
     assert json.loads((d / MARKER).read_text())["status"] == "failed"
 
 
@@ -145,3 +148,49 @@ def test_two_runs_never_share_a_directory(tmp_path, first, second):
     assert json.loads((out / "summary.json").read_text())["seed"] == winners[0]
     assert json.loads((out / MARKER).read_text())["status"] == "finished"
     assert f"seed={winners[0]}" in (out / ".hydra" / "overrides.yaml").read_text()
+
+
+MEMORY_CASES = [  # (points, layers, dtype, machine bytes, refused)
+    (2000, [2, 64, 64, 64, 1], torch.float64, 2**30, False),
+    (10**6, [2, 64, 64, 64, 1], torch.float64, 2**30, True),  # ~3 GB at least, 1 GB there
+    (10**6, [2, 64, 64, 64, 1], torch.float32, 2**32, False),
+    (10**9, [2, 64, 64, 64, 64, 1], torch.float64, 2**40, True),  # the issue's n_points=1e9: ~4 TB
+    (10**5, [2, 20, 1], torch.float64, None, False),  # memory unknown: nothing refused
+]
+
+
+@pytest.mark.parametrize("n,layers,dtype,have,refused", MEMORY_CASES)
+def test_memory_bound_refuses_before_allocating(n, layers, dtype, have, refused, monkeypatch):
+    """Issue 14, item 14: a lower bound of one step's memory (points + activations) against the device's."""
+    from pinn_lora import memory
+
+    monkeypatch.setattr(memory, "device_memory", lambda device: have)
+    if not refused:
+        memory.check_points(n, layers, dtype, "cpu")
+        return
+    with pytest.raises(ValueError, match=rf"^n_points={n} needs at least .* of memory for one step .*more than the "
+                                         r"1\.0 (GB|TB) of cpu; use fewer points \(fewer than \d+\)$"):
+        memory.check_points(n, layers, dtype, "cpu")
+
+
+def test_early_death_leaves_a_directory_marked_with_how_to_start_over(tmp_path, monkeypatch):
+    """A run that dies before its first checkpoint (an out-of-memory error, say) leaves no dead end: its
+    directory is marked failed saying how to start over, and resume=true says there is nothing to resume."""
+    from pinn_lora.checkpoint import CheckpointError
+    from pinn_lora.train import Trainer
+
+    def out_of_memory(self):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Trainer, "run", out_of_memory)
+    prob = pinn_lora.get_problem("helmholtz").default_target()
+    d = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **{**TINY, "checkpoint_every": 1})
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["message"].startswith("RuntimeError: CUDA out of memory")
+    assert "before its first checkpoint, so resume=true cannot continue it: start it again in a new directory" in \
+        summary["message"]
+    assert json.loads((d / MARKER).read_text())["status"] == "failed"
+    with pytest.raises(CheckpointError, match="nothing to resume: no checkpoint .*stopped before its first checkpoint"):
+        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, resume=True, **{**TINY, "checkpoint_every": 1})
