@@ -264,7 +264,9 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     if solver == "method":
         rec.update(rec.get("first_order") or {})
     sampling = rec.get("sampling", "uniform") if sampling is None else sampling
-    loop = {**(rec.get("loop") or {}), **(loop_options or {})}
+    # the recommended Levenberg–Marquardt options only where its steps are taken
+    loop = {**{k: v for k, v in (rec.get("loop") or {}).items() if solver == "lm" or not k.startswith("lm_")},
+            **(loop_options or {})}
     unknown = sorted(set(loop) - set(LOOP_OPTIONS))
     if unknown:
         raise ConfigError(f"loop option {', '.join(unknown)} unknown; options: {', '.join(LOOP_OPTIONS)}")

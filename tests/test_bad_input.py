@@ -519,7 +519,8 @@ def test_cli_real_process_exit_codes(tmp_path):
 
 # ---- Python API: the exception type and its message -------------------------------------------------------
 def _adapt(**kw):
-    opts = {"steps": 1, "n_points": 16, "device": "cpu", "progress": False, "plots": False, "lbfgs_steps": 0}
+    opts = {"steps": 1, "n_points": 16, "device": "cpu", "progress": False, "plots": False, "lbfgs_steps": 0,
+            "continuation": "off"}
     base = kw.pop("base", "helmholtz")
     method = kw.pop("method", "lora")
     problem = kw.pop("problem", None) or pinn_lora.get_problem("helmholtz", k=3.0)

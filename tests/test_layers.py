@@ -14,6 +14,7 @@ LAYER = {  # module (relative to pinn_lora; a subpackage maps all its modules) -
     # core: the PDE, the network, derivatives, adapters and dynamics; no files, no training loop
     "_dde": "core", "problem": "core", "network": "core", "derivatives": "core", "jacobian": "core",
     "adapters": "core", "dynamics": "core", "curvature": "core", "runtime": "core",
+    "memory": "core",  # a lower bound of a run's memory from sizes; imports only torch
     "registry": "core",  # name -> class lookups through entry points; it imports no module of the package
     # io: tensors and files, knowing only core
     "checkpoint": "io", "rundir": "io", "resume": "io", "zoo": "io", "schema": "io",

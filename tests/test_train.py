@@ -46,7 +46,8 @@ def test_divergence_stops_cleanly(tmp_path, method, lr):
     assert summary["settings"] == {"steps": 50, "n_points": 64, "resample_every": 100, "lbfgs_steps": 0,
                                    "eval_every": 100, "sampler": "pseudo", "dtype": "float64",
                                    "base": "(network given)", "derivatives": "auto", "cuda_graph": False,
-                                   "solver": "method", "sampling": "uniform"}  # the run describes itself without Hydra
+                                   "solver": "method", "sampling": "uniform",
+                                   "continuation": "off"}  # the run describes itself without Hydra
     assert all(torch.isfinite(p).all() for p in res.model.parameters())  # the last good state is kept
     assert math.isfinite(res.model(torch.zeros(3, 2, dtype=torch.float64)).sum().item())
     if (tmp_path / "checkpoint.safetensors").exists():  # the last good state is finite
