@@ -43,6 +43,12 @@ def records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# a short resumable run on the shipped Helmholtz base (checkpoints every 2 steps; no continuation stages,
+# so the steps and checkpoints are the ones asked for)
+SMALL = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2,
+             continuation="off")
+
+
 @pytest.mark.integration  # three 600-step runs in subprocesses, one killed
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -79,8 +85,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_resume_refusals(tmp_path):
     prob = pinn_lora.get_problem("helmholtz").default_target()
-    kw = dict(steps=6, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2,
-              continuation="off")
+    kw = {**SMALL, "steps": 6}
     with pytest.raises(ConfigError, match="needs the run directory"):
         pinn_lora.adapt("helmholtz", prob, "lora", resume=True, **kw)
     with pytest.raises(CheckpointError, match="nothing to resume"):
@@ -109,8 +114,7 @@ def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
     """resume=true on a run whose owner process is alive on this host is refused without touching the
     directory; once the owner is gone the run is taken over and the marker names the new owner (issue 14)."""
     prob = pinn_lora.get_problem("helmholtz").default_target()
-    kw = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2,
-              continuation="off")
+    kw = SMALL
     d = tmp_path / "run"
     pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
     (d / "summary.json").unlink()  # as if killed before the end
@@ -141,8 +145,7 @@ def test_a_failed_run_is_marked_and_can_be_resumed(tmp_path, monkeypatch):
     from pinn_lora.train import Trainer
 
     prob = pinn_lora.get_problem("helmholtz").default_target()
-    kw = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2,
-              continuation="off")
+    kw = SMALL
     d = tmp_path / "run"
     real = Trainer.run
 
@@ -168,8 +171,7 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
     from safetensors.torch import load_file, save_file
 
     prob = pinn_lora.get_problem("helmholtz").default_target()
-    kw = dict(steps=4, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=2,
-              continuation="off")
+    kw = SMALL
     d = tmp_path / "run"
     pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
     (d / "summary.json").unlink()  # as if killed before the end
