@@ -51,6 +51,10 @@ def one(family: str, coeffs: dict, method: str, every: int, **kw) -> dict:
             "errors": [(r["step"], r["rel_l2"]) for r in res.metrics if "rel_l2" in r]}
 
 
+def key(row: dict) -> tuple:
+    return row["family"], tuple(sorted(row["coefficients"].items())), row["method"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", nargs="+", default=["odelora", "lora"])
@@ -58,28 +62,47 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="one family")
     ap.add_argument("--defaults", action="store_true", help="only each family's default target")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep", default=None, help="a results file whose runs are kept (and not run again)")
+    ap.add_argument("--shard", default="1/1", help="k/n: run every n-th job from the k-th (parallel shards)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--merge", nargs="+", default=None, help="only merge these results files into --out")
     args = ap.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    rows = []
     out = Path(args.out or Path(__file__).parent / "results" / "adapt_targets_cpu.json")
+    if args.merge:
+        files = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = {key(r): r for f in files for r in f["runs"]}
+        order = {(f, tuple(sorted(c.items()))): i for i, (f, c) in enumerate(TARGETS)}
+        runs = sorted(rows.values(), key=lambda r: (order.get(key(r)[:2], 99), r["method"] != "odelora", r["method"]))
+        meta = {k: v for k, v in files[-1].items() if k != "runs"}
+        meta["load_average_at_start"] = [f.get("load_average_at_start") for f in files]
+        meta["note"] = " ".join(dict.fromkeys(f["note"] for f in files if f.get("note")))
+        out.write_text(json.dumps({**meta, "runs": runs}, indent=1))
+        print(f"wrote {out}: {len(runs)} runs")
+        return
+    torch.set_num_threads(args.threads)
+    kept = {key(r): r for r in json.loads(Path(args.keep).read_text())["runs"]} if args.keep else {}
     meta = {"device": device_name(torch.device("cpu")), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
-            "date": time.strftime("%Y-%m-%d")}
+            "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+            "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d")}
+    jobs = []
     for family, coeffs in TARGETS:
         if args.only and family != args.only:
             continue
         if args.defaults and get_problem(family, **coeffs) != get_problem(family).default_target():
             continue
-        for method in args.methods:
-            rows.append(one(family, coeffs, method, every=1))
-            r = rows[-1]
-            print(f"{family} {coeffs} {method}: base {r['base_error']:.3e} -> {r['final_error']:.3e} "
-                  f"({r['ratio']:.1f}x), max during {r['max_error_during']:.3e}, {r['wall_s']} s, {r['status']}",
-                  flush=True)
-        if args.scratch:
+        jobs += [(family, coeffs, m) for m in args.methods + (["scratch"] if args.scratch else [])]
+    jobs = [j for j in jobs if (j[0], tuple(sorted(j[1].items())), j[2]) not in kept]
+    k, n = (int(x) for x in args.shard.split("/"))
+    rows = []
+    for family, coeffs, method in jobs[k - 1::n]:
+        if method == "scratch":
             rows.append(one(family, coeffs, "scratch", every=100, solver="method"))
-            r = rows[-1]
-            print(f"{family} {coeffs} scratch: {r['final_error']:.3e}, {r['wall_s']} s", flush=True)
+        else:
+            rows.append(one(family, coeffs, method, every=1))
+        r = rows[-1]
+        print(f"{family} {coeffs} {method}: base {r['base_error']:.3e} -> {r['final_error']:.3e} "
+              f"({r['ratio']:.1f}x), max during {r['max_error_during']:.3e}, {r['wall_s']} s, {r['status']}",
+              flush=True)
         out.write_text(json.dumps({**meta, "runs": rows}, indent=1))
     print(f"wrote {out}")
 

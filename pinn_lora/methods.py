@@ -213,6 +213,20 @@ class LoRA(Method):
     def make_layer(self, lin: nn.Linear, gen: torch.Generator) -> AdapterLinear:
         return LoRALinear(lin, self.rank, self.alpha, generator=gen, scale=self.scale())
 
+    def second_order(self, model: nn.Module, mu: float, adaptive: bool = True) -> Dynamics:
+        """Where every trainable tensor is a factor of a plain LoRA layer (B and A both trained),
+        the Levenberg–Marquardt damping is the weight-space metric ‖s(δB·A + B·δA)‖²_F — how far
+        the step moves W, not the factor coordinates — and the factors are rebalanced after each
+        step (BᵀB = AAᵀ, W unchanged). Marquardt's diagonal scaling leaves the gauge directions
+        (BX, −XA) almost undamped, and the step took the Burgers target error above the base's on
+        the way (docs/adaptation.md, "LoRA under solver=lm"). Other layouts: the plain step."""
+        layers = [lay for _, lay in adapter_layers(model)]
+        factors = [t for lay in layers for t in lay.factors()] if all(type(lay) is LoRALinear for lay in layers) else []
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if layers and all(t.requires_grad for t in factors) and {id(t) for t in factors} == {id(p) for p in trainable}:
+            return implicit_dynamics(layers, mu=mu, adaptive=adaptive, rebalance_factors=True)
+        return super().second_order(model, mu, adaptive)
+
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:
         self.check_rank(net)
         self.generator = torch.Generator().manual_seed(ctx.seed)

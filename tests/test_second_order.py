@@ -127,6 +127,29 @@ def test_implicit_odelora_stays_balanced_and_descends():
         assert float((sb - sa).norm() / sb.norm()) <= 1e-10
 
 
+@pytest.mark.parametrize("method", ["lora", "rslora", "pissa"])
+def test_lora_under_lm_damps_in_weight_space_and_rebalances(method):
+    """Plain LoRA layers with both factors trained: the LM damping is the weight-space metric and
+    the factors are rebalanced after each step, which leaves every layer's product unchanged."""
+    prob, model, meth, pts = _perturbed("helmholtz", method)
+    layers = [lay for _, lay in pinn_lora.adapters.adapter_layers(model)]
+    lm = meth.second_order(model, mu=1.0)
+    assert lm.metric is not None and float((lm.metric() - weight_metric(layers)).abs().max()) == 0.0
+    products = [(lay.factors()[0] @ lay.factors()[1]).detach().clone() for lay in layers]
+    lm.after_update()
+    for lay, w in zip(layers, products):
+        b, a = (t.detach() for t in lay.factors())
+        assert float((b @ a - w).abs().max()) <= 1e-12 * float(w.abs().max())
+        assert float((b.T @ b - a @ a.T).norm() / (b.T @ b).norm()) <= 1e-10
+    hist = _run(prob, model, meth, 4)
+    losses = [r["loss"] for r in hist.records if r["phase"] == "train"]
+    assert all(b <= a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0], losses
+    # a layout that is not plain LoRA keeps the plain (Marquardt) step
+    for other in ("dora", "asymlora", "cla"):
+        _, m2, meth2, _ = _perturbed("helmholtz", other)
+        assert meth2.second_order(m2, mu=1.0).metric is None
+
+
 def test_odelora_solver_and_scheme():
     m = pinn_lora.get_method("odelora")
     assert m.solver_for("lm", True) == "lm" and m.solver_for("method", True) == "method"
