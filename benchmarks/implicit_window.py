@@ -33,11 +33,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--only", default=None, choices=FAMILIES)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     out = Path(args.out or Path(__file__).parent / "results" / "implicit_window_cpu.json")
     meta = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "steps": args.steps,
-            "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d")}
+            "threads": args.threads, "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d")}
     rows = []
     for family in FAMILIES:
         if args.only and family != args.only:

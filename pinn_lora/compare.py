@@ -121,6 +121,11 @@ class Run:
         return self.summary.get("status") == "diverged"
 
     @property
+    def no_improvement(self) -> bool:
+        """The run ended with its validation residual not below the base's (status no_improvement)."""
+        return self.summary.get("status") == "no_improvement"
+
+    @property
     def final_error(self) -> float:
         err = _num(self.summary.get("adapted_error"))
         if math.isnan(err):
@@ -332,6 +337,7 @@ def variant_stats(variant: Variant, levels: Sequence[float]) -> dict[str, Any]:
         "max": float(finite.max()) if finite.size else math.nan,
         "not_finite": int(errs.size - finite.size),
         "diverged": sum(r.diverged for r in variant.runs),
+        "no_improvement": sum(r.no_improvement for r in variant.runs),
         "spikes": sum(known) if known else None,
         "base_error": _median([r.base_error for r in variant.runs]),
         "levels": {},
@@ -428,7 +434,7 @@ def table(rows: Sequence[dict[str, Any]], levels: Sequence[float]) -> tuple[list
     head = ["method", "trainable", "n", "final rel. L2: median", "[min – max]"]
     for level in levels:
         head += [f"≤ {level:g}: steps", "evaluations", "time"]
-    head += ["spikes", "diverged"]
+    head += ["spikes", "diverged", "no improvement"]
     cells = []
     for s in rows:
         trainable = s["trainable"]
@@ -440,7 +446,8 @@ def table(rows: Sequence[dict[str, Any]], levels: Sequence[float]) -> tuple[list
             lv = s["levels"][level]
             partial = f" ({lv['reached']}/{s['n']})" if 0 < lv["reached"] < s["n"] else ""
             row += [_fmt_count(lv["steps"]) + partial, _fmt_count(lv["evaluations"]), _fmt_time(lv["time"])]
-        row += ["—" if s["spikes"] is None else str(s["spikes"]), f"{s['diverged']}/{s['n']}"]
+        row += ["—" if s["spikes"] is None else str(s["spikes"]), f"{s['diverged']}/{s['n']}",
+                f"{s.get('no_improvement', 0)}/{s['n']}"]
         cells.append(row)
     return head, cells
 
@@ -457,7 +464,8 @@ NOTES = (
     "(`adapted_error`), median and [min – max] over the runs. *≤ level*: steps, field (gradient) evaluations "
     "and wall time at the first evaluation with rel. L2 ≤ level, median over the runs that got there "
     "(*k/n*: only k of the n runs did; — : none did). *spikes*: loss spikes recorded by the runs "
-    "(— : not recorded). *diverged*: runs stopped as diverged (their error is that of the last good state)."
+    "(— : not recorded). *diverged*: runs stopped as diverged (their error is that of the last good state). "
+    "*no improvement*: runs whose validation residual did not end below the base's (status `no_improvement`)."
 )
 
 

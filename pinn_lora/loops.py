@@ -212,7 +212,7 @@ class SecondOrderLoop:
             t.history.evaluations += 1 + info["lm_tries"]
             terms = (r.reshape(len(names), -1) ** 2).sum(1).tolist()
             rec = {"step": step, "phase": "train", "loss": loss, **{f"loss_{k}": v for k, v in zip(names, terms)},
-                   "grad_norm": float(2 * (jac.T @ r).norm()), "lr": info.get("lm_h", t.dynamics.lr),
+                   "grad_norm": t.dynamics.grad_norm, "lr": info.get("lm_h", t.dynamics.lr),
                    "evaluations": t.history.evaluations, "time": t.recorder.elapsed(),
                    **{k: v for k, v in info.items() if k != "lm_h"}}
             yield Outcome(step, loss, rec, before, hook=True, evaluate=t.recorder.eval_due(step, step + 1, cfg.steps),

@@ -159,9 +159,11 @@ class Method:
             if k in state:
                 setattr(self, k, state[k])
 
-    def label(self) -> str:
-        """Name and the options that matter most, for one-line summaries."""
-        keys = [k for k in ("rank", "lr", "scheme", "precondition") if k in self.options]
+    def label(self, solver: str = "method") -> str:
+        """Name and the options that matter most, for one-line summaries; under ``solver="lm"`` the
+        step size and preconditioner of the method's own dynamics are not used, so not shown."""
+        shown = ("rank",) if solver == "lm" else ("rank", "lr", "scheme", "precondition")
+        keys = [k for k in shown if k in self.options]
         return f"{self.name}(" + ", ".join(f"{k}={self.options[k]:g}" if isinstance(self.options[k], float)
                                            else f"{k}={self.options[k]}" for k in keys) + ")"
 

@@ -118,7 +118,14 @@ class AdaptResult:
 
     def summary_line(self) -> str:
         s = self.summary()
-        return (f"{s['problem']} {_fmt_coeffs(s['coefficients'])} | method={self.method.label()} "
+        run = s.get("settings", {})
+        how = ""
+        if run.get("solver") == "lm":
+            how = f"solver=lm(mu0={run.get('lm_mu', 1.0):g}) sampling={run.get('sampling')} "
+        if s.get("continuation"):
+            how += f"stages={len(s['continuation']) - 1} "
+        return (f"{s['problem']} {_fmt_coeffs(s['coefficients'])} | "
+                f"method={self.method.label(run.get('solver', 'method'))} {how}"
                 f"trainable={s['trainable_parameters']} steps={s['steps']} time={s['wall_time_s']:.1f}s | "
                 f"rel. L2 on target: base {s['base_error']:.3e} -> adapted {s['adapted_error']:.3e} "
                 f"({s['improvement']:.1f}x) | validation residual: base {s['validation_residual_base']:.3e} -> "

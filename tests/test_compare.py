@@ -168,8 +168,20 @@ def test_table_numbers(sweep):
     assert head[:5] == ["method", "trainable", "n", "final rel. L2: median", "[min – max]"]
     lora_cells = cells[3]
     assert lora_cells[:8] == ["lora (lr=0.01)", "1,221", "2", "1.20e-03", "[9.00e-04 – 1.50e-03]", "5", "5", "0.50 s"]
-    assert lora_cells[8] == "10 (1/2)" and lora_cells[-2:] == ["2", "0/2"]
-    assert cells[0][5:8] == ["—", "—", "—"] and cells[1][-2:] == ["—", "1/2"]
+    assert lora_cells[8] == "10 (1/2)" and lora_cells[-3:] == ["2", "0/2", "0/2"]
+    assert cells[0][5:8] == ["—", "—", "—"] and cells[1][-3:] == ["—", "1/2", "0/2"]
+
+
+def test_runs_that_did_not_improve_are_counted(sweep):
+    runs, _ = compare.find_runs(sweep)
+    worse = next(r for r in runs if r.method == "lora" and r.lr == 1e-3)
+    summary = json.loads((worse.path / "summary.json").read_text())
+    (worse.path / "summary.json").write_text(json.dumps({**summary, "status": "no_improvement"}))
+    runs, _ = compare.find_runs(sweep)
+    rows = [compare.variant_stats(v, [1e-2]) for v in compare.variants(compare.group_runs(runs)["helmholtz", "k = 3"])]
+    lora = _row(rows, "lora (lr=0.001)")
+    assert lora["no_improvement"] == 1 and lora["diverged"] == 0
+    assert compare.table(rows, [1e-2])[1][2][-1] == f"1/{lora['n']}"
 
 
 def test_median_band_holds_the_last_value():

@@ -54,6 +54,7 @@ class LevenbergMarquardt(Dynamics):
         self.metric, self.after_update = metric, after_update
         self.accepted = self.rejected = 0
         self.last: dict[str, Any] = {}
+        self.grad_norm = float("nan")
 
     @property
     def lr(self) -> float:
@@ -120,6 +121,7 @@ class LevenbergMarquardt(Dynamics):
         self.accepted += info["lm_accepted"]
         self.rejected += not info["lm_accepted"]
         self.last = info
+        self.grad_norm = float(2 * grad.norm())  # ‖∇‖ρ‖²‖ at the start, for the step's record
         return loss
 
     def step(self, closure: Any) -> torch.Tensor:
