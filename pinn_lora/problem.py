@@ -1,6 +1,7 @@
 """The Problem base class: a PDE family with coefficients, a domain, residuals
-and a reference solution. Families live in ``problems/`` and are found through
-the ``pinn_lora.problems`` entry-point group (see :mod:`pinn_lora.registry`)."""
+and a reference solution. Families live in ``problems/`` (installed as the package
+``pinn_lora.problems``) and are found through the ``pinn_lora.problems`` entry-point
+group (see :mod:`pinn_lora.registry`)."""
 from __future__ import annotations
 
 import contextvars

@@ -44,7 +44,7 @@ class AllenCahn(Problem):
         return float(np.mean((self.d * u0xx + self.gamma * (u0 - u0**3)) ** 2))
 
     def reference_grid(self, axes):
-        from problems.reference_solvers import allen_cahn_reference
+        from .reference_solvers import allen_cahn_reference
 
         from pinn_lora.problem import reference_progress
 
@@ -52,7 +52,7 @@ class AllenCahn(Problem):
 
     def validate(self) -> None:
         from pinn_lora.problem import CoefficientError
-        from problems.reference_solvers import MAX_DEGREE, RESOLVED
+        from .reference_solvers import MAX_DEGREE, RESOLVED
 
         width, need = math.sqrt(2 * self.d / self.gamma), RESOLVED / MAX_DEGREE
         if width < need:

@@ -44,7 +44,7 @@ class Burgers(Problem):
         return float(np.mean((-u0 * u0x + self.nu * u0xx) ** 2))
 
     def reference_grid(self, axes):
-        from problems.reference_solvers import burgers_cole_hopf
+        from .reference_solvers import burgers_cole_hopf
 
         from pinn_lora.problem import reference_progress
 

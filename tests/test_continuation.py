@@ -44,7 +44,7 @@ def test_stages_are_evenly_spaced_in_each_coefficients_coordinate():
 
 def test_a_stage_the_family_refuses_is_moved_between_its_neighbours():
     """Helmholtz refuses k near a resonance: a stage that would fall there is shifted, never refused."""
-    from problems.helmholtz import nearest_resonance
+    from pinn_lora.problems.helmholtz import nearest_resonance
 
     mu, _, _ = nearest_resonance(4.5)
     res_k = math.sqrt(mu)

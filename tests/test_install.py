@@ -1,5 +1,7 @@
 """The wheel, installed into a fresh virtual environment, imports its own copy (not the checkout),
-finds its configs, problems and shipped base models, and runs the command line from another directory.
+finds its configs, problems and shipped base models, and runs the command line from another directory
+(one holding a ``problems/`` package of its own, which the families, installed as ``pinn_lora.problems``,
+do not collide with).
 
 The fresh environment has no system site-packages. Its dependencies (torch, deepxde, hydra, ...) come
 from this test's own environment through a ``.pth`` file that lists this environment's site-packages
@@ -70,8 +72,11 @@ def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
 
     work = tmp_path / "elsewhere"
     work.mkdir()
+    (work / "problems").mkdir()  # a user's own package of that name (one that fails on import) is theirs alone
+    (work / "problems" / "__init__.py").write_text('raise ImportError("the user\'s own problems package")\n')
     probe = (
-        "import json, sys, importlib.metadata as md, pinn_lora, pinn_lora.cli as cli, problems\n"
+        "import json, sys, importlib.metadata as md, pinn_lora, pinn_lora.cli as cli\n"
+        "import pinn_lora.problems as problems\n"
         "from pinn_lora.zoo import ZOO_DIR, load_base, shipped\n"
         "print(json.dumps({'pinn_lora': pinn_lora.__file__, 'configs': cli.config_dir(), 'problems': problems.__file__,"
         " 'zoo': str(ZOO_DIR), 'shipped': shipped(), 'dist': str(md.distribution('pinn_lora').locate_file('')),"
@@ -95,3 +100,19 @@ def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
     summary = json.loads((work / "run" / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["status"] == "completed"
     assert (work / "run" / "adapter.safetensors").is_file() and (work / "run" / ".hydra" / "config.yaml").is_file()
+
+
+def test_a_problems_package_in_the_working_directory_does_not_shadow_the_families(tmp_path):
+    """The families install as ``pinn_lora.problems``: a user's own ``problems/`` (here one that fails on
+    import) in the directory Python starts in is theirs alone, and the shipped families still load."""
+    (tmp_path / "problems").mkdir()
+    (tmp_path / "problems" / "__init__.py").write_text('raise ImportError("the user\'s own problems package")\n')
+    probe = ("import json, sys, pinn_lora\n"
+             "p = pinn_lora.get_problem('burgers')\n"
+             "print(json.dumps([type(p).__module__, p.name, pinn_lora.PROBLEMS.names(), 'problems' in sys.modules]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [
+        "pinn_lora.problems.burgers", "burgers", ["allen_cahn", "burgers", "helmholtz"], False]

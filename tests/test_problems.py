@@ -9,7 +9,7 @@ import torch
 from pinn_lora.derivatives import Derivatives
 from pinn_lora.problem import CoefficientError
 from pinn_lora.registry import PROBLEMS, UnknownNameError, get_problem
-from problems.helmholtz import nearest_resonance
+from pinn_lora.problems.helmholtz import nearest_resonance
 
 
 @pytest.mark.parametrize("name,kwargs,match", [
@@ -140,7 +140,7 @@ def test_a_slow_reference_shows_progress(monkeypatch, capsys):
 
     monkeypatch.setattr(problem_module, "PROGRESS_DELAY", 0.0)
     seen = []
-    from problems.reference_solvers import burgers_cole_hopf
+    from pinn_lora.problems.reference_solvers import burgers_cole_hopf
 
     burgers_cole_hopf(0.01, np.linspace(-1, 1, 5), np.linspace(0, 1, 4), progress=seen.append)
     assert seen[-1] == pytest.approx(1.0) and seen == sorted(seen)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from problems.reference_solvers import allen_cahn_reference, burgers_cole_hopf
+from pinn_lora.problems.reference_solvers import allen_cahn_reference, burgers_cole_hopf
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
