@@ -3,7 +3,7 @@ does any evaluation during the run go above it?
 
     python benchmarks/adapt_targets.py [--methods odelora lora] [--scratch] [--only burgers] [--defaults]
 
-For each target (issue 13's list) and method, ``pinn_lora.session.adapt`` runs with the problem's
+For each target (issue 13's list) and method, ``pinn_lora.adapt_to`` runs with the problem's
 default recipe (whatever ``configs/problem/*.yaml`` recommends: today solver=lm, sampling=rad) and
 evaluates the relative L2 error after *every* step (second-order steps are few), so the largest
 error during the run is seen. ``--scratch`` adds a random network trained with the first-order
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from pinn_lora import adapt_to
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import get_problem
-from pinn_lora.session import adapt
 
 PI = math.pi
 TARGETS = ([("burgers", {"nu": v / PI}) for v in (0.005, 0.0075, 0.015, 0.02, 0.03, 0.05)]
@@ -38,7 +38,7 @@ TARGETS = ([("burgers", {"nu": v / PI}) for v in (0.005, 0.0075, 0.015, 0.02, 0.
 def one(family: str, coeffs: dict, method: str, every: int, **kw) -> dict:
     prob = get_problem(family, **coeffs)
     t0 = time.perf_counter()
-    res = adapt(family, prob, method, eval_every=every, progress=False, plots=False, device="cpu", **kw)
+    res = adapt_to(family, prob, method, eval_every=every, progress=False, plots=False, device="cpu", **kw)
     wall = time.perf_counter() - t0
     s = res.summary()
     errs = [r["rel_l2"] for r in res.metrics if "rel_l2" in r]

@@ -2,7 +2,7 @@
 
     python benchmarks/implicit_window.py [--steps 10] [--only burgers]
 
-For each default target and h in {1e-3, 1e-2, …, 1e3}: ``session.adapt`` with ``method=odelora``,
+For each default target and h in {1e-3, 1e-2, …, 1e3}: ``pinn_lora.adapt_to`` with ``method=odelora``,
 ``solver=lm`` (ODELoRA's implicit scheme: linearly implicit Euler on the Gauss–Newton linearised
 flow, :func:`pinn_lora.dynamics.odelora.implicit_dynamics`), ``lm_mu = 1/h``, ``lm_adaptive=false``
 (every proposal is taken, none is checked), RAD points, no continuation, ``--steps`` steps. Records
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from pinn_lora import adapt_to
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import get_problem
-from pinn_lora.session import adapt
 
 FAMILIES = ("burgers", "allen_cahn", "helmholtz")
 HS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
@@ -46,9 +46,9 @@ def main() -> None:
         prob = get_problem(family).default_target()
         for h in HS:
             t0 = time.perf_counter()
-            res = adapt(family, prob, "odelora", steps=args.steps, continuation="off", eval_every=args.steps,
-                        loop_options={"lm_mu": 1.0 / h, "lm_adaptive": False}, progress=False, plots=False,
-                        device="cpu")
+            res = adapt_to(family, prob, "odelora", steps=args.steps, continuation="off", eval_every=args.steps,
+                           loop_options={"lm_mu": 1.0 / h, "lm_adaptive": False}, progress=False, plots=False,
+                           device="cpu")
             s = res.summary()
             rows.append({"family": family, "h": h, "status": s["status"], "base_error": s["base_error"],
                          "final_error": s["adapted_error"], "max_loss": max(r["loss"] for r in res.metrics),

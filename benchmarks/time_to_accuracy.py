@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_accuracy.py [--cap 600] [--only burgers] [--routes defaults deepxde ...]
 
-* ``defaults``: ``python -m pinn_lora.adapt`` as shipped (``session.adapt`` with the problem's
+* ``defaults``: ``python -m pinn_lora.adapt`` as shipped (``pinn_lora.adapt_to`` with the problem's
   recommendations: today Levenberg–Marquardt, RAD points and continuation), ``method=odelora``;
 * ``first_order``: the old recipe, the method's own Adam-type steps then the L-BFGS finish
   (``solver=method``: the problem's ``adapt.first_order`` section), ``method=odelora``;
@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
+from pinn_lora import adapt_to
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import get_problem
-from pinn_lora.session import adapt, recommendations
+from pinn_lora.session import recommendations
 from pinn_lora.zoo import load_base
 
 FAMILIES = ("burgers", "allen_cahn", "helmholtz")
@@ -63,7 +64,7 @@ def ours(family: str, route: str, cap: float) -> list[tuple[float, float]]:
           "scratch": dict(solver="method", eval_every=25)}[route]
     method = "scratch" if route == "scratch" else "odelora"
     try:
-        res = adapt(family, prob, method, progress=False, plots=False, device="cpu", monitors=[Clock()], **kw)
+        res = adapt_to(family, prob, method, progress=False, plots=False, device="cpu", monitors=[Clock()], **kw)
         curve.append((time.perf_counter() - t0, res.error))
     except _Cap:
         pass

@@ -5,7 +5,7 @@ Two ways, both LoRA (rank 4):
 
 1. ``pinn_lora.batch.adapt_many``: one batched run, one LoRA copy per viscosity trained side by
    side (the same trajectories as separate runs). First-order steps only: it has no L-BFGS finish.
-2. ``pinn_lora.adapt`` per viscosity, with the L-BFGS finish that Burgers needs (its moving shock
+2. ``pinn_lora.adapt_to`` per viscosity, with the L-BFGS finish that Burgers needs (its moving shock
    makes first-order steps slow; see the README).
 
     python examples/coefficient_sweep.py                   # 5 viscosities (about 3 minutes on a 2-core CPU)
@@ -28,9 +28,9 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pinn_lora import adapt_to
     from pinn_lora.batch import adapt_many
     from pinn_lora.registry import get_problem
-    from pinn_lora.session import adapt
 
     fast = bool(os.environ.get("PINN_LORA_FAST"))
     # nu * pi; the base model's own viscosity (0.01) is left out: there is nothing to adapt
@@ -49,10 +49,10 @@ def main() -> None:
     budget = ({"steps": 5, "lbfgs_steps": 10, "n_points": 300} if fast
               else {"steps": 200, "lbfgs_steps": 400, "n_points": 4000})
     t0 = time.perf_counter()
-    single = [adapt("burgers", p, "lora", device="cpu", progress=False, lr=1e-3, eval_every=100, solver="method",
-                    **budget)
+    single = [adapt_to("burgers", p, "lora", device="cpu", progress=False, lr=1e-3, eval_every=100, solver="method",
+                       **budget)
               for p in problems]
-    print(f"adapt: lora, {budget['steps']} Adam steps + {budget['lbfgs_steps']} L-BFGS on {budget['n_points']} "
+    print(f"adapt_to: lora, {budget['steps']} Adam steps + {budget['lbfgs_steps']} L-BFGS on {budget['n_points']} "
           f"points, one run per viscosity: {time.perf_counter() - t0:.1f}s")
 
     print(f"{'nu*pi':>7} {'nu':>10} {'base':>10} {'batched':>10} {'loss start':>11} {'loss end':>10} "

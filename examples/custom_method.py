@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pinn_lora import adapt_to
 from pinn_lora.adapters import AdapterLinear, attach_adapters
 from pinn_lora.methods import Method
 from pinn_lora.registry import METHODS, get_problem
-from pinn_lora.session import adapt
 
 
 class VeRALinear(AdapterLinear):
@@ -67,7 +67,7 @@ if __name__ == "__main__":
     budget = {"steps": 30, "n_points": 400} if fast else {}  # {}: the problem's recommended budget
     results = {}
     for name in ("vera", "lora"):
-        res = adapt("helmholtz", problem, method=name, device="cpu", progress=False, **budget)
+        res = adapt_to("helmholtz", problem, method=name, device="cpu", progress=False, **budget)
         results[name] = res
         print(res.summary_line())
     vera = results["vera"]

@@ -23,7 +23,7 @@ A family is a ``Problem`` subclass: class attributes for the variables, box, coe
 
 It writes ``out/heat_base.{safetensors,json}`` (the base model) and ``out/heat_<method>/``
 (the adapted runs). Here the family is registered by hand (``PROBLEMS.register``); another
-package makes it available by name (``pinn_lora.get_problem("heat")``, ``load_base``, ``adapt``,
+package makes it available by name (``pinn_lora.get_problem("heat")``, ``load_base``, ``adapt_to``,
 ``adapt_many``), without any register call, by declaring it in its ``pyproject.toml``:
 
     [project.entry-points."pinn_lora.problems"]
@@ -82,9 +82,8 @@ class Heat(Problem):
 
 
 def main() -> None:
-    from pinn_lora.pretrain import pretrain
+    from pinn_lora import adapt_to, pretrain_base
     from pinn_lora.registry import PROBLEMS, get_problem
-    from pinn_lora.session import adapt
     from pinn_lora.train import TrainConfig, residual_loss
     from pinn_lora.zoo import load_base
 
@@ -108,8 +107,8 @@ def main() -> None:
         train = TrainConfig(steps=2000, n_points=1000, resample_every=100, lbfgs_steps=300, eval_every=500,
                             progress=False)
     t0 = time.perf_counter()
-    net, card = pretrain(source, layers=Heat.network["layers"], activation=Heat.network["activation"],
-                         train=train, lr=2e-3, out="out/heat_base")
+    net, card = pretrain_base(source, layers=Heat.network["layers"], activation=Heat.network["activation"],
+                              train=train, lr=2e-3, out="out/heat_base")
     print(f"pretrained {source!r}: rel. L2 {card['relative_l2']:.3e} after {card['steps']} steps "
           f"in {time.perf_counter() - t0:.1f}s -> out/heat_base.safetensors + .json")
 
@@ -131,9 +130,9 @@ def main() -> None:
     base_loss = residual_loss(target, loaded, points).item()
     results = {}
     for method in ("lora", "odelora"):
-        res = adapt("out/heat_base", target, method, device="cpu", progress=False, lbfgs_steps=0,
-                    eval_every=budget["steps"], run_dir=f"out/heat_{method}", plots=not fast,
-                    **budget, **options[method])
+        res = adapt_to("out/heat_base", target, method, device="cpu", progress=False, lbfgs_steps=0,
+                       eval_every=budget["steps"], run_dir=f"out/heat_{method}", plots=not fast,
+                       **budget, **options[method])
         results[method] = res
         loss = residual_loss(target, res.model, points).item()
         print(res.summary_line())

@@ -9,8 +9,8 @@ import os
 
 import torch
 
+from pinn_lora import adapt_to
 from pinn_lora.registry import get_problem
-from pinn_lora.session import adapt
 from pinn_lora.train import residual_loss
 from pinn_lora.zoo import load_base
 
@@ -20,7 +20,7 @@ problem = get_problem("burgers", nu=0.02 / math.pi)
 settings = {"steps": 4, "n_points": 500} if fast else {}
 results = {}
 for method in ("odelora", "lora"):
-    res = adapt("burgers", problem, method=method, device="cpu", progress=False, **settings)
+    res = adapt_to("burgers", problem, method=method, device="cpu", progress=False, **settings)
     results[method] = res
     print(res.summary_line())
 

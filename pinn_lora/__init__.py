@@ -5,7 +5,7 @@ The public surface (imported lazily, so ``import pinn_lora`` stays light)::
     import math, pinn_lora
     problem = pinn_lora.get_problem("burgers", nu=0.02 / math.pi)   # a PDE family at its coefficients
     net, card, source = pinn_lora.load_base("burgers")              # a shipped (or saved) base model
-    result = pinn_lora.adapt("burgers", problem, method="odelora")  # attach + train, with monitors
+    run = pinn_lora.adapt_to("burgers", problem, method="odelora")  # attach + train, with monitors
     model = pinn_lora.attach(my_net, "lora", problem, rank=8)       # attach a method to any PINN module
     pinn_lora.save_adapter(model, "out/a", model_method, problem)   # safetensors + card (names the base)
     loaded = pinn_lora.load_adapter("out/a", base="burgers")        # refused on the wrong base
@@ -13,6 +13,11 @@ The public surface (imported lazily, so ``import pinn_lora`` stays light)::
     pinn_lora.evaluate(loaded.model, problem).rel_l2                # against the reference, on a grid
     pinn_lora.adapt_many("burgers", [p1, p2, p3], "lora")           # several coefficients, one batched run
     pinn_lora.METHODS.names(), pinn_lora.PROBLEMS.names()           # what is registered
+    pinn_lora.pretrain_base(problem, layers=[2, 64, 64, 1], ...)    # train a base model; out= saves it
+    pinn_lora.compare_runs("multirun/...")                          # report.md + report.html of the runs
+
+One name per action: the functions above are the library; ``pinn_lora.adapt``, ``pinn_lora.pretrain``
+and ``pinn_lora.compare`` are the command-line modules (``python -m pinn_lora.adapt ...``).
 
 DeepXDE users: :mod:`pinn_lora.interop.deepxde` (methods on ``deepxde.nn.FNN``, dynamics as
 ``torch.optim.Optimizer``, monitors as callbacks).
@@ -29,7 +34,7 @@ _EXPORTS = {
     "METHODS": "pinn_lora.registry",
     "load_base": "pinn_lora.zoo",
     "save_base": "pinn_lora.zoo",
-    "adapt": "pinn_lora.session",
+    "adapt_to": "pinn_lora.session",
     "AdaptResult": "pinn_lora.session",
     "get_method": "pinn_lora.methods",
     "Method": "pinn_lora.methods",
@@ -44,7 +49,10 @@ _EXPORTS = {
     "adapt_many": "pinn_lora.batch",
     "Monitor": "pinn_lora.train",
     "residual_loss": "pinn_lora.train",
+    "pretrain_base": "pinn_lora.pretrain",
+    "compare_runs": "pinn_lora.compare",
 }
+_COMMANDS = {"adapt": "adapt_to", "pretrain": "pretrain_base", "compare": "compare_runs"}  # module -> its function
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -56,4 +64,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'pinn_lora' has no attribute {name!r}")
+    hint = (f" (pinn_lora.{name} is the command-line module `python -m pinn_lora.{name}`, not imported yet; "
+            f"the library function is pinn_lora.{_COMMANDS[name]})") if name in _COMMANDS else ""
+    raise AttributeError(f"module 'pinn_lora' has no attribute {name!r}{hint}")

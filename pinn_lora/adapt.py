@@ -6,11 +6,12 @@ coefficients with the chosen method, and writes a run directory.
 Bad input (an unknown name or key, a malformed override, a bad value, a missing or mismatched
 base model, an ``out=`` that holds another run, is not pinn_lora's or cannot be written) stops
 with one ``error:`` line and exit code 2 before the run directory is claimed, so it creates and
-deletes nothing; ``debug=true`` shows the traceback instead."""
+deletes nothing; ``debug=true`` shows the traceback instead.
+
+This module is the command; the library function is :func:`pinn_lora.adapt_to`."""
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +82,5 @@ def main() -> None:
     launch(prepare_run(argv, "adapt", resume_key=True), "adapt", _task)
 
 
-class _CallableModule(types.ModuleType):
-    """Importing this module (``import pinn_lora.adapt``) rebinds the package attribute
-    ``pinn_lora.adapt`` from the function :func:`pinn_lora.session.adapt` to this module; calling the
-    module calls the function, so ``pinn_lora.adapt(...)`` works either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from pinn_lora.session import adapt
-
-        return adapt(*args, **kwargs)
-
-
 if __name__ == "__main__":
     main()
-else:
-    sys.modules[__name__].__class__ = _CallableModule

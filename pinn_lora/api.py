@@ -1,4 +1,4 @@
-"""The library surface beyond :func:`pinn_lora.adapt`: attach a method to any PINN, save and
+"""The library surface beyond :func:`pinn_lora.adapt_to`: attach a method to any PINN, save and
 load adapters (safetensors + a JSON card that names the base model it belongs to), and
 evaluate a network against a problem's reference solution.
 

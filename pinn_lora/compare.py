@@ -9,7 +9,9 @@ self-contained ``report.html`` (figures embedded, no external assets).
 
 Runs of one method that differ in an option (``lr``, ``rank`` …) or in a run
 setting (``steps``, ``n_points`` … from ``.hydra/config.yaml``) are separate
-rows; the runs of a row are its seeds."""
+rows; the runs of a row are its seeds.
+
+The command is this module; the library function is :func:`compare_runs` (``pinn_lora.compare_runs``)."""
 from __future__ import annotations
 
 import argparse
@@ -469,7 +471,7 @@ NOTES = (
 )
 
 
-def build_report(root: str | Path, out: str | Path | None = None, levels: Sequence[float] = DEFAULT_LEVELS,
+def compare_runs(root: str | Path, out: str | Path | None = None, levels: Sequence[float] = DEFAULT_LEVELS,
                  solutions: bool = True) -> tuple[Path, list[Section]]:
     """Collect the runs under ``root`` and write report.md, report.html and figures/ to ``out``;
     returns ``out`` and the sections (one per problem and target, their table rows in ``rows``).
@@ -716,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(f"{root} is not a directory")
     levels = sorted(set(args.levels), reverse=True)
     try:
-        out, sections = build_report(root, args.out, levels, solutions=not args.no_solutions)
+        out, sections = compare_runs(root, args.out, levels, solutions=not args.no_solutions)
     except (FileNotFoundError, rundir.RunDirError) as exc:
         fail(str(exc))
     for sec in sections:

@@ -6,7 +6,7 @@ the end (``on_end(history)``). It never touches the loop itself, so the same
 classes can later run as DeepXDE callbacks. A monitor that *measures* adds
 keys to the record dict it is given; monitors run in order, so a writer
 placed after the measuring monitors writes their keys too
-(:func:`pinn_lora.session.adapt` puts :class:`MetricsWriter` last).
+(:func:`pinn_lora.adapt_to` puts :class:`MetricsWriter` last).
 
 Measuring monitors: :class:`UpdateNorm` (every record), :class:`Stability`
 (every record, plus a run summary), :class:`AdapterState` and

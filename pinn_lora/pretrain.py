@@ -1,5 +1,7 @@
 """``python -m pinn_lora.pretrain problem=<family>``: train a base model at
-the family's source coefficients and write it as safetensors + card."""
+the family's source coefficients and write it as safetensors + card.
+
+The command is this module; the library function is :func:`pretrain_base` (``pinn_lora.pretrain_base``)."""
 from __future__ import annotations
 
 import sys
@@ -17,11 +19,11 @@ from pinn_lora.train import Monitor, TrainConfig, Trainer
 from pinn_lora.zoo import save_base
 
 
-def pretrain(problem: Any, *, layers: list[int], activation: str, train: TrainConfig, lr: float,
-             schedule: str = "cosine", final_ratio: float = 0.01, out: str | Path | None = None,
-             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-             monitors: tuple[Monitor, ...] = (), init_from: str | Path | None = None
-             ) -> tuple[torch.nn.Module, dict[str, Any]]:
+def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: TrainConfig, lr: float,
+                  schedule: str = "cosine", final_ratio: float = 0.01, out: str | Path | None = None,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+                  monitors: tuple[Monitor, ...] = (), init_from: str | Path | None = None
+                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train a PINN on ``problem`` (Adam, then optional L-BFGS), from a fresh
     initialisation or continuing from the base model ``init_from``.
 
@@ -95,10 +97,10 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)))
     device, dtype = resolve_device(cfg.get("device", "auto")), resolve_dtype(cfg.get("dtype", "float64"))
     with rundir.claim(run_dir):
-        return pretrain(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
-                        lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
-                        final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base",
-                        init_from=cfg.get("init_from"), device=device, dtype=dtype)
+        return pretrain_base(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
+                             lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
+                             final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base",
+                             init_from=cfg.get("init_from"), device=device, dtype=dtype)
 
 
 def _task(cfg) -> None:

@@ -21,7 +21,7 @@ from pinn_lora.checkpoint import CheckpointError, check_finite, save_tensors
 
 PREFIX = "__resume__/"
 FORMAT = 1
-# what Trainer._restore and adapt() read from the resume state (a checkpoint lacking one is refused at load)
+# what Trainer._restore and adapt_to() read from the resume state (a checkpoint lacking one is refused at load)
 REQUIRED = ("phase", "step", "records", "evaluations", "steps_done", "initial", "wall_time", "rng", "draw_rng",
             "torch_rng", "dynamics", "method", "monitors", "settings")
 

@@ -1,7 +1,7 @@
 """One adaptation, start to finish: base model + target problem + method →
-trained adapter, metrics, summary and plots. The CLI (``pinn_lora.adapt``)
+trained adapter, metrics, summary and plots. The CLI (``python -m pinn_lora.adapt``)
 composes a config and calls :func:`run_config`; scientific code calls
-:func:`adapt` directly."""
+:func:`adapt_to` (``pinn_lora.adapt_to``) directly."""
 from __future__ import annotations
 
 import copy
@@ -175,7 +175,7 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
         base = (base, {"problem": problem.name})
     if isinstance(base, tuple):
         if len(base) not in (2, 3) or not isinstance(base[0], nn.Module) or not isinstance(base[1], Mapping):
-            raise TypeError("adapt: base=(network, card) or what load_base returns, (network, card, path); got a "
+            raise TypeError("base=(network, card) or what load_base returns, (network, card, path); got a "
                             f"tuple of {len(base)}")
         net, card = base[:2]  # load_base's (network, card, path) as it is
         net, card = copy.deepcopy(net).to(dtype=dtype, device=device), dict(card)
@@ -187,16 +187,16 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
 
 
 @own_rng  # the seed below stays inside the call: the caller's global RNG is left as it was
-def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
-          steps: int | None = None, n_points: int | None = None, resample_every: int | None = None,
-          eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
-          checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
-          run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
-          monitors: Sequence[Monitor] = (), default_monitors: bool = True, derivatives: str = "auto",
-          cuda_graph: bool | str = "auto", sync_every: int = 0, resume: bool = False,
-          recommended: Mapping[str, Any] | None = None, solver: str | None = None, sampling: str | None = None,
-          loop_options: Mapping[str, Any] | None = None, continuation: int | str | None = None,
-          **method_options: Any) -> AdaptResult:
+def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
+             steps: int | None = None, n_points: int | None = None, resample_every: int | None = None,
+             eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
+             checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
+             run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
+             monitors: Sequence[Monitor] = (), default_monitors: bool = True, derivatives: str = "auto",
+             cuda_graph: bool | str = "auto", sync_every: int = 0, resume: bool = False,
+             recommended: Mapping[str, Any] | None = None, solver: str | None = None, sampling: str | None = None,
+             loop_options: Mapping[str, Any] | None = None, continuation: int | str | None = None,
+             **method_options: Any) -> AdaptResult:
     """Adapt a base model to ``problem`` (its coefficients are the target).
 
     ``base`` is a shipped name ("burgers"), a path to a saved base, a
@@ -245,10 +245,10 @@ def adapt(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, m
     from pinn_lora.problem import Problem
 
     if not isinstance(problem, Problem):
-        raise TypeError(f"adapt: problem must be a problem object, e.g. pinn_lora.get_problem({problem!r}) "
+        raise TypeError(f"adapt_to: problem must be a problem object, e.g. pinn_lora.get_problem({problem!r}) "
                         f"(its coefficients are the target); got {type(problem).__name__} {problem!r}")
     if run_dir is not None and not isinstance(run_dir, (str, Path)):
-        raise TypeError(f"adapt: run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}")
+        raise TypeError(f"adapt_to: run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}")
     if resume and run_dir is None:
         raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
     if run_dir is not None:  # refused now; claimed once the input is known to be good (rundir)
@@ -460,14 +460,14 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
                           sampler=cfg.get("sampler", "pseudo"), recommended=pcfg.get("adapt") or {},
                           cuda_graph=cfg.get("cuda_graph", "auto"), sync_every=cfg.get("sync_every", 0), **options)
     problem = problem_from_config(pcfg, "adapt")
-    return adapt(cfg.get("base") or problem.name, problem, mcfg["name"], steps=cfg.get("steps"),
-                 n_points=cfg.get("n_points"), lbfgs_steps=cfg.get("lbfgs_steps"),
-                 eval_every=cfg.get("eval_every", 100), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
-                 dtype=cfg.get("dtype", "float64"), run_dir=run_dir, progress=bool(cfg.get("progress", True)),
-                 plots=bool(cfg.get("plots", True)), sampler=cfg.get("sampler", "pseudo"),
-                 checkpoint_every=cfg.get("checkpoint_every", 500), recommended=pcfg.get("adapt") or {},
-                 derivatives=cfg.get("derivatives", "auto"), cuda_graph=cfg.get("cuda_graph", "auto"),
-                 sync_every=cfg.get("sync_every", 0), resume=bool(cfg.get("resume", False)),
-                 solver=cfg.get("solver"), sampling=cfg.get("sampling"), resample_every=cfg.get("resample_every"),
-                 continuation=cfg.get("continuation"),
-                 loop_options={k: cfg[k] for k in LOOP_OPTIONS if cfg.get(k) is not None}, **options)
+    return adapt_to(cfg.get("base") or problem.name, problem, mcfg["name"], steps=cfg.get("steps"),
+                    n_points=cfg.get("n_points"), lbfgs_steps=cfg.get("lbfgs_steps"),
+                    eval_every=cfg.get("eval_every", 100), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
+                    dtype=cfg.get("dtype", "float64"), run_dir=run_dir, progress=bool(cfg.get("progress", True)),
+                    plots=bool(cfg.get("plots", True)), sampler=cfg.get("sampler", "pseudo"),
+                    checkpoint_every=cfg.get("checkpoint_every", 500), recommended=pcfg.get("adapt") or {},
+                    derivatives=cfg.get("derivatives", "auto"), cuda_graph=cfg.get("cuda_graph", "auto"),
+                    sync_every=cfg.get("sync_every", 0), resume=bool(cfg.get("resume", False)),
+                    solver=cfg.get("solver"), sampling=cfg.get("sampling"), resample_every=cfg.get("resample_every"),
+                    continuation=cfg.get("continuation"),
+                    loop_options={k: cfg[k] for k in LOOP_OPTIONS if cfg.get(k) is not None}, **options)

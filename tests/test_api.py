@@ -139,8 +139,8 @@ def test_adapt_a_bare_network_and_a_deepxde_fnn(tmp_path):
     """``adapt`` takes any module with ``linears``; the saved card describes that base."""
     net, _ = small_base()
     fnn = to_deepxde(net)
-    results = [pinn_lora.adapt(n, HELM, "lora", steps=3, n_points=64, device="cpu", progress=False,
-                               plots=False, recommended={}, run_dir=tmp_path / f"r{i}")
+    results = [pinn_lora.adapt_to(n, HELM, "lora", steps=3, n_points=64, device="cpu", progress=False,
+                                  plots=False, recommended={}, run_dir=tmp_path / f"r{i}")
                for i, n in enumerate((net, fnn))]
     assert results[0].history.records[-1]["loss"] == pytest.approx(results[1].history.records[-1]["loss"], rel=1e-12)
     for i in range(2):

@@ -370,8 +370,8 @@ def test_cli_refuses_a_directory_it_did_not_create(tmp_path, monkeypatch, capsys
                                    "(no .pinn_lora_run.json); nothing is written into it")
         assert snapshot(notes) == before and sorted(p.name for p in notes.iterdir()) == ["plots", "readme.txt"]
     with pytest.raises(pinn_lora.rundir.RunDirError, match="was not created by pinn_lora"):
-        pinn_lora.adapt("helmholtz", pinn_lora.get_problem("helmholtz", k=3.0), "lora", steps=1, n_points=16,
-                        lbfgs_steps=0, device="cpu", progress=False, plots=False, run_dir=notes)
+        pinn_lora.adapt_to("helmholtz", pinn_lora.get_problem("helmholtz", k=3.0), "lora", steps=1, n_points=16,
+                           lbfgs_steps=0, device="cpu", progress=False, plots=False, run_dir=notes)
     assert snapshot(notes) == before
 
 
@@ -524,7 +524,7 @@ def _adapt(**kw):
     base = kw.pop("base", "helmholtz")
     method = kw.pop("method", "lora")
     problem = kw.pop("problem", None) or pinn_lora.get_problem("helmholtz", k=3.0)
-    return pinn_lora.adapt(base, problem, method, **{**opts, **kw})
+    return pinn_lora.adapt_to(base, problem, method, **{**opts, **kw})
 
 
 API_CASES = [
@@ -588,8 +588,8 @@ API_CASES = [
     ("steps negative", lambda f: _adapt(steps=-1), ConfigError, r"steps=-1 must be an integer >= 0"),
     ("seed 2**70", lambda f: _adapt(seed=2**70), ConfigError,  # issue 14, items 18-19
      r"seed=1180591620717411303424 is too large: a seed is an integer from 0 to 2147483647 \(2\*\*31 - 1\)"),
-    ("problem as a string", lambda f: pinn_lora.adapt("helmholtz", "helmholtz", "lora"), TypeError,
-     r"adapt: problem must be a problem object, e.g. pinn_lora.get_problem\('helmholtz'\) \(its coefficients are "
+    ("problem as a string", lambda f: pinn_lora.adapt_to("helmholtz", "helmholtz", "lora"), TypeError,
+     r"adapt_to: problem must be a problem object, e.g. pinn_lora.get_problem\('helmholtz'\) \(its coefficients are "
      r"the target\); got str 'helmholtz'"),
     ("linears a plain list", lambda f: pinn_lora.attach(_plain_list_net(), "lora"), TypeError,
      r"attach: expected a torch.nn.Module whose 'linears' is a ModuleList of nn.Linear layers"),
@@ -600,7 +600,7 @@ API_CASES = [
     ("device not a name", lambda f: _adapt(device=3), TypeError, r"device=3: give a string"),
     ("run_dir a file", lambda f: _adapt(run_dir=f.a_file), pinn_lora.rundir.RunDirError,
      r"run directory .*a_file is a file; give a directory"),
-    ("run_dir not a path", lambda f: _adapt(run_dir=3), TypeError, r"adapt: run_dir must be a path"),
+    ("run_dir not a path", lambda f: _adapt(run_dir=3), TypeError, r"adapt_to: run_dir must be a path"),
     ("run_dir dangling link", lambda f: _adapt(run_dir=f.dangling), pinn_lora.rundir.RunDirError,  # item 17
      r"run directory .*dangling is a symbolic link to .*nowhere, which does not exist; give a directory"),
     ("load_adapter no activation", lambda f: pinn_lora.load_adapter(f.a_no_activation), CheckpointError,  # item 22
@@ -618,7 +618,7 @@ API_CASES = [
      r"run directory .*previous_run already holds a previous run \(finished; pid"),
     ("run_dir not pinn_lora's", lambda f: _adapt(run_dir=f.foreign), pinn_lora.rundir.RunDirError,
      r"run directory .*foreign is not empty \(notes.txt\) and was not created by pinn_lora"),
-    # base models: load_base and adapt(base=<path>)
+    # base models: load_base and adapt_to(base=<path>)
     ("load_base unknown", lambda f: pinn_lora.load_base("burgerz"), CheckpointError,
      r"no base model 'burgerz': not a shipped name \(allen_cahn, burgers, helmholtz\)"),
     ("load_base missing", lambda f: pinn_lora.load_base(f.missing), CheckpointError, r"no base model"),
@@ -715,7 +715,7 @@ def test_api_adapter_shape_mismatch_is_one_line(files):
 
 
 def test_api_bad_input_writes_nothing(files, tmp_path):
-    """adapt(run_dir=...) stops on a bad value before creating the run directory."""
+    """adapt_to(run_dir=...) stops on a bad value before creating the run directory."""
     for kw in ({"rank": 0}, {"steps": -1}, {"dtype": "float16"}, {"base": files.truncated}, {"rank": 100}):
         with pytest.raises((ValueError, CheckpointError)):
             _adapt(run_dir=tmp_path / "run", **kw)
@@ -871,12 +871,18 @@ def test_pretrain_cli_refuses_and_cleans_up_like_adapt(tmp_path, monkeypatch, ca
     assert err.rstrip().endswith("it is never overwritten: choose another out=...")  # no resume for a base
 
 
-def test_importing_the_cli_module_keeps_pinn_lora_adapt_callable():
-    """``import pinn_lora.adapt`` (the CLI module) rebinds the package attribute ``pinn_lora.adapt``
-    from the function to the module; the module is callable, so the API keeps working."""
+def test_the_commands_are_modules_and_the_functions_have_their_own_names():
+    """One public name per action (issue 15, item 5): ``pinn_lora.adapt``, ``.pretrain`` and ``.compare`` are
+    the ``python -m`` modules, not callable; the library functions are ``adapt_to``, ``pretrain_base`` and
+    ``compare_runs``. Asked for before its module is imported, a command's name says where the function is."""
     import importlib
 
-    module = importlib.import_module("pinn_lora.adapt")
-    assert pinn_lora.adapt is module and callable(pinn_lora.adapt)
+    for command, function, home in (("adapt", "adapt_to", "session"), ("pretrain", "pretrain_base", "pretrain"),
+                                    ("compare", "compare_runs", "compare")):
+        module = importlib.import_module(f"pinn_lora.{command}")
+        assert getattr(pinn_lora, command) is module and not callable(module)
+        assert getattr(pinn_lora, function) is getattr(importlib.import_module(f"pinn_lora.{home}"), function)
+        with pytest.raises(AttributeError, match=rf"the library function is pinn_lora\.{function}\)"):
+            pinn_lora.__getattr__(command)
     with pytest.raises(ConfigError, match="steps=-1 must be an integer >= 0"):
-        pinn_lora.adapt("helmholtz", pinn_lora.get_problem("helmholtz"), "lora", steps=-1)
+        pinn_lora.adapt_to("helmholtz", pinn_lora.get_problem("helmholtz"), "lora", steps=-1)

@@ -1,10 +1,11 @@
 """K coefficients in one batched run take the same trajectories as K separate runs."""
 import pytest
 
+from pinn_lora import adapt_to
 from pinn_lora.batch import adapt_many
 from pinn_lora.network import build_network
 from pinn_lora.registry import get_problem
-from pinn_lora.session import ConfigError, adapt
+from pinn_lora.session import ConfigError
 
 COMMON = dict(steps=12, n_points=96, resample_every=5, eval_every=6, lbfgs_steps=0, device="cpu", progress=False,
               plots=False)
@@ -26,7 +27,7 @@ def test_batched_equals_separate_runs(method, opts, engine, base):
     batch = adapt_many(base, probs, method, **COMMON, **opts)
     assert [r.problem.nu for r in batch] == nus
     for prob, res in zip(probs, batch):
-        alone = adapt(base, prob, method, derivatives=engine, solver="method", **COMMON, **opts)
+        alone = adapt_to(base, prob, method, derivatives=engine, solver="method", **COMMON, **opts)
         a = [r for r in alone.history.records if r["phase"] == "train"]
         b = [r for r in res.history.records if r["phase"] == "train"]
         assert len(a) == len(b) == 12

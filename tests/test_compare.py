@@ -201,7 +201,7 @@ def test_report_files_and_self_contained_html(sweep, tmp_path):
     assert json.loads((best_lora / "summary.json").read_text())["adapted_error"] == 9e-4
     (best_lora / "plots").mkdir()
     plt.imsave(best_lora / "plots" / "solution.png", np.arange(16.0).reshape(4, 4))
-    out, sections = compare.build_report(sweep, levels=[1e-2, 1e-3])
+    out, sections = compare.compare_runs(sweep, levels=[1e-2, 1e-3])
     assert out == sweep / "report" and len(sections) == 1
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figs == ["helmholtz_k_3_adapter_state.png", "helmholtz_k_3_curves_evaluations.png",
@@ -217,7 +217,7 @@ def test_report_files_and_self_contained_html(sweep, tmp_path):
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
     assert "<td>lora (lr=0.01)</td>" in page
     # a second run replaces the report (and never collects it as a run)
-    out2, _ = compare.build_report(sweep, levels=[1e-2], solutions=False)
+    out2, _ = compare.compare_runs(sweep, levels=[1e-2], solutions=False)
     assert len(list((out2 / "figures").glob("*.png"))) == 4
 
 
@@ -239,9 +239,9 @@ def test_report_never_touches_files_it_did_not_write(sweep, tmp_path, capsys):
     assert (paper / "report.md").read_text() == "my draft" and (paper / "figures" / "fig1.png").read_bytes() == b"my figure"
     mine = tmp_path / "mine"
     mine.mkdir()
-    out, _ = compare.build_report(sweep, mine, solutions=False)
+    out, _ = compare.compare_runs(sweep, mine, solutions=False)
     (mine / "notes.txt").write_text("kept")  # the user's own file beside the report
-    out, _ = compare.build_report(sweep, mine, levels=[1e-2], solutions=False)
+    out, _ = compare.compare_runs(sweep, mine, levels=[1e-2], solutions=False)
     marker = json.loads((mine / ".pinn_lora_run.json").read_text())
     assert marker["kind"] == "report" and marker["status"] == "finished"
     assert sorted(marker["files"]) == sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*.*")
@@ -252,7 +252,7 @@ def test_report_never_touches_files_it_did_not_write(sweep, tmp_path, capsys):
         from pinn_lora import rundir
 
         rundir.claim(run_dir / "x").release()
-        compare.build_report(sweep, run_dir / "x", solutions=False)
+        compare.compare_runs(sweep, run_dir / "x", solutions=False)
 
 
 def test_cli_errors(tmp_path, capsys):

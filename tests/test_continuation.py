@@ -96,14 +96,14 @@ def test_adapt_records_the_stages_and_resumes_mid_stage(tmp_path):
     kw = dict(steps=3, n_points=96, resample_every=2, checkpoint_every=3, eval_every=2, device="cpu",
               progress=False, plots=False, solver="lm", sampling="rad", continuation=2,
               loop_options={"rad_pool": 4, "stage_steps": 3, "stage_tol": 0.0})
-    res = session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "full", monitors=[_Crash(None)], **kw)
+    res = session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "full", monitors=[_Crash(None)], **kw)
     stages = res.summary()["continuation"]
     assert [s["stage"] for s in stages] == [0, 1, 2] and [s["steps"] for s in stages] == [3, 3, 3]
     nus = [s["coefficients"]["nu"] for s in stages]
     assert nus[0] < nus[1] < nus[2] == pytest.approx(prob.nu) and res.summary()["steps"] == 9
     with pytest.raises(KeyboardInterrupt):
-        session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(4)], **kw)
-    session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(None)], resume=True, **kw)
+        session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(4)], **kw)
+    session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(None)], resume=True, **kw)
     a, b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
@@ -114,7 +114,7 @@ def test_continuation_is_validated():
     prob = get_problem("burgers").default_target()
     for bad in (-2, "sometimes", 1.5):
         with pytest.raises(ValueError, match="continuation"):
-            session.adapt("burgers", prob, "lora", steps=1, n_points=16, continuation=bad, device="cpu",
-                          progress=False, plots=False)
+            session.adapt_to("burgers", prob, "lora", steps=1, n_points=16, continuation=bad, device="cpu",
+                             progress=False, plots=False)
     with pytest.raises(ValueError, match="stage_steps"):
         TrainConfig(stage_steps=0)

@@ -3,8 +3,8 @@ captured graph give the eager CPU-equivalent results on the device."""
 import pytest
 import torch
 
+from pinn_lora import adapt_to
 from pinn_lora.registry import get_problem
-from pinn_lora.session import adapt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -20,9 +20,9 @@ def test_graph_equals_static_eager_on_cuda(method, opts, captured):
     prob = get_problem("helmholtz", k=3.0)
     runs = {}
     for graph in (False, True):
-        runs[graph] = adapt("helmholtz", prob, method, steps=30, n_points=256, resample_every=7, eval_every=10,
-                            lbfgs_steps=0, device="cuda", progress=False, plots=False, cuda_graph=graph,
-                            derivatives="jets", sync_every=10, **opts)
+        runs[graph] = adapt_to("helmholtz", prob, method, steps=30, n_points=256, resample_every=7, eval_every=10,
+                               lbfgs_steps=0, device="cuda", progress=False, plots=False, cuda_graph=graph,
+                               derivatives="jets", sync_every=10, **opts)
     assert runs[True].extra["settings"]["cuda_graph"] is captured
     assert runs[False].extra["settings"]["cuda_graph"] is False
     e = [r["loss"] for r in runs[False].history.records if r["phase"] == "train"]
@@ -56,9 +56,9 @@ def test_a_checkpoint_resumes_on_the_other_device(first, then, tmp_path):
     kw = dict(steps=6, n_points=64, lbfgs_steps=0, progress=False, plots=False, checkpoint_every=3, eval_every=2,
               solver="method", cuda_graph=False, derivatives="autograd", precondition="rmsprop", lr=1e-3)
     d = tmp_path / "run"
-    adapt("helmholtz", prob, "odelora", run_dir=d, device=first, **kw)
+    adapt_to("helmholtz", prob, "odelora", run_dir=d, device=first, **kw)
     (d / "summary.json").unlink()  # as if stopped after its checkpoint at step 3
-    res = adapt("helmholtz", prob, "odelora", run_dir=d, resume=True, device=then, **kw)
-    ref = adapt("helmholtz", prob, "odelora", device=first, **kw)
+    res = adapt_to("helmholtz", prob, "odelora", run_dir=d, resume=True, device=then, **kw)
+    ref = adapt_to("helmholtz", prob, "odelora", device=first, **kw)
     assert res.history.steps == 6 and res.history.status == ref.history.status
     assert res.error == pytest.approx(ref.error, rel=1e-6)

@@ -15,8 +15,8 @@ PROBLEM = pinn_lora.get_problem("helmholtz").default_target()
 @pytest.mark.integration  # every method, 40 steps on the shipped base; tests/test_train.py keeps three by default
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
 def test_blow_up_stops_cleanly(name, tmp_path):
-    res = pinn_lora.adapt("helmholtz", PROBLEM, name, lr=1e8, solver="method", steps=40, n_points=32, lbfgs_steps=0, device="cpu",
-                          progress=False, plots=False, run_dir=tmp_path, checkpoint_every=5, eval_every=10)
+    res = pinn_lora.adapt_to("helmholtz", PROBLEM, name, lr=1e8, solver="method", steps=40, n_points=32, lbfgs_steps=0, device="cpu",
+                             progress=False, plots=False, run_dir=tmp_path, checkpoint_every=5, eval_every=10)
     hist = res.history
     assert hist.status == "diverged", name
     assert "divergence check" in hist.message and " at step " in hist.message
@@ -72,8 +72,8 @@ def test_guard_keeps_the_best_verified_unflagged_state(losses, scores, spikes, k
 def test_divergence_keeps_the_best_state_not_the_last(tmp_path):
     """method.lr=1 on Helmholtz (the issue's case): main kept step 1, whose loss was ~21 000x the first and which
     the Stability monitor had flagged (error 3.9x the base's); the start state is kept now, and said."""
-    res = pinn_lora.adapt("helmholtz", PROBLEM, "lora", lr=1.0, solver="method", steps=40, n_points=64,
-                          lbfgs_steps=0, device="cpu", progress=False, plots=False, eval_every=10)
+    res = pinn_lora.adapt_to("helmholtz", PROBLEM, "lora", lr=1.0, solver="method", steps=40, n_points=64,
+                             lbfgs_steps=0, device="cpu", progress=False, plots=False, eval_every=10)
     assert res.history.status == "diverged"
     assert "the Stability monitor saw the first loss spike at step 1" in res.history.message
     assert "kept the best verified state (step 0: residual" in res.history.message

@@ -93,9 +93,9 @@ def test_method_from_entry_point(tmp_path):
     res = run_python("""
         import sys
         import torch
+        from pinn_lora import adapt_to
         from pinn_lora.methods import LoRA, get_method
         from pinn_lora.registry import METHODS, get_problem
-        from pinn_lora.session import adapt
         from pinn_lora.zoo import load_base
 
         assert "my_methods" not in sys.modules
@@ -108,8 +108,8 @@ def test_method_from_entry_point(tmp_path):
         # by name through adapt, like a built-in method: a few steps on the shipped Helmholtz base
         net, card, _ = load_base("helmholtz")
         problem = get_problem("helmholtz", k=2.0)
-        res = adapt((net, card), problem, "widelora", steps=3, n_points=64, device="cpu", progress=False,
-                    default_monitors=False)
+        res = adapt_to((net, card), problem, "widelora", steps=3, n_points=64, device="cpu", progress=False,
+                       default_monitors=False)
         assert type(res.method) is cls and res.history.status == "completed"
         rank = [min(8, lin.in_features, lin.out_features) for lin in net.linears]  # each layer's rank
         expected = sum(r * (lin.in_features + lin.out_features) for r, lin in zip(rank, net.linears))

@@ -1,5 +1,5 @@
 """Monitors: each measurement on small known inputs, merges that must not show, and the
-keys an adapt() run writes into metrics.jsonl and summary.json."""
+keys an adapt_to() run writes into metrics.jsonl and summary.json."""
 import json
 import math
 import re
@@ -10,8 +10,8 @@ import torch
 from pinn_lora.adapters import adapter_layers
 from pinn_lora.monitors import (METRICS_SCHEMA, AdapterState, FeatureChange, Stability, TensorBoardWriter,
                                 UpdateNorm, balance, effective_rank, effective_weight, gram_cond, spectrum_stats)
+from pinn_lora import adapt_to
 from pinn_lora.registry import get_problem
-from pinn_lora.session import adapt
 from pinn_lora.train import History, TrainConfig, Trainer
 from tests.tiny import make_closure, setup
 
@@ -214,15 +214,15 @@ def test_tensorboard_writer_needs_the_package(tmp_path):
         pytest.skip("tensorboard is installed")
 
 
-# -- adapt(): metrics.jsonl and summary.json ---------------------------------------------------------
+# -- adapt_to(): metrics.jsonl and summary.json ---------------------------------------------------------
 def _schema_pattern(key):
     return re.compile("^" + re.escape(key).replace("<term>", r"\w+").replace("<i>", r"\d+").replace("<k>", r"\d+")
                       + "$")
 
 
 def test_adapt_writes_monitor_keys_and_stability_summary(tmp_path):
-    res = adapt("helmholtz", get_problem("helmholtz").default_target(), "lora", steps=5, n_points=64, lbfgs_steps=0,
-                eval_every=2, device="cpu", run_dir=tmp_path, progress=False, plots=False, continuation="off")
+    res = adapt_to("helmholtz", get_problem("helmholtz").default_target(), "lora", steps=5, n_points=64, lbfgs_steps=0,
+                   eval_every=2, device="cpu", run_dir=tmp_path, progress=False, plots=False, continuation="off")
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all("update_norm" in r for r in recs)
     measured = [r["step"] for r in recs if "layer0/eff_rank" in r]
@@ -239,9 +239,9 @@ def test_adapt_writes_monitor_keys_and_stability_summary(tmp_path):
     assert summary["stability"]["oscillation"] == res.stability["oscillation"] and res.stability["status"] == "completed"
     assert summary["status"] == "completed" and summary["adapted_error"] == pytest.approx(recs[-1]["rel_l2"])
 
-    off = adapt("helmholtz", get_problem("helmholtz").default_target(), "full", steps=2, n_points=64, lbfgs_steps=0,
-                eval_every=2, device="cpu", progress=False, plots=False, default_monitors=False)
+    off = adapt_to("helmholtz", get_problem("helmholtz").default_target(), "full", steps=2, n_points=64, lbfgs_steps=0,
+                   eval_every=2, device="cpu", progress=False, plots=False, default_monitors=False)
     assert "update_norm" not in off.metrics[-1] and "stability" not in off.summary()
-    full = adapt("helmholtz", get_problem("helmholtz").default_target(), "full", steps=2, n_points=64, lbfgs_steps=0,
-                 eval_every=2, device="cpu", progress=False, plots=False)
+    full = adapt_to("helmholtz", get_problem("helmholtz").default_target(), "full", steps=2, n_points=64, lbfgs_steps=0,
+                    eval_every=2, device="cpu", progress=False, plots=False)
     assert "layer0/feature_change" in full.metrics[-1] and "layer0/eff_rank" not in full.metrics[-1]

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 def _run(method: str, seed: int):
     problem = pinn_lora.get_problem("helmholtz", k=3.0)
-    return pinn_lora.adapt("helmholtz", problem, method, seed=seed, **RUN, **METHODS[method])
+    return pinn_lora.adapt_to("helmholtz", problem, method, seed=seed, **RUN, **METHODS[method])
 
 
 def _records(result) -> list[str]:

@@ -87,18 +87,18 @@ def test_resume_refusals(tmp_path):
     prob = pinn_lora.get_problem("helmholtz").default_target()
     kw = {**SMALL, "steps": 6}
     with pytest.raises(ConfigError, match="needs the run directory"):
-        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, **kw)
     with pytest.raises(CheckpointError, match="nothing to resume"):
-        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "empty", **kw)
-    pinn_lora.adapt("helmholtz", prob, "lora", run_dir=tmp_path / "done", **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "empty", **kw)
+    pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=tmp_path / "done", **kw)
     with pytest.raises(RunDirError, match="finished run"):
-        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
     (tmp_path / "done" / "summary.json").unlink()  # as if killed before the end
     with pytest.raises(ConfigError, match=r"other settings \(method.rank: 4 -> 2\)"):
-        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", rank=2, **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", rank=2, **kw)
     (tmp_path / "done" / "metrics.jsonl").write_text("")
     with pytest.raises(CheckpointError, match="has 0 records, the checkpoint expects"):
-        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=tmp_path / "done", **kw)
 
 
 def test_a_batched_run_cannot_be_resumed(tmp_path):
@@ -116,7 +116,7 @@ def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
     prob = pinn_lora.get_problem("helmholtz").default_target()
     kw = SMALL
     d = tmp_path / "run"
-    pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+    pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, **kw)
     (d / "summary.json").unlink()  # as if killed before the end
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -126,12 +126,12 @@ def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
         (d / rundir.MARKER).write_text(json.dumps(marker))
         before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
         with pytest.raises(RunDirError, match=rf"is in use by a running pinn_lora run \(running; pid {owner.pid} on"):
-            pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+            pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
         assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
     finally:
         owner.kill()
         owner.wait()
-    res = pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+    res = pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
     assert res.history.steps == 4 and (d / "summary.json").is_file()
     marker = json.loads((d / rundir.MARKER).read_text())
     assert marker["pid"] == os.getpid() and marker["status"] == "finished"
@@ -156,12 +156,12 @@ def test_a_failed_run_is_marked_and_can_be_resumed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, **kw)
     monkeypatch.setattr(Trainer, "run", real)
     assert json.loads((d / "summary.json").read_text()) == {"status": "failed", "message": "KeyboardInterrupt"}
     assert json.loads((d / rundir.MARKER).read_text())["status"] == "failed"
     assert (d / "metrics.jsonl").is_file() and (d / "checkpoint.safetensors").is_file()
-    res = pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+    res = pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
     assert res.history.steps == 4 and json.loads((d / "summary.json").read_text())["status"] == "completed"
 
 
@@ -173,7 +173,7 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
     prob = pinn_lora.get_problem("helmholtz").default_target()
     kw = SMALL
     d = tmp_path / "run"
-    pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+    pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, **kw)
     (d / "summary.json").unlink()  # as if killed before the end
     ckpt = d / "checkpoint.safetensors"
     with safe_open(str(ckpt), "pt") as fh:
@@ -183,14 +183,14 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path):
     del state["dynamics"]
     save_file(tensors, str(ckpt), metadata={**meta, "__resume__": json.dumps(state)})
     with pytest.raises(CheckpointError, match=r"checkpoint.safetensors: the checkpoint lacks dynamics \(damaged") as info:
-        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
     assert "\n" not in str(info.value)
     key = next(k for k, t in tensors.items() if t.dim() == 2 and not k.startswith("__resume__"))
     tensors[key] = tensors[key].clone()
     tensors[key].view(-1)[0] = float("nan")
     save_file(tensors, str(ckpt), metadata=meta)
     with pytest.raises(CheckpointError, match=rf"{key} holds 1 non-finite value \(NaN or inf\)"):
-        pinn_lora.adapt("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", resume=True, run_dir=d, **kw)
 
 
 SIGNAL_ARGS = ["problem=helmholtz", "method=lora", "solver=method", "steps=120", "n_points=32", "eval_every=20",
@@ -268,12 +268,12 @@ def test_sigint_in_the_loop_checkpoints_the_next_verified_state(tmp_path, monkey
     d = tmp_path / "run"
     with pytest.raises(Interrupted, match=r"interrupted by SIGINT at step 4; the checkpoint .* holds the last "
                                           r"verified state \(step 4\)") as info:
-        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **kw)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, **kw)
     assert info.value.exit_code == 130 and checkpoint_step(d / "checkpoint.safetensors") == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
     monkeypatch.setattr(Trainer, "_take", real)
-    res = pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, resume=True, **kw)
-    ref = pinn_lora.adapt("helmholtz", prob, "lora", **kw)
+    res = pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, resume=True, **kw)
+    ref = pinn_lora.adapt_to("helmholtz", prob, "lora", **kw)
     assert [r["loss"] for r in res.history.records] == [r["loss"] for r in ref.history.records]
 
 
@@ -305,7 +305,7 @@ def test_a_gpu_checkpoint_resumes_on_a_cpu(recorded, tmp_path):
     kw = dict(steps=6, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=3,
               eval_every=2, solver="method")
     d = tmp_path / "run"
-    ref = pinn_lora.adapt("helmholtz", prob, "odelora", run_dir=d, **kw)
+    ref = pinn_lora.adapt_to("helmholtz", prob, "odelora", run_dir=d, **kw)
     (d / "summary.json").unlink()  # as if stopped after its checkpoint at step 3
     ckpt = d / "checkpoint.safetensors"
     with safe_open(str(ckpt), "pt") as fh:
@@ -322,6 +322,6 @@ def test_a_gpu_checkpoint_resumes_on_a_cpu(recorded, tmp_path):
     save_file(load_file(str(ckpt)), str(ckpt), metadata={**meta, "__resume__": json.dumps(state)})
     _, loaded = resume_state.load(ckpt, "cpu")
     assert loaded["torch_rng"].device.type == "cpu" and loaded["guard"]["best"]["tensors"][0].device.type == "cpu"
-    res = pinn_lora.adapt("helmholtz", prob, "odelora", run_dir=d, resume=True, **kw)
+    res = pinn_lora.adapt_to("helmholtz", prob, "odelora", run_dir=d, resume=True, **kw)
     assert [r["loss"] for r in res.history.records] == [r["loss"] for r in ref.history.records]
     assert res.error == ref.error

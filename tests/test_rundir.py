@@ -62,14 +62,14 @@ def test_failure_after_the_claim_marks_and_keeps(tmp_path):
 
 
 def test_adapt_never_overwrites_an_earlier_adapter(tmp_path):
-    """adapt(run_dir=d) into a directory holding a run, and save_adapter into a directory holding an adapter,
+    """adapt_to(run_dir=d) into a directory holding a run, and save_adapter into a directory holding an adapter,
     are refused and change nothing (issue 14, item 6; main overwrote adapter.safetensors and card.json)."""
     prob = pinn_lora.get_problem("helmholtz").default_target()
     d = tmp_path / "run"
-    first = pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, seed=0, **TINY)
+    first = pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, seed=0, **TINY)
     before = files(d)
     with pytest.raises(RunDirError, match=r"run directory .* already holds a previous run \(finished"):
-        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, seed=1, **TINY)
+        pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, seed=1, **TINY)
     with pytest.raises(FileExistsError, match=r"already holds an adapter \(adapter.safetensors, card.json\)"):
         pinn_lora.save_adapter(first.model, d, first.method, prob)
     with pytest.raises(RunDirError, match="already holds a previous run"):
@@ -186,11 +186,11 @@ def test_early_death_leaves_a_directory_marked_with_how_to_start_over(tmp_path, 
     prob = pinn_lora.get_problem("helmholtz").default_target()
     d = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, **{**TINY, "checkpoint_every": 1})
+        pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, **{**TINY, "checkpoint_every": 1})
     summary = json.loads((d / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["message"].startswith("RuntimeError: CUDA out of memory")
     assert "before its first checkpoint, so resume=true cannot continue it: start it again in a new directory" in \
         summary["message"]
     assert json.loads((d / MARKER).read_text())["status"] == "failed"
     with pytest.raises(CheckpointError, match="nothing to resume: no checkpoint .*stopped before its first checkpoint"):
-        pinn_lora.adapt("helmholtz", prob, "lora", run_dir=d, resume=True, **{**TINY, "checkpoint_every": 1})
+        pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, resume=True, **{**TINY, "checkpoint_every": 1})

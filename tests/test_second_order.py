@@ -186,13 +186,13 @@ def test_a_run_that_gets_worse_says_so():
     """Helmholtz DoRA at lr 0.3 for 5 first-order steps on 64 points gets worse (measured on main:
     error 0.364 -> 1.72, reported 'completed'): now the validation residual says no_improvement."""
     prob = pinn_lora.get_problem("helmholtz").default_target()
-    res = session.adapt("helmholtz", prob, "dora", steps=5, n_points=64, lr=0.3, solver="method",
+    res = session.adapt_to("helmholtz", prob, "dora", steps=5, n_points=64, lr=0.3, solver="method",
                                   device="cpu", progress=False, plots=False)
     s = res.summary()
     assert s["status"] == "no_improvement", s
     assert not s["validation_residual"] < s["validation_residual_base"]
     assert "NO IMPROVEMENT" in res.summary_line() and s["adapted_error"] > s["base_error"]
-    good = session.adapt("helmholtz", prob, "lora", steps=3, n_points=256, device="cpu", progress=False,
+    good = session.adapt_to("helmholtz", prob, "lora", steps=3, n_points=256, device="cpu", progress=False,
                                    plots=False)
     assert good.summary()["status"] == "completed"
     assert good.summary()["validation_residual"] < good.summary()["validation_residual_base"]
@@ -217,10 +217,10 @@ def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(tmp_path):
     prob = pinn_lora.get_problem("burgers").default_target()
     kw = dict(steps=8, n_points=96, resample_every=3, checkpoint_every=4, eval_every=2, device="cpu", progress=False,
               plots=False, solver="lm", sampling="rad", loop_options={"rad_pool": 4})
-    session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "full", monitors=[_Crash(None)], **kw)
+    session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "full", monitors=[_Crash(None)], **kw)
     with pytest.raises(KeyboardInterrupt):
-        session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(6)], **kw)
-    session.adapt("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(None)], resume=True, **kw)
+        session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(6)], **kw)
+    session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(None)], resume=True, **kw)
     a, b = (pinn_lora.monitors.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):

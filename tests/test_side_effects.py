@@ -37,11 +37,11 @@ def test_adapt_leaves_the_global_rngs_alone():
     torch.manual_seed(1234)
     np.random.seed(99)
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    first = pinn_lora.adapt(base, HELM, "lora", plots=False, seed=0, **RUN)
+    first = pinn_lora.adapt_to(base, HELM, "lora", plots=False, seed=0, **RUN)
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
     torch.rand(5)  # the caller draws: the run's numbers do not depend on the caller's generator
-    again = pinn_lora.adapt(base, HELM, "lora", plots=False, seed=0, **RUN)
+    again = pinn_lora.adapt_to(base, HELM, "lora", plots=False, seed=0, **RUN)
     assert [r["loss"] for r in first.metrics] == [r["loss"] for r in again.metrics]
 
 
@@ -57,7 +57,7 @@ def test_plots_leave_the_backend_and_figures_alone(notebook_backend, tmp_path):
     import matplotlib.pyplot as plt
 
     figures = plt.get_fignums()
-    pinn_lora.adapt(tiny_base(), HELM, "lora", plots=True, run_dir=tmp_path, **RUN)
+    pinn_lora.adapt_to(tiny_base(), HELM, "lora", plots=True, run_dir=tmp_path, **RUN)
     assert (tmp_path / "plots" / "loss.png").stat().st_size > 0
     assert (tmp_path / "plots" / "solution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.get_backend() == "svg"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from pinn_lora import adapt_to
 from pinn_lora.network import build_network
 from pinn_lora.registry import get_problem
-from pinn_lora.session import adapt
 
 
 def _base(name="burgers"):
@@ -20,9 +20,9 @@ def _base(name="burgers"):
 
 
 def test_run_directory_and_checkpoint(tmp_path):
-    res = adapt(_base(), get_problem("burgers").default_target(), "lora", steps=5, lbfgs_steps=0, n_points=64, eval_every=2,
-                device="cpu", run_dir=tmp_path, progress=False, plots=False, checkpoint_every=2, lr=1e-3,
-                solver="method")
+    res = adapt_to(_base(), get_problem("burgers").default_target(), "lora", steps=5, lbfgs_steps=0, n_points=64, eval_every=2,
+                   device="cpu", run_dir=tmp_path, progress=False, plots=False, checkpoint_every=2, lr=1e-3,
+                   solver="method")
     assert res.history.status == "completed"
     with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
         assert fh.metadata()["step"] == "3"  # the state after 3 steps, verified by the 4th step's loss
@@ -30,14 +30,14 @@ def test_run_directory_and_checkpoint(tmp_path):
     assert [r["step"] for r in recs if "rel_l2" in r] == [1, 3, 4]
     assert recs[-1]["evaluations"] == 5
     with pytest.raises(ValueError, match="already holds a previous run"):  # never overwritten
-        adapt(_base(), get_problem("burgers").default_target(), "lora", steps=1, lbfgs_steps=0, device="cpu", run_dir=tmp_path)
+        adapt_to(_base(), get_problem("burgers").default_target(), "lora", steps=1, lbfgs_steps=0, device="cpu", run_dir=tmp_path)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
 
 
 @pytest.mark.parametrize("method,lr", [("lora", 1e6), ("odelora", 1e6), ("full", 1e6)])
 def test_divergence_stops_cleanly(tmp_path, method, lr):
-    res = adapt(_base(), get_problem("burgers").default_target(), method, steps=50, lbfgs_steps=0, n_points=64, device="cpu",
-                run_dir=tmp_path, progress=False, plots=False, checkpoint_every=1, lr=lr, solver="method")
+    res = adapt_to(_base(), get_problem("burgers").default_target(), method, steps=50, lbfgs_steps=0, n_points=64, device="cpu",
+                   run_dir=tmp_path, progress=False, plots=False, checkpoint_every=1, lr=lr, solver="method")
     assert res.history.status == "diverged"
     assert len(res.history.records) < 50
     assert "at step" in res.history.message
@@ -56,13 +56,13 @@ def test_divergence_stops_cleanly(tmp_path, method, lr):
 
 
 def test_same_seed_same_metrics():
-    runs = [adapt(_base(), get_problem("burgers").default_target(),
-                  "odelora", steps=4, lbfgs_steps=0, n_points=64, device="cpu", progress=False, plots=False, seed=3, lr=0.01)
+    runs = [adapt_to(_base(), get_problem("burgers").default_target(),
+                     "odelora", steps=4, lbfgs_steps=0, n_points=64, device="cpu", progress=False, plots=False, seed=3, lr=0.01)
             for _ in range(2)]
     a, b = ([{k: v for k, v in r.items() if k != "time"} for r in run.metrics] for run in runs)
     assert a == b
-    other = adapt(_base(), get_problem("burgers").default_target(), "odelora", steps=4, lbfgs_steps=0, n_points=64, device="cpu",
-                  progress=False, plots=False, seed=4, lr=0.01)
+    other = adapt_to(_base(), get_problem("burgers").default_target(), "odelora", steps=4, lbfgs_steps=0, n_points=64, device="cpu",
+                     progress=False, plots=False, seed=4, lr=0.01)
     assert other.metrics[1]["loss"] != runs[0].metrics[1]["loss"]
     assert math.isfinite(runs[0].error)
 
@@ -71,8 +71,8 @@ def test_same_seed_same_metrics():
 def test_a_blow_up_in_the_last_step_is_caught(tmp_path, method, lr):
     """The last step's result is verified too: with one step there is no next loss to catch it."""
     base = _base()
-    res = adapt(base, get_problem("burgers").default_target(), method, steps=1, lbfgs_steps=0, n_points=64,
-                device="cpu", progress=False, plots=False, lr=lr, solver="method")
+    res = adapt_to(base, get_problem("burgers").default_target(), method, steps=1, lbfgs_steps=0, n_points=64,
+                   device="cpu", progress=False, plots=False, lr=lr, solver="method")
     assert res.history.status == "diverged"
     assert math.isfinite(res.error) and res.error < 10
     x = torch.rand(5, 2, dtype=torch.float64)
@@ -83,8 +83,8 @@ def test_checkpoint_holds_a_verified_state(tmp_path):
     from pinn_lora.train import residual_loss
 
     prob = get_problem("burgers").default_target()
-    res = adapt(_base(), prob, "full", steps=3, lbfgs_steps=0, n_points=64, device="cpu", run_dir=tmp_path,
-                progress=False, plots=False, checkpoint_every=1, lr=1e300)
+    res = adapt_to(_base(), prob, "full", steps=3, lbfgs_steps=0, n_points=64, device="cpu", run_dir=tmp_path,
+                   progress=False, plots=False, checkpoint_every=1, lr=1e300)
     assert res.history.status == "diverged"
     net = _base()[0]
     with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
@@ -143,15 +143,15 @@ def test_blow_up_ends_as_diverged_not_as_an_exception():
 
 
 def _static_vs_eager(method, steps=12, sync_every=5, **opts):
-    from pinn_lora.session import adapt
+    from pinn_lora import adapt_to
     from pinn_lora.registry import get_problem
 
     prob = get_problem("helmholtz", k=3.0)
     runs = {}
     for sync in (0, sync_every):
-        runs[sync] = adapt(_base("helmholtz"), prob, method, steps=steps, n_points=128, resample_every=4, eval_every=10,
-                           lbfgs_steps=0, device="cpu", progress=False, plots=False, sync_every=sync, solver="method",
-                           **opts)
+        runs[sync] = adapt_to(_base("helmholtz"), prob, method, steps=steps, n_points=128, resample_every=4, eval_every=10,
+                              lbfgs_steps=0, device="cpu", progress=False, plots=False, sync_every=sync, solver="method",
+                              **opts)
     return runs[0], runs[sync_every]
 
 
@@ -177,12 +177,12 @@ def test_static_loop_equals_eager_loop(method, opts):
 
 def test_static_loop_divergence_restores_block_start():
     """A blow-up inside a block: the state at the block's start comes back, the run says diverged."""
-    from pinn_lora.session import adapt
+    from pinn_lora import adapt_to
     from pinn_lora.registry import get_problem
 
     prob = get_problem("helmholtz", k=3.0)
-    res = adapt("helmholtz", prob, "lora", lr=50.0, steps=40, n_points=64, eval_every=10, lbfgs_steps=0,
-                device="cpu", progress=False, plots=False, sync_every=4, solver="method")
+    res = adapt_to("helmholtz", prob, "lora", lr=50.0, steps=40, n_points=64, eval_every=10, lbfgs_steps=0,
+                   device="cpu", progress=False, plots=False, sync_every=4, solver="method")
     assert res.history.status == "diverged"
     assert "start of its block of 4 graph steps" in res.history.message
     assert math.isfinite(res.error)

@@ -147,8 +147,8 @@ def test_pickled_base_weights_are_refused_unrun(payloads, tmp_path):
         assert "\n" not in str(info.value)
         assert not marker.exists(), f"{name}: unpickled!"
         with pytest.raises(CheckpointError, match="only safetensors files are accepted"):
-            pinn_lora.adapt(stem, pinn_lora.get_problem("helmholtz", k=3.0), "lora", steps=1, device="cpu",
-                            progress=False, plots=False)
+            pinn_lora.adapt_to(stem, pinn_lora.get_problem("helmholtz", k=3.0), "lora", steps=1, device="cpu",
+                               progress=False, plots=False)
         assert not marker.exists()
 
 

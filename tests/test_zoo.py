@@ -75,14 +75,11 @@ def test_public_api_names_resolve():
     """The top-level names of ``pinn_lora`` (lazily imported) are the objects of their modules."""
     import pinn_lora
     from pinn_lora.registry import get_problem
-    from pinn_lora.session import adapt
+    from pinn_lora.session import adapt_to
 
     for name in pinn_lora.__all__:
         assert getattr(pinn_lora, name) is not None, name
-    assert pinn_lora.get_problem is get_problem
-    # importing the CLI module pinn_lora.adapt (other tests do) rebinds the package attribute to that
-    # module, which then forwards calls to the function
-    assert pinn_lora.adapt is adapt or (callable(pinn_lora.adapt) and pinn_lora.adapt.__name__ == "pinn_lora.adapt")
+    assert pinn_lora.get_problem is get_problem and pinn_lora.adapt_to is adapt_to
     with pytest.raises(AttributeError, match="no attribute 'adaptt'"):
         pinn_lora.adaptt  # noqa: B018
 
