@@ -26,12 +26,20 @@ def load_make_tables():
 
 
 def section(path: Path, heading: str) -> str:
-    """The text under ``heading`` (any level) up to the next heading of the same or a higher level."""
-    text = path.read_text()
-    m = re.search(rf"^(#+) {re.escape(heading)}\n", text, flags=re.M)
-    assert m, f"{path.name} has no heading {heading!r}"
-    end = re.search(rf"^#{{1,{len(m.group(1))}}} ", text[m.end():], flags=re.M)
-    return text[m.end(): m.end() + end.start() if end else len(text)]
+    """The text under ``heading`` (any level) up to the next heading of the same or a higher level (``#`` lines
+    inside code blocks are code)."""
+    lines, level, out, fenced = path.read_text().splitlines(keepends=True), None, [], False
+    for line in lines:
+        fenced ^= line.startswith("```")
+        m = None if fenced else re.match(r"(#+) (.*)", line.rstrip("\n"))
+        if level is None:
+            level = len(m.group(1)) if m and m.group(2) == heading else None
+        elif m and len(m.group(1)) <= level:
+            break
+        else:
+            out.append(line)
+    assert level is not None, f"{path.name} has no heading {heading!r}"
+    return "".join(out)
 
 
 def blocks(text: str, lang: str) -> list[str]:
