@@ -164,9 +164,19 @@ def wall(run: dict) -> str:
     return "—" if run.get("wall_s") is None else f"{run['wall_s']:.0f} s"
 
 
+def one_minute_loads(value: Any) -> list[float]:
+    """The 1-minute load averages in a ``load_average_at_start``: a (1, 5, 15)-minute triple, a list of them (a file
+    merged from several, ``adapt_targets.py --merge``), or nothing."""
+    if not value:
+        return []
+    if isinstance(value[0], (int, float)):
+        return [float(value[0])]
+    return [x for v in value for x in one_minute_loads(v)]
+
+
 def load_note(data: dict) -> str:
-    loads = [data.get("load_average_at_start")] + [r.get("load_average_at_start") for r in data.get("runs", [])]
-    first = sorted(x[0] for x in loads if x)
+    first = sorted(one_minute_loads([data.get("load_average_at_start")]
+                                    + [r.get("load_average_at_start") for r in data.get("runs", [])]))
     if not first:
         return ""
     spread = f"{first[0]:.1f}" if first[-1] - first[0] < 0.05 else f"{first[0]:.1f}–{first[-1]:.1f}"

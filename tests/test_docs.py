@@ -158,6 +158,7 @@ def test_tables_take_any_rows(tmp_path):
          "status": "completed"},
         {**burgers, "final_error": 4e-6},  # a re-run of the first Burgers odelora row replaces it
     ]
+    data["load_average_at_start"] = [[4.04, 4.0, 4.0], None, [7.0, 6.0, 5.0]]  # a file merged from three
     (tmp_path / "adapt_targets_cpu.json").write_text(json.dumps(data))
     best = make_tables.make("adapt_best", tmp_path)
     assert "| Burgers ν = 0.02/π | **`dora`** | 4.20e-2 → 1.00e-7 |" in best, best
@@ -165,6 +166,7 @@ def test_tables_take_any_rows(tmp_path):
     full = make_tables.make("adapt_targets", tmp_path)
     assert "| heat kappa = 0.3 | `lora` | 1.00e-1 → 1.00e-2 | 10 |" in full, full
     assert "→ nan (diverged)" in full and full.count("`odelora` | 4.20e-2 →") == 1
+    assert "load average 4.0–7.0 at the start" in full
 
 
 # ---- docs/architecture.md ------------------------------------------------------------------------------------
