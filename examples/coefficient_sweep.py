@@ -6,7 +6,7 @@ Two ways, both LoRA (rank 4):
 1. ``pinn_lora.batch.adapt_many``: one batched run, one LoRA copy per viscosity trained side by
    side (the same trajectories as separate runs). First-order steps only: it has no L-BFGS finish.
 2. ``pinn_lora.adapt_to`` per viscosity, with the L-BFGS finish that Burgers needs (its moving shock
-   makes first-order steps slow; see the README).
+   makes first-order steps slow; see docs/results.md).
 
     python examples/coefficient_sweep.py                   # 5 viscosities (about 3 minutes on a 2-core CPU)
     PINN_LORA_FAST=1 python examples/coefficient_sweep.py  # 3 viscosities, a few steps, for a smoke check

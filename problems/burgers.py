@@ -15,7 +15,7 @@ class Burgers(Problem):
     variables = ("x", "t")
     lower = (-1.0, 0.0)
     upper = (1.0, 1.0)
-    # the Cole–Hopf reference: accurate down to 0.001/π (README); its cost grows like 1/sqrt(nu) below
+    # the Cole–Hopf reference: accurate down to 0.001/π (docs/problems.md); its cost grows like 1/sqrt(nu) below
     # (hours at 1e-12) and like sqrt(nu) above (4 s at 100, minutes at 1e6)
     coefficient_specs = (Coefficient("nu", 0.01 / math.pi, low=0.001 / math.pi, low_inclusive=True, high=100.0,
                                      doc="viscosity", why="the range in which the Cole–Hopf reference solution "
