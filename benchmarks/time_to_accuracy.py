@@ -119,13 +119,36 @@ def reach(curve: list[tuple[float, float]], level: float, cap: float) -> tuple[f
     return (cap, False) if hit is None else (hit, True)
 
 
+def plot(results: dict, path: Path) -> None:
+    """Error against wall time, one panel per default target, one curve per route."""
+    from matplotlib.figure import Figure
+
+    fams = [f for f in FAMILIES if any(r["family"] == f for r in results["runs"])]
+    fig = Figure(figsize=(4.2 * len(fams), 3.6), layout="constrained")
+    for ax, fam in zip(fig.subplots(1, len(fams), squeeze=False)[0], fams):
+        for r in (r for r in results["runs"] if r["family"] == fam and r["curve"]):
+            t, e = zip(*r["curve"])
+            ax.plot(t, e, label=r["route"], marker="." if r["route"] == "defaults" else None)
+        for level in LEVELS:
+            ax.axhline(level, color="0.7", lw=0.8, ls="--")
+        ax.set(xscale="log", yscale="log", xlabel="wall time [s]", title=f"{fam} (default target)")
+        ax.set_ylabel("relative L2 error")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results['device']}, load average at start {results['load_average_at_start']}", fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--plot", default=None, help="only plot this results file (next to it, .png)")
     ap.add_argument("--cap", type=float, default=600.0, help="seconds per route and target")
     ap.add_argument("--only", default=None, choices=FAMILIES)
     ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=ROUTES)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.plot:
+        plot(json.loads(Path(args.plot).read_text()), Path(args.plot).with_suffix(".png"))
+        return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     out = Path(args.out or Path(__file__).parent / "results" / "time_to_accuracy_cpu.json")
     meta = {"device": device_name(torch.device("cpu")), "cpu": platform.processor() or platform.machine(),
@@ -155,6 +178,7 @@ def main() -> None:
                                for lv in LEVELS if a[f"reached_{lv:g}"]}
             summary[family]["lower_bound"] = not b["reached_0.001"]
     out.write_text(json.dumps({**meta, "runs": rows, "speedup_vs_deepxde": summary}, indent=1))
+    plot({**meta, "runs": rows}, out.with_suffix(".png"))
     print(json.dumps(summary, indent=1))
 
 
