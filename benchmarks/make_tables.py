@@ -349,6 +349,64 @@ def batch_step(data: dict) -> list[str]:
                                               data.get("dtype"), data.get("method"), f"{count(data['points'])} points")]
 
 
+def headline(data: dict) -> list[str]:
+    """The whole command per default target: error and wall time against issue 13's goals."""
+    rows = []
+    for r in data["runs"]:
+        target = target_label(r["family"], family_coefficients(r["family"])[1]) if family_coefficients(r["family"]) \
+            else FAMILY.get(r["family"], r["family"])
+        rows.append([target, f"`{r['method']}`", f"{sci(r['base_error'])} → {sci(r['final_error'])}",
+                     f"≤ {sci(r['goal_error'])}", f"{r['wall_s']:.1f} s", "yes" if r["met"] else "**no**",
+                     f"{r['load_average_before'][0]:.2f}"])
+    header = ["default target", "method", "base → final", "goal", "whole command", "goal met (≤ 120 s)",
+              "load before"]
+    return table(header, rows) + ["", source_line("headline_cpu.json", data.get("cpu"), f"{data.get('cores')} cores",
+                                              torch_version(data), data.get("date"),
+                                              "`python benchmarks/headline.py`: the command in a fresh directory, "
+                                              "start-up, reference, saving and plots included")]
+
+
+def implicit_window(data: dict) -> list[str]:
+    """Final error per fixed step h (rows: h, columns: default targets) of ODELoRA's implicit scheme."""
+    fams = list(dict.fromkeys(r["family"] for r in data["runs"]))
+    hs = sorted({r["h"] for r in data["runs"]})
+    cell = {(r["family"], r["h"]): r for r in data["runs"]}
+    rows = []
+    for h in hs:
+        row = [f"{h:g}"]
+        for f in fams:
+            r = cell.get((f, h))
+            row.append("—" if r is None else ("diverged" if r["status"] == "diverged" else sci(r["final_error"])))
+        rows.append(row)
+    bases = {f: next(r["base_error"] for r in data["runs"] if r["family"] == f) for f in fams}
+    header = ["fixed h = 1/μ"] + [f"{FAMILY.get(f, f)} (base {sci(bases[f])})" for f in fams]
+    return table(header, rows) + ["", source_line("implicit_window_cpu.json", data.get("device"), torch_version(data),
+                                              data.get("date"), f"{data.get('steps')} steps, no trust region, "
+                                              "no continuation, RAD points")]
+
+
+def time_to_accuracy(data: dict) -> list[str]:
+    """Seconds to 1e-2 and 1e-3 per route and default target, and the speed-up over DeepXDE's route."""
+    rows = []
+    cap = data.get("cap_s")
+    for r in data["runs"]:
+        cells = [FAMILY.get(r["family"], r["family"]), r["route"], sci(r["final_error"]),
+                 f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "—"]
+        for lv in ("0.01", "0.001"):
+            t, hit = r[f"time_to_{lv}"], r[f"reached_{lv}"]
+            cells.append(f"{t:.0f} s" if hit else f"> {cap:.0f} s (cap)")
+        rows.append(cells)
+    header = ["target", "route", "final error", "ran", "to 1e-2", "to 1e-3"]
+    out = table(header, rows)
+    speed = data.get("speedup_vs_deepxde") or {}
+    if speed:
+        out += [""] + [f"- {FAMILY.get(f, f)}: " + ", ".join(
+            f"{'≥ ' if v.get('lower_bound') and k.endswith('0.001') else ''}{v[k]:.0f}× faster to {k.split('_')[-1]}"
+            for k in v if k.startswith("speedup")) + " than DeepXDE's route" for f, v in speed.items()]
+    return out + ["", source_line("time_to_accuracy_cpu.json", data.get("device"), torch_version(data), data.get("date"),
+                                  f"cap {cap:.0f} s per route", load_note(data))]
+
+
 # name -> (results files, function of their JSON)
 TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "adapt_best": (("adapt_targets_cpu.json",), adapt_best),
@@ -359,6 +417,9 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "vs_deepxde": (("vs_deepxde_cpu.json",), vs_deepxde),
     "gpu_step": (("gpu_step_h100.json", "gpu_step_h100_norebalance.json"), gpu_step),
     "batch_step": (("batch_step_h100.json",), batch_step),
+    "headline": (("headline_cpu.json",), headline),
+    "implicit_window": (("implicit_window_cpu.json",), implicit_window),
+    "time_to_accuracy": (("time_to_accuracy_cpu.json",), time_to_accuracy),
 }
 
 
