@@ -167,6 +167,11 @@ def recommendations(problem_name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path)).get("adapt") or {}
 
 
+def method_recommendation(rec: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The options a family's recommendations ``rec`` (its ``adapt`` section) give the method ``method``."""
+    return dict((rec.get("method") or {}).get(method) or {})
+
+
 def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, Any]], problem: Any,
                  dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """(a copy of the base network in ``dtype`` on ``device``, its card) from a shipped name, a saved
@@ -262,7 +267,7 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     if isinstance(method, Method):
         meth = method
     else:
-        meth = get_method(method, **{**((rec.get("method") or {}).get(method) or {}), **method_options})
+        meth = get_method(method, **{**method_recommendation(rec, method), **method_options})
     given = solver is not None
     solver = rec.get("solver", "method") if solver is None else solver
     if solver not in SOLVERS:
