@@ -29,7 +29,7 @@ from pinn_lora.monitors import (
     amend_last_record,
     json_safe,
 )
-from pinn_lora.registry import PROBLEMS
+from pinn_lora.registry import METHODS, PROBLEMS
 from pinn_lora.runtime import device_name, own_rng
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
 from pinn_lora.validation import judge, validation_points, validation_residual
@@ -168,8 +168,13 @@ def recommendations(problem_name: str) -> dict[str, Any]:
 
 
 def method_recommendation(rec: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """The options a family's recommendations ``rec`` (its ``adapt`` section) give the method ``method``."""
-    return dict((rec.get("method") or {}).get(method) or {})
+    """The options a family's recommendations ``rec`` (its ``adapt`` section) give the method ``method``:
+    ``adapt.method.default`` (the keys of it that the method has), updated by ``adapt.method.<method>``."""
+    table = rec.get("method") or {}
+    default = dict(table.get("default") or {})
+    if default and method in METHODS:  # a plugin method without, say, precondition is not given one
+        default = {k: v for k, v in default.items() if k in METHODS.get(method).defaults}
+    return {**default, **(table.get(method) or {})}
 
 
 def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, Any]], problem: Any,

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from pinn_lora.cli import config_dir, group_options
 from pinn_lora.methods import get_method
 from pinn_lora.registry import METHODS
+from pinn_lora.session import method_recommendation
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -79,8 +80,9 @@ def test_every_config_composes_and_matches_method_defaults():
             for meth in group_options("method"):
                 cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}", f"method={meth}"]))
                 assert cfg["problem"]["name"] == prob and cfg["method"]["name"] == meth
-                assert "lr" in cfg["problem"]["adapt"]["method"][meth]
-                get_method(meth, **cfg["problem"]["adapt"]["method"][meth])  # recommendations are valid options
+                rec = method_recommendation(cfg["problem"]["adapt"], meth)
+                assert "lr" in rec
+                get_method(meth, **rec)  # recommendations are valid options
     assert group_options("method") == METHODS.names()
     for meth in METHODS.names():  # yaml defaults are the class defaults (docs cannot drift)
         yaml = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "method" / f"{meth}.yaml"))
