@@ -14,8 +14,9 @@ attaches it; training, monitors, plots and saving come from pinn_lora.
 
 To make it available as ``python -m pinn_lora.adapt method=vera`` from your own
 package, declare it under the ``pinn_lora.methods`` entry-point group
-(``vera = "mypackage.vera:VeRA"``) and add a ``vera.yaml`` with its options
-to pinn_lora's ``configs/method/``.
+(``vera = "mypackage.vera:VeRA"``); its options on the command line are its
+``defaults`` (``method.rank=8``, ``method.lr=...``), nothing is added to
+pinn_lora's files.
 """
 import os
 

@@ -156,14 +156,15 @@ def _fmt_coeffs(c: Mapping[str, float]) -> str:
 
 
 def recommendations(problem_name: str) -> dict[str, Any]:
-    """The ``adapt`` section of ``configs/problem/<name>.yaml`` (empty for a family without one)."""
+    """The ``adapt`` section of ``configs/problem/<name>.yaml``; for a family without one (a plugin's), its
+    class's ``recommended`` (empty: adapt_to's defaults)."""
     from omegaconf import OmegaConf
 
     from pinn_lora.schema import config_dir
 
     path = Path(config_dir()) / "problem" / f"{problem_name}.yaml"
     if not path.is_file():
-        return {}
+        return dict(PROBLEMS.get(problem_name).recommended) if problem_name in PROBLEMS else {}
     return OmegaConf.to_container(OmegaConf.load(path)).get("adapt") or {}
 
 

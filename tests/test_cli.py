@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
-from pinn_lora.cli import config_dir, group_options
+from pinn_lora.cli import config_dir, group_options, hydra_context
 from pinn_lora.methods import get_method
-from pinn_lora.registry import METHODS
+from pinn_lora.registry import METHODS, PROBLEMS
 from pinn_lora.session import method_recommendation
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -74,34 +74,39 @@ def test_bad_input_one_line(tmp_path, args, message):
     assert len([ln for ln in res.stderr.splitlines() if ln.startswith("error:")]) == 1
 
 
-def test_every_config_composes_and_matches_method_defaults():
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        for prob in group_options("problem"):
-            for meth in group_options("method"):
+def test_every_config_composes_and_takes_the_method_defaults():
+    """Every (family, method) pair of the registries composes; a method's node is its class's declared defaults
+    (no YAML file), the options the problem recommends left null."""
+    assert group_options("method") == METHODS.names() and group_options("problem") == PROBLEMS.names()
+    assert not (Path(config_dir()) / "method").exists()  # the nodes are built from the classes
+    with hydra_context():
+        for prob in PROBLEMS.names():
+            for meth in METHODS.names():
                 cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}", f"method={meth}"]))
                 assert cfg["problem"]["name"] == prob and cfg["method"]["name"] == meth
                 rec = method_recommendation(cfg["problem"]["adapt"], meth)
                 assert "lr" in rec
                 get_method(meth, **rec)  # recommendations are valid options
-    assert group_options("method") == METHODS.names()
-    for meth in METHODS.names():  # yaml defaults are the class defaults (docs cannot drift)
-        yaml = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "method" / f"{meth}.yaml"))
+    for meth in METHODS.names():
+        node = METHODS.get(meth).config_node(meth)
         cls_defaults = get_method(meth).options
-        assert set(yaml) - {"name"} == set(cls_defaults), meth
-        for k, v in yaml.items():
+        assert set(node) - {"name"} == set(cls_defaults), meth
+        for k, v in node.items():
             if k != "name" and v is not None:
                 assert v == cls_defaults[k], (meth, k)
+        assert node["lr"] is None  # lr: null is the problem's recommendation
+    assert METHODS.get("odelora").config_node()["precondition"] is None
 
 
 @pytest.mark.integration  # 3 x 18 runs on the shipped bases
-@pytest.mark.parametrize("problem", ["burgers", "allen_cahn", "helmholtz"])
+@pytest.mark.parametrize("problem", PROBLEMS.names())
 def test_every_method_runs_from_the_composed_cli_config(problem):
     """What `python -m pinn_lora.adapt problem=P method=M steps=4` runs, for every method (in-process,
     a few steps on few points): each improves the residual loss or at least stays finite and completes."""
     from pinn_lora.session import run_config
 
-    for meth in group_options("method"):
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    for meth in METHODS.names():
+        with hydra_context():
             cfg = OmegaConf.to_container(compose("adapt", [f"problem={problem}", f"method={meth}", "steps=4",
                                                            "n_points=64", "lbfgs_steps=0", "device=cpu",
                                                            "progress=false", "eval_every=4", "continuation=off"]),
