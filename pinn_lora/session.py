@@ -33,7 +33,7 @@ from pinn_lora.registry import METHODS, PROBLEMS
 from pinn_lora.runtime import device_name, own_rng
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
 from pinn_lora.validation import judge, validation_points, validation_residual
-from pinn_lora.zoo import load_base
+from pinn_lora.zoo import load_base, shipped
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 VERDICTS = {"completed": "", "no_improvement": " | NO IMPROVEMENT: the result's validation residual is not below the "
@@ -191,6 +191,11 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
         net, card = base[:2]  # load_base's (network, card, path) as it is
         net, card = copy.deepcopy(net).to(dtype=dtype, device=device), dict(card)
     else:
+        if (str(base) == problem.name and base not in shipped()
+                and not any(Path(f"{base}{suffix}").exists() for suffix in (".json", ".safetensors"))):
+            raise ConfigError(f"problem {problem.name!r} has no shipped base model (shipped: {', '.join(shipped())}); "
+                              "give a saved one with base=<path> (written by pinn_lora.pretrain_base, "
+                              "see examples/custom_problem.py)")
         net, card, _ = load_base(base, dtype=dtype, device=device)
     if card.get("problem") != problem.name:
         raise ConfigError(f"base model is for problem {card.get('problem')!r}, not {problem.name!r}")

@@ -161,3 +161,31 @@ def test_diverged_run_exit_code_and_sweep_goes_on(tmp_path):
     assert res.returncode == 3, res.stderr
     assert res.stderr.rstrip().splitlines()[-1] == ("error: 1 of 2 jobs diverged: helmholtz/lora/0 "
                                                     "(see their summary.json)")
+
+
+def _example_family():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heat_example", Path(__file__).resolve().parents[1] / "examples"
+                                                  / "custom_problem.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not registered: the registries stay as they are for the other tests
+    return module.Heat
+
+
+def test_a_family_without_a_yaml_gets_its_node_from_the_class():
+    heat = _example_family()
+    assert heat.config_node() == {"name": "heat", "kappa": None, "adapt": heat.recommended}
+    assert method_recommendation(heat.config_node()["adapt"], "lora") == {"lr": 3e-3}
+
+
+def test_a_family_without_a_shipped_base_asks_for_base(tmp_path, monkeypatch):
+    from pinn_lora.session import ConfigError, adapt_to
+
+    monkeypatch.chdir(tmp_path)
+    heat = _example_family()
+    with pytest.raises(ConfigError, match=r"problem 'heat' has no shipped base model \(shipped: allen_cahn, "
+                                          r"burgers, helmholtz\); give a saved one with base=<path>"):
+        adapt_to("heat", heat(kappa=0.3), "lora", steps=1, n_points=16, device="cpu", progress=False,
+                 run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
