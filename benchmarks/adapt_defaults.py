@@ -13,10 +13,10 @@ import platform
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
-from pinn_lora.cli import config_dir
+from pinn_lora.cli import hydra_context
 from pinn_lora.pretrain import device_name
 from pinn_lora.session import run_config
 
@@ -31,7 +31,7 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     for prob in args.problems:
         for meth in args.methods:
-            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            with hydra_context():
                 cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}", f"method={meth}", "device=cpu",
                                                                "progress=false", "plots=false"]), resolve=False)
             cfg.pop("hydra", None)

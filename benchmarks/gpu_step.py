@@ -24,7 +24,7 @@ import torch
 from pinn_lora.methods import AttachContext, get_method
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import get_problem
-from pinn_lora.session import recommendations
+from pinn_lora.session import method_recommendation, recommendations
 from pinn_lora.train import TrainConfig, Trainer, residual_loss
 from pinn_lora.zoo import load_base
 
@@ -41,7 +41,7 @@ DEFAULT_METHODS = ["full", "lora", "odelora", "odelora-rk4"]
 
 def time_ours(label: str, net, problem, n_points: int, steps: int, variant: str, device) -> dict:
     name, extra = METHODS[label]
-    rec = (recommendations("burgers").get("method") or {}).get(name) or {}
+    rec = method_recommendation(recommendations("burgers"), name)
     method = get_method(name, **{**rec, **extra})
     probe = torch.as_tensor(problem.sample(n_points, seed=3), dtype=torch.float64, device=device)
     model = method.attach(copy.deepcopy(net), AttachContext(problem, lambda m: residual_loss(problem, m, probe), 0))

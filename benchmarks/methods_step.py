@@ -33,7 +33,7 @@ import torch
 from pinn_lora.methods import AttachContext, get_method, trainable_parameters
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import METHODS, get_problem
-from pinn_lora.session import recommendations
+from pinn_lora.session import method_recommendation, recommendations
 from pinn_lora.train import TrainConfig, Trainer, residual_loss
 from pinn_lora.zoo import load_base
 
@@ -69,7 +69,7 @@ def state_bytes(model: torch.nn.Module, dynamics: Any) -> int:
 def measure(name: str, device: torch.device, n_points: int, steps: int, warmup: int) -> dict[str, Any]:
     problem = get_problem("burgers").default_target()
     net, _, _ = load_base("burgers", device=device)
-    rec = (recommendations("burgers").get("method") or {}).get(name) or {}
+    rec = method_recommendation(recommendations("burgers"), name)
     method = get_method(name, **rec)
     points = torch.as_tensor(problem.sample(n_points, seed=1), device=device)
 

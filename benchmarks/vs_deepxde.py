@@ -28,7 +28,7 @@ from pinn_lora.methods import AttachContext, get_method
 from pinn_lora.network import to_deepxde
 from pinn_lora.pretrain import device_name
 from pinn_lora.registry import get_problem
-from pinn_lora.session import recommendations
+from pinn_lora.session import method_recommendation, recommendations
 from pinn_lora.train import TrainConfig, Trainer, residual_loss
 from pinn_lora.zoo import load_base
 
@@ -50,7 +50,7 @@ def time_deepxde(net, problem, n_points: int, steps: int) -> float:
 
 def time_ours(name: str, net, problem, n_points: int, steps: int) -> float:
     net = copy.deepcopy(net)
-    rec = (recommendations("burgers").get("method") or {}).get(name) or {}
+    rec = method_recommendation(recommendations("burgers"), name)
     method = get_method(name, **{**rec, **({"lr": 1e-3, "schedule": "constant"} if name == "full" else {})})
     probe = torch.as_tensor(problem.sample(n_points, seed=3), dtype=torch.float64)
     model = method.attach(net, AttachContext(problem, lambda m: residual_loss(problem, m, probe), seed=0))

@@ -12,10 +12,21 @@ attaches it; training, monitors, plots and saving come from pinn_lora.
     python examples/custom_method.py                   # the default budget (about a minute on a CPU)
     PINN_LORA_FAST=1 python examples/custom_method.py  # a few steps, for a smoke check
 
-To make it available as ``python -m pinn_lora.adapt method=vera`` from your own
-package, declare it under the ``pinn_lora.methods`` entry-point group
-(``vera = "mypackage.vera:VeRA"``) and add a ``vera.yaml`` with its options
-to pinn_lora's ``configs/method/``.
+Here the method is registered by hand (``METHODS.register``, when run as a script). To use it from the
+command line, ship this file in your own package and declare it in that package's ``pyproject.toml``:
+
+    [project.entry-points."pinn_lora.methods"]
+    vera = "mypackage.vera:VeRA"
+
+then, once the package is installed (``pip install -e .``), with nothing added to pinn_lora's files:
+
+    python -m pinn_lora.adapt problem=helmholtz method=vera method.rank=8 solver=method
+    python -m pinn_lora.adapt --help               # vera is listed with the built-in methods
+    python -m pinn_lora.methods                    # with its summary and options
+
+Its options on the command line are its ``defaults`` (``method.rank``, ``method.lr`` …); ``lr`` left out takes
+the problem's recommendation (``adapt.method.default`` of configs/problem/<family>.yaml). A test runs exactly this
+with a fake installed distribution (``tests/test_entry_points.py``).
 """
 import os
 
@@ -59,9 +70,8 @@ class VeRA(Method):
         return attach_adapters(net, lambda i, lin: VeRALinear(lin, self.rank, gen), targets="all")
 
 
-METHODS.register("vera", VeRA)  # now usable by name, like the built-in methods
-
 if __name__ == "__main__":
+    METHODS.register("vera", VeRA)  # now usable by name, like the built-in methods (an entry point does this itself)
     fast = bool(os.environ.get("PINN_LORA_FAST"))
     problem = get_problem("helmholtz").default_target()
     budget = {"steps": 30, "n_points": 400} if fast else {}  # {}: the problem's recommended budget

@@ -29,9 +29,15 @@ package makes it available by name (``pinn_lora.get_problem("heat")``, ``load_ba
     [project.entry-points."pinn_lora.problems"]
     heat = "mypackage.heat:Heat"
 
-(``tests/test_entry_points.py`` checks that a family declared this way is found.) The command
-line (``python -m pinn_lora.adapt problem=heat``) offers only families with a ``<name>.yaml`` in
-pinn_lora's own ``configs/problem/``.
+and then, once that package is installed, from the command line too, with nothing added to pinn_lora's
+files (its config is built from the class: ``problem.kappa=...`` sets the coefficient, ``recommended`` below
+gives the options a method leaves out). pinn_lora ships no base model for it: give the one saved here with
+``base=``:
+
+    python -m pinn_lora.adapt problem=heat method=lora base=out/heat_base problem.kappa=0.3
+    python -m pinn_lora.adapt -m problem=heat method=lora,odelora base=out/heat_base seed=0,1
+
+(``tests/test_entry_points.py`` runs this with a fake installed distribution.)
 """
 import math
 import os
@@ -55,6 +61,10 @@ class Heat(Problem):
     target = {"kappa": 0.4}  # default adaptation target
     eval_points = (101, 101)  # evaluation grid (x, t)
     network = {"layers": [2, 32, 32, 32, 1], "activation": "tanh"}
+    # what a run recommends where the method's config leaves an option null (the keys of configs/problem/*.yaml's
+    # adapt section; left out: first-order steps of the method's own dynamics, 1000 steps on 2000 points)
+    recommended = {"method": {"default": {"lr": 3e-3},
+                              "odelora": {"lr": 1e-2, "precondition": "rmsprop", "schedule": "cosine"}}}
 
     def geometry(self):
         return geometry_xt(self.lower, self.upper)
@@ -121,18 +131,15 @@ def main() -> None:
     assert gap < 1e-6, f"the loaded base computes something else (max. difference {gap:.1e})"
     assert abs(source.relative_l2(loaded) - card["relative_l2"]) < 1e-6
 
-    # 2. adapt it to kappa = 0.4. A new family has no configs/problem/heat.yaml with recommended
-    # settings, so the loop budget and the method options are given here.
+    # 2. adapt it to kappa = 0.4, each method with the options Heat.recommended gives it
     budget = {"steps": 30, "n_points": 300} if fast else {"steps": 1000, "n_points": 2000}
-    options = {"lora": {"lr": 3e-3},
-               "odelora": {"lr": 1e-2, "precondition": "rmsprop", "schedule": "cosine"}}
     points = torch.tensor(target.sample(2000, seed=123))
     base_loss = residual_loss(target, loaded, points).item()
     results = {}
     for method in ("lora", "odelora"):
         res = adapt_to("out/heat_base", target, method, device="cpu", progress=False, lbfgs_steps=0,
                        eval_every=budget["steps"], run_dir=f"out/heat_{method}", plots=not fast,
-                       **budget, **options[method])
+                       **budget)
         results[method] = res
         loss = residual_loss(target, res.model, points).item()
         print(res.summary_line())

@@ -137,8 +137,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     from pinn_lora import rundir
     from pinn_lora.api import attach
     from pinn_lora.methods import get_method, trainable_parameters
-    from pinn_lora.session import (AdaptResult, ConfigError, check_ints, recommendations, resolve_base,
-                                   resolve_device, resolve_dtype)
+    from pinn_lora.session import (AdaptResult, ConfigError, check_ints, method_recommendation, recommendations,
+                                   resolve_base, resolve_device, resolve_dtype)
 
     if not problems:
         raise ConfigError("adapt_many: no problems given")
@@ -158,7 +158,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
     check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1), "seed": (seed, 0)})
-    options = {**((rec.get("method") or {}).get(method) or {}), **method_options}
+    options = {**method_recommendation(rec, method), **method_options}
     net0, card = resolve_base(base, prob0, dt, dev)
     cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every, seed=seed,
                       progress=progress, sampler=sampler, derivatives="jets", cuda_graph=cuda_graph,

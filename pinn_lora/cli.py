@@ -28,7 +28,53 @@ EXIT_NO_IMPROVEMENT = 4  # finished without diverging, but the validation residu
 
 
 def group_options(group: str) -> list[str]:
+    """The names a config group offers: every registered method or family (entry-point plugins included),
+    else the YAML files of the group."""
+    from pinn_lora.registry import METHODS, PROBLEMS
+
+    registry = {"method": METHODS, "problem": PROBLEMS}.get(group)
+    if registry is not None:
+        return registry.names()
     return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+
+
+def group_node(group: str, name: str) -> dict[str, Any]:
+    """The config of ``group=name`` as plain data: a method's is built from its class's declared defaults
+    (:meth:`pinn_lora.methods.Method.config_node`); a family's is its ``configs/problem/<name>.yaml`` when
+    pinn_lora ships one, else built from its class (:meth:`pinn_lora.problem.Problem.config_node`)."""
+    import yaml
+
+    from pinn_lora.registry import METHODS, PROBLEMS
+
+    path = Path(config_dir()) / group / f"{name}.yaml"
+    if path.is_file():
+        return yaml.safe_load(path.read_text()) or {}
+    registry = {"method": METHODS, "problem": PROBLEMS}[group]
+    return registry.get(name).config_node(name)
+
+
+def register_configs() -> None:
+    """Store the nodes that have no YAML file (every method; a plugin's family) in Hydra's ConfigStore, under
+    the ``method`` and ``problem`` groups, so ``method=<name>`` and ``problem=<name>`` compose for every
+    registered name. Called before any composition (idempotent: storing a name again replaces its node)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group in ("method", "problem"):
+        for name in group_options(group):
+            if not (Path(config_dir()) / group / f"{name}.yaml").is_file():
+                store.store(group=group, name=name, node=group_node(group, name), provider="pinn_lora")
+
+
+@contextlib.contextmanager
+def hydra_context(job_name: str = "adapt"):
+    """Hydra's compose API on pinn_lora's configs, the registered nodes included (for tests and scripts):
+    ``with hydra_context(): cfg = hydra.compose("adapt", [...])``."""
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=job_name):
+        yield
 
 
 def one_line(message: str) -> str:
@@ -51,8 +97,7 @@ def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name:
     no selected config has (``method.rnk=3``), each as one line with the valid names."""
     import yaml
 
-    root = Path(config_dir())
-    top = yaml.safe_load((root / f"{config_name}.yaml").read_text())
+    top = yaml.safe_load((Path(config_dir()) / f"{config_name}.yaml").read_text())
     chosen = {g: [d[g] for d in top.get("defaults", []) if isinstance(d, dict) and g in d] for g in groups}
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -75,7 +120,7 @@ def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name:
         head, _, rest = key.partition(".")
         if head in groups and rest:
             for name in chosen[head]:
-                options = yaml.safe_load((root / head / f"{name}.yaml").read_text()) or {}
+                options = group_node(head, name)
                 if rest.split(".")[0] not in options:
                     fail(f"unknown key {key!r} for {head} {name}; its keys: "
                          f"{', '.join(k for k in options if k != 'name')}")
@@ -238,11 +283,11 @@ def prepare_run(argv: list[str], config_name: str = "adapt", *, resume_key: bool
         fail(f"{text!r} gives several values: add -m (--multirun) to run one job per value, or write "
              f"{key}=[...] for a list, or quote it for a string: {key}='\"...\"'")
     plain = [text for text, o in zip(args.overrides, parsed) if not o.is_sweep_override()]
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from omegaconf import OmegaConf
 
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=config_name):
+        with hydra_context(config_name):
             cfg = compose(config_name, plain, return_hydra_config=True)
             flags = {k: OmegaConf.select(cfg, k, default=False, throw_on_resolution_failure=False)
                      for k in ("debug", "resume")}
@@ -399,6 +444,7 @@ def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
     import hydra
 
     sys.argv = [sys.argv[0], *plan.argv]
+    register_configs()
     with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
         hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()
     if plan.multirun and plan.root is not None:

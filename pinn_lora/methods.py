@@ -7,6 +7,7 @@ third-party method. Options are validated against each method's defaults.
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3, "schedule": "cosine", "final_ratio": 0.1}
     choices: ClassVar[dict[str, tuple]] = {"schedule": SCHEDULES}
     positive: ClassVar[tuple[str, ...]] = ("lr", "final_ratio")
+    # options the method's config node leaves null: the problem's recommendation (its adapt.method), else the default
+    from_problem: ClassVar[tuple[str, ...]] = ("lr",)
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
@@ -65,6 +68,15 @@ class Method:
             raise MethodOptionError(f"method {self.name}: unknown option {', '.join(unknown)}; "
                                     f"options are: {', '.join(sorted(self.defaults))}")
         self.options = {k: self._check(k, options.get(k, v)) for k, v in self.defaults.items()}
+
+    @classmethod
+    def config_node(cls, name: str | None = None) -> dict[str, Any]:
+        """The method's node in Hydra's ``method`` group (``python -m pinn_lora.adapt method=<name>``), built from
+        ``defaults``: its own options first, then those of every method (lr, schedule, final_ratio); the
+        ``from_problem`` ones null."""
+        keys = [k for k in cls.defaults if k not in Method.defaults] + [k for k in cls.defaults if k in Method.defaults]
+        return {"name": name or cls.name,
+                **{k: None if k in cls.from_problem else copy.deepcopy(cls.defaults[k]) for k in keys}}
 
     def _check(self, key: str, value: Any) -> Any:
         default = self.defaults[key]
@@ -417,6 +429,7 @@ class ODELoRA(LoRA):
                 "rtol": 1e-3, "atol": 1e-6, "h_max_ratio": 10.0}
     choices = {**LoRA.choices, "scheme": (*TABLEAUS, *IMPLICIT), "init": INITS, "precondition": PRECONDITIONERS}
     positive = LoRA.positive + ("init_scale", "rtol", "atol", "h_max_ratio")
+    from_problem = ("lr", "precondition")
 
     def solver_for(self, requested: str, explicit: bool) -> str:
         """``scheme=implicit`` runs as solver=lm; an explicit tableau as solver=method (asking for

@@ -83,6 +83,11 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
 
     check_strings(cfg, ("device", "dtype", "init_from"))
     pcfg = cfg["problem"]
+    if not pcfg.get("pretrain"):  # a plugin's family: pinn_lora ships no configs/problem/<name>.yaml with a recipe
+        from pinn_lora.session import ConfigError
+
+        raise ConfigError(f"problem {pcfg['name']!r} has no pretraining recipe here (no configs/problem/"
+                          f"{pcfg['name']}.yaml); pretrain it with pinn_lora.pretrain_base (examples/custom_problem.py)")
     recipe = dict(pcfg["pretrain"])
     for key in ("steps", "lbfgs_steps"):
         if cfg.get(key) is not None:

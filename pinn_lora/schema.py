@@ -269,9 +269,9 @@ PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "
         "lbfgs_steps": COUNT, "solver": {"enum": ["method", "lm"]}, "sampling": {"enum": ["uniform", "rad"]},
         "loop": {"type": "object"}, "first_order": {"type": "object"},
         "continuation": {"type": ("string", "integer")},
-        "method": {"type": "object", "additional": {"type": "object", "required": ["lr"],
-                                                    "properties": {"lr": _POSITIVE}, "additional": METHOD_OPTION},
-                   "doc": "an object of method name -> recommended options"}}},
+        "method": {"type": "object", "additional": {"type": "object", "properties": {"lr": _POSITIVE},
+                                                    "additional": METHOD_OPTION},
+                   "doc": "an object of 'default' or a method name -> recommended options"}}},
     "pretrain": {"type": "object", "required": ["layers", "activation", "lr", "steps", "n_points", "resample_every"],
                  "properties": {
                      "layers": network_schema(True)["properties"]["layers"], "activation": {"enum": _activations()},
@@ -282,9 +282,6 @@ PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "
                      "schedule": _STR}}},
     # the coefficients: null (the family's default) or a number
     "additional": {"type": ("number", "null", "array")}}
-
-METHOD_CONFIG = {"type": "object", "required": ["name"], "properties": {"name": NONEMPTY},
-                 "additional": METHOD_OPTION}
 
 LAUNCHER_CONFIG = {"type": "object", "required": ["defaults"], "properties": {"defaults": _DEFAULTS}}
 
@@ -298,8 +295,6 @@ def config_schema(path: Path, root: Path) -> dict[str, Any]:
         return PRETRAIN_CONFIG
     if rel.parts[0] == "problem":
         return PROBLEM_CONFIG
-    if rel.parts[0] == "method":
-        return METHOD_CONFIG
     if rel.parts[:2] == ("hydra", "launcher"):
         return LAUNCHER_CONFIG
     raise KeyError(f"no schema for config file {rel}")

@@ -29,11 +29,11 @@ from pinn_lora.monitors import (
     amend_last_record,
     json_safe,
 )
-from pinn_lora.registry import PROBLEMS
+from pinn_lora.registry import METHODS, PROBLEMS
 from pinn_lora.runtime import device_name, own_rng
 from pinn_lora.train import SOLVERS, History, Monitor, TrainConfig, Trainer
 from pinn_lora.validation import judge, validation_points, validation_residual
-from pinn_lora.zoo import load_base
+from pinn_lora.zoo import load_base, shipped
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 VERDICTS = {"completed": "", "no_improvement": " | NO IMPROVEMENT: the result's validation residual is not below the "
@@ -156,15 +156,26 @@ def _fmt_coeffs(c: Mapping[str, float]) -> str:
 
 
 def recommendations(problem_name: str) -> dict[str, Any]:
-    """The ``adapt`` section of ``configs/problem/<name>.yaml`` (empty for a family without one)."""
+    """The ``adapt`` section of ``configs/problem/<name>.yaml``; for a family without one (a plugin's), its
+    class's ``recommended`` (empty: adapt_to's defaults)."""
     from omegaconf import OmegaConf
 
     from pinn_lora.schema import config_dir
 
     path = Path(config_dir()) / "problem" / f"{problem_name}.yaml"
     if not path.is_file():
-        return {}
+        return dict(PROBLEMS.get(problem_name).recommended) if problem_name in PROBLEMS else {}
     return OmegaConf.to_container(OmegaConf.load(path)).get("adapt") or {}
+
+
+def method_recommendation(rec: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The options a family's recommendations ``rec`` (its ``adapt`` section) give the method ``method``:
+    ``adapt.method.default`` (the keys of it that the method has), updated by ``adapt.method.<method>``."""
+    table = rec.get("method") or {}
+    default = dict(table.get("default") or {})
+    if default and method in METHODS:  # a plugin method without, say, precondition is not given one
+        default = {k: v for k, v in default.items() if k in METHODS.get(method).defaults}
+    return {**default, **(table.get(method) or {})}
 
 
 def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, Any]], problem: Any,
@@ -180,6 +191,11 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
         net, card = base[:2]  # load_base's (network, card, path) as it is
         net, card = copy.deepcopy(net).to(dtype=dtype, device=device), dict(card)
     else:
+        if (str(base) == problem.name and base not in shipped()
+                and not any(Path(f"{base}{suffix}").exists() for suffix in (".json", ".safetensors"))):
+            raise ConfigError(f"problem {problem.name!r} has no shipped base model (shipped: {', '.join(shipped())}); "
+                              "give a saved one with base=<path> (written by pinn_lora.pretrain_base, "
+                              "see examples/custom_problem.py)")
         net, card, _ = load_base(base, dtype=dtype, device=device)
     if card.get("problem") != problem.name:
         raise ConfigError(f"base model is for problem {card.get('problem')!r}, not {problem.name!r}")
@@ -262,7 +278,7 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     if isinstance(method, Method):
         meth = method
     else:
-        meth = get_method(method, **{**((rec.get("method") or {}).get(method) or {}), **method_options})
+        meth = get_method(method, **{**method_recommendation(rec, method), **method_options})
     given = solver is not None
     solver = rec.get("solver", "method") if solver is None else solver
     if solver not in SOLVERS:

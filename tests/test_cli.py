@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
-from pinn_lora.cli import config_dir, group_options
+from pinn_lora.cli import config_dir, group_options, hydra_context
 from pinn_lora.methods import get_method
-from pinn_lora.registry import METHODS
+from pinn_lora.registry import METHODS, PROBLEMS
+from pinn_lora.session import method_recommendation
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -73,33 +74,39 @@ def test_bad_input_one_line(tmp_path, args, message):
     assert len([ln for ln in res.stderr.splitlines() if ln.startswith("error:")]) == 1
 
 
-def test_every_config_composes_and_matches_method_defaults():
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        for prob in group_options("problem"):
-            for meth in group_options("method"):
+def test_every_config_composes_and_takes_the_method_defaults():
+    """Every (family, method) pair of the registries composes; a method's node is its class's declared defaults
+    (no YAML file), the options the problem recommends left null."""
+    assert group_options("method") == METHODS.names() and group_options("problem") == PROBLEMS.names()
+    assert not (Path(config_dir()) / "method").exists()  # the nodes are built from the classes
+    with hydra_context():
+        for prob in PROBLEMS.names():
+            for meth in METHODS.names():
                 cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}", f"method={meth}"]))
                 assert cfg["problem"]["name"] == prob and cfg["method"]["name"] == meth
-                assert "lr" in cfg["problem"]["adapt"]["method"][meth]
-                get_method(meth, **cfg["problem"]["adapt"]["method"][meth])  # recommendations are valid options
-    assert group_options("method") == METHODS.names()
-    for meth in METHODS.names():  # yaml defaults are the class defaults (docs cannot drift)
-        yaml = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "method" / f"{meth}.yaml"))
+                rec = method_recommendation(cfg["problem"]["adapt"], meth)
+                assert "lr" in rec
+                get_method(meth, **rec)  # recommendations are valid options
+    for meth in METHODS.names():
+        node = METHODS.get(meth).config_node(meth)
         cls_defaults = get_method(meth).options
-        assert set(yaml) - {"name"} == set(cls_defaults), meth
-        for k, v in yaml.items():
+        assert set(node) - {"name"} == set(cls_defaults), meth
+        for k, v in node.items():
             if k != "name" and v is not None:
                 assert v == cls_defaults[k], (meth, k)
+        assert node["lr"] is None  # lr: null is the problem's recommendation
+    assert METHODS.get("odelora").config_node()["precondition"] is None
 
 
 @pytest.mark.integration  # 3 x 18 runs on the shipped bases
-@pytest.mark.parametrize("problem", ["burgers", "allen_cahn", "helmholtz"])
+@pytest.mark.parametrize("problem", PROBLEMS.names())
 def test_every_method_runs_from_the_composed_cli_config(problem):
     """What `python -m pinn_lora.adapt problem=P method=M steps=4` runs, for every method (in-process,
     a few steps on few points): each improves the residual loss or at least stays finite and completes."""
     from pinn_lora.session import run_config
 
-    for meth in group_options("method"):
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    for meth in METHODS.names():
+        with hydra_context():
             cfg = OmegaConf.to_container(compose("adapt", [f"problem={problem}", f"method={meth}", "steps=4",
                                                            "n_points=64", "lbfgs_steps=0", "device=cpu",
                                                            "progress=false", "eval_every=4", "continuation=off"]),
@@ -154,3 +161,31 @@ def test_diverged_run_exit_code_and_sweep_goes_on(tmp_path):
     assert res.returncode == 3, res.stderr
     assert res.stderr.rstrip().splitlines()[-1] == ("error: 1 of 2 jobs diverged: helmholtz/lora/0 "
                                                     "(see their summary.json)")
+
+
+def _example_family():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heat_example", Path(__file__).resolve().parents[1] / "examples"
+                                                  / "custom_problem.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not registered: the registries stay as they are for the other tests
+    return module.Heat
+
+
+def test_a_family_without_a_yaml_gets_its_node_from_the_class():
+    heat = _example_family()
+    assert heat.config_node() == {"name": "heat", "kappa": None, "adapt": heat.recommended}
+    assert method_recommendation(heat.config_node()["adapt"], "lora") == {"lr": 3e-3}
+
+
+def test_a_family_without_a_shipped_base_asks_for_base(tmp_path, monkeypatch):
+    from pinn_lora.session import ConfigError, adapt_to
+
+    monkeypatch.chdir(tmp_path)
+    heat = _example_family()
+    with pytest.raises(ConfigError, match=r"problem 'heat' has no shipped base model \(shipped: allen_cahn, "
+                                          r"burgers, helmholtz\); give a saved one with base=<path>"):
+        adapt_to("heat", heat(kappa=0.3), "lora", steps=1, n_points=16, device="cpu", progress=False,
+                 run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

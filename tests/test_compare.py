@@ -47,11 +47,13 @@ def test_launcher_preset_keys(name, schema, keys):
 def test_slurm_preset_composes_with_the_plugin_schema():
     from dataclasses import fields
 
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
+    from pinn_lora.cli import hydra_context
+
     assert {f.name for f in fields(SlurmQueueConf)} == SLURM_KEYS | {"_target_"}
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    with hydra_context():
         cfg = compose("adapt", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -60,9 +62,11 @@ def test_slurm_preset_composes_with_the_plugin_schema():
 
 @pytest.mark.skipif(not _installed("hydra_plugins.hydra_joblib_launcher"), reason="hydra-joblib-launcher")
 def test_local_preset_composes():
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    from pinn_lora.cli import hydra_context
+
+    with hydra_context():
         cfg = compose("adapt", ["hydra/launcher=local", "hydra.launcher.n_jobs=3"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 3
 

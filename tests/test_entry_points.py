@@ -118,3 +118,71 @@ def test_method_from_entry_point(tmp_path):
     """, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith("ok"), res.stdout
+
+
+def run_module(args: list[str], path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")])),
+           "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_plugin_family_and_method_on_the_command_line(tmp_path):
+    """The two examples as another installed package ships them (entry points, no register call, nothing added
+    to pinn_lora's files): ``python -m pinn_lora.adapt problem=heat method=vera`` runs, its config built from the
+    classes; without a shipped base model it asks for ``base=`` in one line."""
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(EXAMPLES / "custom_problem.py", site / "heat_family.py")
+    shutil.copy(EXAMPLES / "custom_method.py", site / "vera_method.py")
+    fake_distribution(site, "heat_family", """
+        [pinn_lora.problems]
+        heat = heat_family:Heat
+
+        [pinn_lora.methods]
+        vera = vera_method:VeRA
+    """)
+    res = run_python(f"""
+        from pinn_lora import pretrain_base
+        from pinn_lora.registry import get_problem
+        from pinn_lora.train import TrainConfig
+
+        train = TrainConfig(steps=5, n_points=64, lbfgs_steps=0, eval_every=5, progress=False)
+        pretrain_base(get_problem("heat"), layers=[2, 16, 16, 1], activation="tanh", train=train, lr=2e-3,
+                      out={str(tmp_path / "heat_base")!r})
+    """, site)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    res = run_module(["pinn_lora.adapt", "--help"], site)
+    groups = res.stdout.split("== Problems and methods ==")[1].split("Examples:")[0]
+    assert "heat" in groups and "vera" in groups and "burgers" in groups and "odelora" in groups, groups
+    res = run_module(["pinn_lora.methods"], site)
+    assert res.returncode == 0 and "vera " in res.stdout and "VeRA-style" in res.stdout, res.stdout[-2000:]
+
+    fast = ["steps=2", "n_points=64", "eval_every=2", "device=cpu", "progress=false", "plots=false"]
+    res = run_module(["pinn_lora.adapt", "problem=heat", "method=vera", *fast, f"out={tmp_path / 'nobase'}"], site)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "problem 'heat' has no shipped base model" in errors[0] and "base=<path>" in errors[0], errors
+    assert not (tmp_path / "nobase").exists()
+
+    res = run_module(["pinn_lora.adapt", "problem=heat", "method=vera", "method.rnk=3", *fast], site)
+    assert res.returncode == 2 and "unknown key 'method.rnk' for method vera; its keys: rank, lr" in res.stderr
+    res = run_module(["pinn_lora.pretrain", "problem=heat", f"out={tmp_path / 'pre'}"], site)
+    assert res.returncode == 2 and "problem 'heat' has no pretraining recipe" in res.stderr, res.stderr[-3000:]
+
+    out = tmp_path / "run"
+    res = run_module(["pinn_lora.adapt", "problem=heat", "method=vera", "problem.kappa=0.3", "method.rank=4",
+                      f"base={tmp_path / 'heat_base'}", *fast, f"out={out}"], site)
+    assert res.returncode in (0, 4), res.stderr[-3000:]  # 2 steps: improving on the base is not guaranteed
+    import json
+
+    import yaml
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coefficients"] == {"kappa": 0.3} and summary["status"] in ("completed", "no_improvement")
+    cfg = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    assert cfg["problem"] == {"name": "heat", "kappa": 0.3, "adapt": {"method": {
+        "default": {"lr": 3e-3}, "odelora": {"lr": 1e-2, "precondition": "rmsprop", "schedule": "cosine"}}}}
+    assert cfg["method"] == {"name": "vera", "rank": 4, "lr": None, "schedule": "cosine", "final_ratio": 0.1}
+    card = json.loads((out / "card.json").read_text())
+    assert card["method"]["name"] == "vera" and card["method"]["lr"] == 3e-3  # the family's default recommendation

@@ -88,10 +88,11 @@ def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
     for key in ("pinn_lora", "configs", "problems", "zoo", "dist"):
         assert Path(found[key]).resolve().is_relative_to(purelib.resolve()), (key, found[key])  # not the checkout
     assert not any("Editable" in f for f in found["finders"]) and found["modules"] == []
-    assert found["shipped"] == ["allen_cahn", "burgers", "helmholtz"] and found["base_ok"] == "burgers"
-    from pinn_lora.registry import METHODS
+    from pinn_lora.registry import METHODS, PROBLEMS
+    from pinn_lora.zoo import shipped
 
-    assert found["problem_names"] == ["allen_cahn", "burgers", "helmholtz"] and found["methods"] == METHODS.names()
+    assert found["shipped"] == shipped() == PROBLEMS.names() and found["base_ok"] == "burgers"
+    assert found["problem_names"] == PROBLEMS.names() and found["methods"] == METHODS.names()
 
     res = _run([python, "-m", "pinn_lora.adapt", "problem=burgers", "method=lora", "steps=3", "n_points=64", "continuation=off",
                 "lbfgs_steps=0", "eval_every=3", "device=cpu", "progress=false", "plots=false", "out=run"],
@@ -114,5 +115,7 @@ def test_a_problems_package_in_the_working_directory_does_not_shadow_the_familie
     res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    from pinn_lora.registry import PROBLEMS
+
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [
-        "pinn_lora.problems.burgers", "burgers", ["allen_cahn", "burgers", "helmholtz"], False]
+        "pinn_lora.problems.burgers", "burgers", PROBLEMS.names(), False]

@@ -6,10 +6,10 @@ from pinn_lora._dde import deepxde
 from pinn_lora.derivatives import Derivatives
 from pinn_lora.interop.deepxde import deepxde_pde
 from pinn_lora.network import build_network, to_deepxde
-from pinn_lora.registry import get_problem
+from pinn_lora.registry import PROBLEMS, get_problem
 
 
-@pytest.mark.parametrize("name", ["burgers", "allen_cahn", "helmholtz"])
+@pytest.mark.parametrize("name", PROBLEMS.names())
 def test_same_residual_through_deepxde(name):
     prob = get_problem(name).default_target()
     net = build_network([2, 16, 16, 1], "tanh", seed=1, output_transform=prob.output_transform)

@@ -9,17 +9,17 @@ from tiny import setup as _setup
 from pinn_lora.adapters import adapter_layers, merge_adapters
 from pinn_lora.methods import MethodOptionError, get_method, trainable_parameters
 from pinn_lora.network import build_network
-from pinn_lora.registry import METHODS, UnknownNameError, get_problem
+from pinn_lora.registry import METHODS, PROBLEMS, UnknownNameError, get_problem
 from pinn_lora.train import residual_loss
 
-PROBLEMS = ["burgers", "allen_cahn", "helmholtz"]
+FAMILIES = PROBLEMS.names()  # every registered family
 ISSUE_METHODS = ["scratch", "full", "lora", "odelora", "odlora", "cla", "rcla", "c3la", "rc3la", "rslora", "loraplus",
                  "dora", "pissa", "riemannian", "cola", "asymlora", "rac", "paca"]
 METHOD_NAMES = sorted(METHODS.names())  # every registered method, the built-in ones included
 ADAPTERS = [m for m in METHOD_NAMES if m not in ("scratch", "full")]
 
 
-@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("problem", FAMILIES)
 @pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m != "scratch"])
 def test_starts_at_base_output(problem, method):
     _, base, model, _, pts = _setup(problem, method)
@@ -82,7 +82,7 @@ def test_scratch_is_a_fresh_network():
     assert not torch.allclose(model(pts), base(pts))
 
 
-@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("problem", FAMILIES)
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_a_residual_step_changes_the_loss(problem, method):
     """Second derivatives flow through every method on every problem."""

@@ -51,7 +51,7 @@ def test_defaults_and_targets():
     assert h.mode_weights() == pytest.approx([1.7450, 1.1983], abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["burgers", "allen_cahn", "helmholtz"])
+@pytest.mark.parametrize("name", PROBLEMS.names())
 @pytest.mark.parametrize("sampler", ["pseudo", "Hammersley", "Sobol"])
 def test_sampling_in_domain_and_resampled(name, sampler):
     p = get_problem(name)
@@ -62,7 +62,7 @@ def test_sampling_in_domain_and_resampled(name, sampler):
     assert np.array_equal(a, p.sample(500, seed=1, sampler=sampler))  # and is reproducible
 
 
-@pytest.mark.parametrize("name", ["burgers", "allen_cahn", "helmholtz"])
+@pytest.mark.parametrize("name", ["burgers", "allen_cahn", "helmholtz"])  # each family's own data, written below
 def test_hard_constraints_hold(name):
     p = get_problem(name)
     x = torch.linspace(-1, 1, 11, dtype=torch.float64)[:, None]
