@@ -28,6 +28,37 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+
+def _families_in_a_source_checkout() -> None:
+    """The families are the repository's top-level folder ``problems/``, installed as
+    ``pinn_lora.problems`` (setuptools ``package-dir``; an editable install maps the name itself).
+    Python run inside a source checkout (``python -m pytest`` in the repository, whatever is
+    installed) imports this folder, not the installed copy, and this folder has no ``problems/``:
+    there the name is made to find the checkout's folder. Nothing happens in an installed copy."""
+    import importlib.abc
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    folder = here.parent / "problems"
+    if (here / "problems").is_dir() or not (folder / "__init__.py").is_file() \
+            or not (here.parent / "pyproject.toml").is_file():
+        return
+
+    class SourceFamilies(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+            if name != "pinn_lora.problems":
+                return None
+            return importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+
+    if not any(type(f).__name__ == "SourceFamilies" for f in sys.meta_path):
+        sys.meta_path.append(SourceFamilies())
+
+
+_families_in_a_source_checkout()
+
 _EXPORTS = {
     "get_problem": "pinn_lora.registry",
     "PROBLEMS": "pinn_lora.registry",
