@@ -153,11 +153,16 @@ def above_base(run: dict) -> float | None:
     return max(worst / base - 1, 0.0) if math.isfinite(worst) else math.inf
 
 
+def percent(rise: float) -> str:
+    """12, 0.3, 0.02: whole percent from 1 %, one significant digit below."""
+    return f"{100 * rise:.0f}" if rise >= 0.01 else f"{100 * rise:.1g}"
+
+
 def below_base(run: dict) -> str:
     rise = above_base(run)
     if rise is None:
         return "—"
-    return "yes" if rise == 0 else "no" if math.isinf(rise) else f"no (+{100 * rise:.0f} %)"
+    return "yes" if rise == 0 else "no" if math.isinf(rise) else f"no (+{percent(rise)} %)"
 
 
 def wall(run: dict) -> str:
@@ -204,7 +209,7 @@ def other(run: dict) -> str:
         return f"{method_label(run)} {run.get('status')}"
     rise = above_base(run)
     return f"{method_label(run)} {sci(run['final_error'])}" + (
-        f" (+{100 * rise:.0f} % above the base during the run)" if rise and math.isfinite(rise) else "")
+        f" (+{percent(rise)} % above the base during the run)" if rise and math.isfinite(rise) else "")
 
 
 def adapt_best(data: dict) -> list[str]:
