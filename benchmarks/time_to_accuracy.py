@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, choices=FAMILIES)
     ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=ROUTES)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--add", default=None, help="a results file whose runs (other routes) are kept in --out")
     args = ap.parse_args()
     if args.plot:
         plot(json.loads(Path(args.plot).read_text()), Path(args.plot).with_suffix(".png"))
@@ -155,12 +156,16 @@ def main() -> None:
             "cores": os.cpu_count(), "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d"), "cap_s": args.cap}
     rows = []
+    if args.add:  # runs of other routes measured separately (e.g. with another cap)
+        rows = [{**r, "cap_s": r.get("cap_s", added["cap_s"])} for added in [json.loads(Path(args.add).read_text())]
+                for r in added["runs"] if r["route"] not in args.routes]
+        meta["added"] = {"file": Path(args.add).name, "load_average_at_start": added["load_average_at_start"]}
     for family in FAMILIES:
         if args.only and family != args.only:
             continue
         for route in args.routes:
             curve = deepxde_route(family, args.cap) if route == "deepxde" else ours(family, route, args.cap)
-            row = {"family": family, "route": route, "final_error": curve[-1][1] if curve else None,
+            row = {"family": family, "route": route, "cap_s": args.cap, "final_error": curve[-1][1] if curve else None,
                    "seconds": curve[-1][0] if curve else None, "curve": curve}
             for level in LEVELS:
                 row[f"time_to_{level:g}"], row[f"reached_{level:g}"] = reach(curve, level, args.cap)
