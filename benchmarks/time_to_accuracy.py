@@ -157,8 +157,8 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"), "cap_s": args.cap}
     rows = []
     if args.add:  # runs of other routes measured separately (e.g. with another cap)
-        rows = [{**r, "cap_s": r.get("cap_s", added["cap_s"])} for added in [json.loads(Path(args.add).read_text())]
-                for r in added["runs"] if r["route"] not in args.routes]
+        added = json.loads(Path(args.add).read_text())
+        rows = [{**r, "cap_s": r.get("cap_s", added["cap_s"])} for r in added["runs"] if r["route"] not in args.routes]
         meta["added"] = {"file": Path(args.add).name, "load_average_at_start": added["load_average_at_start"]}
     for family in FAMILIES:
         if args.only and family != args.only:
