@@ -409,7 +409,7 @@ def time_to_accuracy(data: dict) -> list[str]:
         if "defaults" not in by or "deepxde" not in by:
             continue
         ours, theirs = by["defaults"], by["deepxde"]
-        said = [f"{'≥ ' if not theirs[f'reached_{lv}'] else ''}{theirs[f'time_to_{lv}'] / ours[f'time_to_{lv}']:.0f}× "
+        said = [f"{'≥ ' if not theirs[f'reached_{lv}'] else ''}{theirs[f'time_to_{lv}'] / ours[f'time_to_{lv}']:.1f}× "
                 f"to {lv}" for lv in ("0.01", "0.001") if ours[f"reached_{lv}"]]
         if said:
             bullets.append(f"- {FAMILY.get(fam, fam)}: the defaults are {', '.join(said)} faster than DeepXDE's route")
