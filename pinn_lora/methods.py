@@ -235,10 +235,10 @@ class LoRA(Method):
         (BX, −XA) almost undamped, and the step took the Burgers target error above the base's on
         the way (docs/adaptation.md, "LoRA under solver=lm"). Other layouts: the plain step."""
         layers = [lay for _, lay in adapter_layers(model)]
-        factors = [t for lay in layers for t in lay.factors()] if all(type(lay) is LoRALinear for lay in layers) else []
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if layers and all(t.requires_grad for t in factors) and {id(t) for t in factors} == {id(p) for p in trainable}:
-            return implicit_dynamics(layers, mu=mu, adaptive=adaptive, rebalance_factors=True)
+        if layers and all(type(lay) is LoRALinear for lay in layers):
+            factors = {id(t) for lay in layers for t in lay.factors()}
+            if factors == {id(p) for p in model.parameters() if p.requires_grad}:  # B and A trained, nothing else
+                return implicit_dynamics(layers, mu=mu, adaptive=adaptive, rebalance_factors=True)
         return super().second_order(model, mu, adaptive)
 
     def attach(self, net: nn.Module, ctx: AttachContext) -> nn.Module:

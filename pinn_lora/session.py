@@ -121,7 +121,7 @@ class AdaptResult:
         run = s.get("settings", {})
         how = ""
         if run.get("solver") == "lm":
-            how = f"solver=lm(mu0={run.get('lm_mu', 1.0):g}) sampling={run.get('sampling')} "
+            how = f"solver=lm(mu0={run.get('lm_mu', TrainConfig.lm_mu):g}) sampling={run.get('sampling')} "
         if s.get("continuation"):
             how += f"stages={len(s['continuation']) - 1} "
         return (f"{s['problem']} {_fmt_coeffs(s['coefficients'])} | "
