@@ -244,7 +244,7 @@ class Recorder:
             m.on_end(self.history)
 
 
-GUARD_POINTS = 1024  # the fixed points (pinn_lora.validation's set) on which the Guard ranks verified states
+GUARD_POINTS = 1024  # the fixed points (pinn_lora.validation's construction, its own rotation) ranking verified states
 
 
 @dataclass
@@ -263,8 +263,8 @@ class Guard:
     verified state and says which.
 
     The best verified state: at the start and at every evaluation the state is scored by ``score``
-    (the residual on a fixed point set, :data:`GUARD_POINTS` of :mod:`pinn_lora.validation`'s
-    points); once the next loss verifies it, it is a candidate; once its record is written, a
+    (the residual on :data:`GUARD_POINTS` fixed points built like :mod:`pinn_lora.validation`'s set,
+    but not its points: the verdict's set never picks a state); once the next loss verifies it, it is a candidate; once its record is written, a
     candidate whose record the Stability monitor flagged (a ``spike``) is dropped, and the lowest
     score is kept. Without ``score`` (or before any candidate) the last verified state is kept."""
 
@@ -531,11 +531,12 @@ class Trainer:
         return (step - self.stage_start) % self.cfg.resample_every
 
     def _guard_score(self) -> float:
-        """The live model's residual on :data:`GUARD_POINTS` fixed points of the validation set."""
+        """The live model's residual on :data:`GUARD_POINTS` fixed points of the Guard's own (not the verdict's)."""
         from pinn_lora.validation import validation_points, validation_residual
 
         if getattr(self, "_guard_points", None) is None:
-            self._guard_points = validation_points(self.problem, GUARD_POINTS, self.dtype, self.device)
+            self._guard_points = validation_points(self.problem, GUARD_POINTS, self.dtype, self.device,
+                                                   purpose="guard")
         return validation_residual(self.problem, self.model, self._guard_points)
 
     def points(self, n: int) -> torch.Tensor:

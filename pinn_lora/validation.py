@@ -5,9 +5,10 @@ causal weights) on ``VALIDATION_POINTS`` quasi-random points that depend only on
 family — never on the run's seed, its training points or their resampling — for the base
 network at the target and for the result. A result whose validation residual is not below the
 base's is reported as ``no_improvement``: without a reference solution, that is the evidence a
-scientist has that adaptation did not help. The set is used for this verdict and, after a
-divergence, to choose which verified state to keep (the Guard of :mod:`pinn_lora.train` ranks them on
-1024 points drawn the same way); never to stop early."""
+scientist has that adaptation did not help. The set is used for this verdict only: never to pick a
+state or to stop early. (After a divergence the Guard of :mod:`pinn_lora.train` ranks the verified
+states it may keep on 1024 points of its own: the same construction with another rotation,
+``purpose="guard"``, so no validation point ever decides which state a run returns.)"""
 from __future__ import annotations
 
 import zlib
@@ -22,19 +23,21 @@ VALIDATION_POINTS = 20000
 
 
 def validation_points(problem: Any, n: int = VALIDATION_POINTS, dtype: torch.dtype = torch.float64,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
+                      device: torch.device | str = "cpu", purpose: str = "validation") -> torch.Tensor:
     """``n`` Halton points of the problem's domain, shifted by a rotation seeded by the family's name
-    (drawn once per problem and ``n``: 20 000 Halton points take about a second; each call gets its own copy)."""
+    and ``purpose`` (another purpose, another set: the verdict's points are never the Guard's).
+    Drawn once per problem, ``n`` and purpose (20 000 Halton points take about a second); each call
+    gets its own copy."""
     try:
-        points = _halton_points(problem, n)
+        points = _halton_points(problem, n, purpose)
     except TypeError:  # coefficients that cannot be hashed: no cache
-        points = _halton_points.__wrapped__(problem, n)
+        points = _halton_points.__wrapped__(problem, n, purpose)
     return torch.tensor(points, dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=32)
-def _halton_points(problem: Any, n: int) -> np.ndarray:
-    seed = zlib.crc32(f"pinn_lora validation {problem.name}".encode())
+def _halton_points(problem: Any, n: int, purpose: str = "validation") -> np.ndarray:
+    seed = zlib.crc32(f"pinn_lora {purpose} {problem.name}".encode())
     points = np.asarray(problem.sample(n, seed=seed, sampler="Halton"))
     points.setflags(write=False)
     return points

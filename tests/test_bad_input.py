@@ -295,15 +295,32 @@ BASE_CASES = [  # base=<a saved base model>, missing or damaged
 ]
 
 
-@pytest.mark.parametrize("args,message", CLI_CASES, ids=[" ".join((c.values if hasattr(c, "values") else c)[0])
-                                                          for c in CLI_CASES])
+# The default run keeps one case per kind of check (each case composes the config up to three times:
+# about 0.5 s); the whole catalogue runs with the integration tests (.ci/run runs both).
+DEFAULT_CLI = {"problem=burger", "problem.nu=nan", "method=lora method.rank=2.5", "method=lora method.lr=fast",
+               "seed=-1", "problem.nu=[0.1", "+foo=1", "~problem", "dtype=float16", "out="}
+DEFAULT_BASE = {"truncated", "wrong_inputs", "not_json", "nonfinite"}
+
+
+def _cases(cases: list, ids: list[str], keep: set[str]) -> list:
+    """``cases`` as pytest params, those not in ``keep`` marked integration."""
+    out = []
+    for case, name in zip(cases, ids):
+        values, marks = (case.values, list(case.marks)) if hasattr(case, "values") else (case, [])
+        out.append(pytest.param(*values, id=name, marks=marks + ([] if name in keep else [pytest.mark.integration])))
+    assert keep <= set(ids), keep - set(ids)
+    return out
+
+
+@pytest.mark.parametrize("args,message", _cases(CLI_CASES, [" ".join((c.values if hasattr(c, "values") else c)[0])
+                                                            for c in CLI_CASES], DEFAULT_CLI))
 def test_cli_bad_value(args, message, tmp_path, monkeypatch, capsys):
     code, _, err = cli([*FAST, f"out={tmp_path / 'run'}", *args], monkeypatch, capsys, tmp_path)
     assert_one_line(code, err, message)
     assert list(tmp_path.iterdir()) == []  # no run directory (Hydra's .hydra/ included), no outputs/
 
 
-@pytest.mark.parametrize("name,args,message", BASE_CASES, ids=[c[0] for c in BASE_CASES])
+@pytest.mark.parametrize("name,args,message", _cases(BASE_CASES, [c[0] for c in BASE_CASES], DEFAULT_BASE))
 def test_cli_bad_base(name, args, message, files, tmp_path, monkeypatch, capsys):
     before = snapshot(files.helm.parent)
     code, _, err = cli([*FAST, "method=lora", f"base={getattr(files, name)}", f"out={tmp_path / 'run'}", *args],
@@ -314,6 +331,7 @@ def test_cli_bad_base(name, args, message, files, tmp_path, monkeypatch, capsys)
     assert snapshot(files.helm.parent) == before  # nothing read was changed
 
 
+@pytest.mark.integration  # a whole run, then a refused second one (the library-level check: tests/test_rundir.py)
 def test_cli_refuses_an_out_holding_a_previous_run(tmp_path, monkeypatch, capsys):
     """A previous run is never overwritten, not even its .hydra/config.yaml (issue 14, item 4)."""
     out = tmp_path / "run"
@@ -341,6 +359,7 @@ def test_cli_refuses_an_out_holding_a_previous_run(tmp_path, monkeypatch, capsys
     assert all((out / name).is_file() for name in ("summary.json", "metrics.jsonl", "adapter.safetensors"))
 
 
+@pytest.mark.integration  # resume through the command line
 def test_cli_refused_resume_rewrites_nothing(tmp_path, monkeypatch, capsys):
     """A refused resume=true (another method) rewrites nothing: not .hydra/config.yaml, not overrides.yaml,
     not the marker (issue 14, item 5; on main Hydra rewrote both files before the task refused)."""
@@ -470,6 +489,7 @@ def test_cli_sweep_stopped_by_bad_input_deletes_nothing(tmp_path, monkeypatch, c
     assert marker["kind"] == "sweep" and marker["status"] == "failed"
 
 
+@pytest.mark.integration  # a sweep
 def test_cli_sweep_names_its_diverged_jobs(tmp_path, monkeypatch, capsys):
     """A sweep in which a job diverged runs every job, then names the diverged ones in one line and exits 3
     (issue 14, item 20; main exited 0)."""

@@ -75,18 +75,26 @@ def test_bad_input_one_line(tmp_path, args, message):
 
 
 def test_every_config_composes_and_takes_the_method_defaults():
-    """Every (family, method) pair of the registries composes; a method's node is its class's declared defaults
-    (no YAML file), the options the problem recommends left null."""
+    """Every family and every method of the registries composes (the groups are independent: each
+    is composed once, beside the other group's default); every (family, method) recommendation is a
+    valid set of options; a method's node is its class's declared defaults (no YAML file), the
+    options the problem recommends left null."""
     assert group_options("method") == METHODS.names() and group_options("problem") == PROBLEMS.names()
     assert not (Path(config_dir()) / "method").exists()  # the nodes are built from the classes
+    sections = {}
     with hydra_context():
         for prob in PROBLEMS.names():
-            for meth in METHODS.names():
-                cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}", f"method={meth}"]))
-                assert cfg["problem"]["name"] == prob and cfg["method"]["name"] == meth
-                rec = method_recommendation(cfg["problem"]["adapt"], meth)
-                assert "lr" in rec
-                get_method(meth, **rec)  # recommendations are valid options
+            cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}"]))
+            assert cfg["problem"]["name"] == prob
+            sections[prob] = cfg["problem"]["adapt"]
+        for meth in METHODS.names():
+            cfg = OmegaConf.to_container(compose("adapt", [f"method={meth}"]))
+            assert cfg["method"]["name"] == meth
+    for prob, section in sections.items():
+        for meth in METHODS.names():
+            rec = method_recommendation(section, meth)
+            assert "lr" in rec, (prob, meth)
+            get_method(meth, **rec)  # recommendations are valid options
     for meth in METHODS.names():
         node = METHODS.get(meth).config_node(meth)
         cls_defaults = get_method(meth).options

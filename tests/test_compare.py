@@ -198,6 +198,7 @@ def test_median_band_holds_the_last_value():
     assert compare.median_band([(np.zeros(0), np.zeros(0))]) is None
 
 
+@pytest.mark.integration  # a whole report (the data-safety test below stays in the default run)
 def test_report_files_and_self_contained_html(sweep, tmp_path):
     import matplotlib.pyplot as plt
 

@@ -250,6 +250,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(sig, tmp_path):
         assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
 
 
+@pytest.mark.integration  # a long resume test
 def test_sigint_in_the_loop_checkpoints_the_next_verified_state(tmp_path, monkeypatch):
     """In-process: a SIGINT during step 3 asks the loop to stop; the checkpoint captured before step 4 is
     written once step 4's loss verifies it, then Interrupted (a KeyboardInterrupt) carries its step."""
