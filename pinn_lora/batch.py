@@ -45,8 +45,9 @@ class Stacked(nn.Module):
 
 
 class BatchTrainer(Trainer):
-    """The training loop over K stacked copies (records carry ``loss@k``, ``grad_norm@k`` and
-    ``rel_l2@k``; :meth:`split` turns them into one history per copy)."""
+    """The training loop over K stacked copies. Each record carries the totals (``loss``, ``loss_<term>``,
+    ``grad_norm``) and ``copies``: one dict per copy with its own ``loss``, ``loss_<term>``, ``grad_norm``
+    and, at evaluations, ``rel_l2``; :meth:`split` turns them into one history per copy."""
 
     scored = False  # the Guard keeps the last verified state (its score would mix the copies)
 
@@ -64,7 +65,7 @@ class BatchTrainer(Trainer):
         self.errors: list[float] = []
 
     def _loss_terms(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every copy's terms (``pde@k`` …) from one stacked jet pass; the loss is their sum."""
+        """Every term (``pde`` …) as one value per copy, from one stacked jet pass; the loss is their sum."""
         weights = []
         for i in range(len(self.members[0].linears)):
             pairs = [layer_weight(m.linears[i]) for m in self.members]
@@ -72,19 +73,26 @@ class BatchTrainer(Trainer):
             b = None if pairs[0][1] is None else torch.stack([wb[1] for wb in pairs])
             weights.append((w, b))
         jets = mlp_jets(weights, self.model.activation_name, points.detach(), *self.plan)
-        per: dict[str, torch.Tensor] = {}
+        per: list[dict[str, torch.Tensor]] = []
         for k, (prob, m) in enumerate(zip(self.problems, self.members)):
             d = JetDerivatives(None, points, prob.variables, self.names, stacked=jets[k:k + 1],
                                transform=getattr(m, "_output_transform", None))
-            terms = residual_terms(prob, d, points, self.cfg.causal_eps, self.cfg.causal_bins)
-            per.update({f"{name}@{k}": v for name, v in terms.items()})
-        return per
+            per.append(residual_terms(prob, d, points, self.cfg.causal_eps, self.cfg.causal_bins))
+        return {name: torch.stack([terms[name] for terms in per]) for name in per[0]}
 
     def _gradient_stats(self, stash: dict[str, Any]) -> None:
-        """Each copy's gradient norm (recorded as ``loss_grad_norm@k``) and the total."""
-        for k, ps in enumerate(self.member_params):
-            stash["terms"][f"grad_norm@{k}"] = _norm(ps)
-        stash["grad_norm"] = torch.sqrt(sum(stash["terms"][f"grad_norm@{k}"] ** 2 for k in range(len(self.members))))
+        """Each copy's gradient norm and the total."""
+        stash["copy_grad_norm"] = torch.stack([_norm(ps) for ps in self.member_params])
+        stash["grad_norm"] = stash["copy_grad_norm"].norm()
+
+    def _step_stats(self, stash: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {**super()._step_stats(stash), "copy_grad_norm": stash["copy_grad_norm"]}
+
+    def _stat_fields(self, stats: dict[str, list[float]]) -> dict[str, Any]:
+        terms = {k: v for k, v in stats.items() if k.startswith("loss_")}
+        copies = [{"loss": sum(v[i] for v in terms.values()), **{k: v[i] for k, v in terms.items()},
+                   "grad_norm": stats["copy_grad_norm"][i]} for i in range(len(self.members))]
+        return {**{k: sum(v) for k, v in terms.items()}, "grad_norm": stats["grad_norm"][0], "copies": copies}
 
     def evaluate(self) -> float:
         """Every copy's relative L2 error (kept in ``errors``); returns the largest."""
@@ -93,7 +101,9 @@ class BatchTrainer(Trainer):
 
     def _emit(self, rec: dict[str, Any], advance: int = 1) -> None:
         if "rel_l2" in rec:
-            rec.update({f"rel_l2@{k}": e for k, e in enumerate(self.errors)})
+            copies = rec.setdefault("copies", [{} for _ in self.members])
+            for own, error in zip(copies, self.errors):
+                own["rel_l2"] = error
         super()._emit(rec, advance)
 
     def split(self) -> list[History]:
@@ -102,21 +112,11 @@ class BatchTrainer(Trainer):
         for k in range(len(self.members)):
             recs = []
             for r in self.history.records:
-                own = {"step": r["step"], "phase": r["phase"]}
-                terms = {key[5:].rsplit("@", 1)[0]: v for key, v in r.items()
-                         if key.startswith("loss_") and key.endswith(f"@{k}") and not key.startswith("loss_grad_norm")}
-                if terms:
-                    own["loss"] = sum(terms.values())
-                    own.update({f"loss_{n}": v for n, v in terms.items()})
-                else:
-                    own["loss"] = r["loss"]
-                if f"loss_grad_norm@{k}" in r:
-                    own["grad_norm"] = r[f"loss_grad_norm@{k}"]
+                own = {"step": r["step"], "phase": r["phase"], "loss": r["loss"]}
+                own.update(r["copies"][k] if "copies" in r else {})
                 for key in ("lr", "evaluations", "time", "between_syncs"):
                     if key in r:
                         own[key] = r[key]
-                if f"rel_l2@{k}" in r:
-                    own["rel_l2"] = r[f"rel_l2@{k}"]
                 recs.append(own)
             h = self.history
             out.append(History(records=recs, status=h.status, message=h.message, wall_time=h.wall_time,

@@ -56,19 +56,19 @@ class StaticLoop:
 
         t, cfg, hist = self.t, self.t.cfg, self.t.history
         block = cfg.sync_every or cfg.eval_every
-        names: list[str] | None = None
+        layout: list[tuple[str, int]] | None = None  # (name, size) of each statistic in a ring row
         static_pts = self.points = t.batch(start, None)
         cursor = torch.zeros((), dtype=torch.long, device=t.device)
         ring: list[torch.Tensor] = []
 
         def step_fn() -> None:
-            nonlocal names
+            nonlocal layout
             stash: dict[str, Any] = {}
             loss = t.dynamics.step(t._closure(static_pts, stash))
-            if names is None:
-                names = list(stash["terms"])
-            row = torch.stack([loss.reshape(()).to(t.dtype), *(stash["terms"][k].reshape(()) for k in names),
-                               stash["grad_norm"].reshape(()).to(t.dtype)])
+            stats = t._step_stats(stash)
+            if layout is None:
+                layout = [(k, v.numel()) for k, v in stats.items()]
+            row = torch.cat([loss.reshape(1).to(t.dtype), *(v.reshape(-1).to(t.dtype) for v in stats.values())])
             if not ring:
                 ring.append(torch.zeros(block, row.numel(), dtype=t.dtype, device=t.device))
             ring[0].index_copy_(0, cursor.reshape(1) % block, row.unsqueeze(0))
@@ -111,10 +111,11 @@ class StaticLoop:
             cursor.zero_()
             for i, row in enumerate(rows):
                 step = done + i
-                rec = {"step": step, "phase": "train", "loss": row[0],
-                       **{f"loss_{k}": v for k, v in zip(names, row[1:-1])}, "grad_norm": row[-1],
-                       "lr": t.dynamics.lr, "evaluations": hist.evaluations + t.dynamics.evaluations_per_step,
-                       "time": t.recorder.elapsed()}
+                stats, at = {}, 1
+                for name, size in layout:
+                    stats[name], at = row[at:at + size], at + size
+                rec = {"step": step, "phase": "train", "loss": row[0], **t._stat_fields(stats), "lr": t.dynamics.lr,
+                       "evaluations": hist.evaluations + t.dynamics.evaluations_per_step, "time": t.recorder.elapsed()}
                 hist.evaluations = rec["evaluations"]
                 last = i == n - 1
                 if not last:

@@ -592,7 +592,7 @@ class Trainer:
             for p in self.params:
                 p.grad = None
             terms = self._loss_terms(points)
-            loss = sum(terms.values())
+            loss = sum(v.sum() for v in terms.values())  # a batched trainer's terms hold one value per copy
             loss.backward()
             for p in self.params:  # autograd may leave a transposed (non-contiguous) gradient; L-BFGS views it flat
                 if p.grad is not None and not p.grad.is_contiguous():
@@ -737,12 +737,20 @@ class Trainer:
                     "time": self.recorder.elapsed(), "rel_l2": self.evaluate()}, advance=0)
         return False
 
+    def _step_stats(self, stash: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The statistics a step's record holds, as tensors on the device (each a scalar or one value
+        per copy): the loss terms and the gradient norm."""
+        return {**{f"loss_{k}": v for k, v in stash["terms"].items()}, "grad_norm": stash["grad_norm"]}
+
+    def _stat_fields(self, stats: dict[str, list[float]]) -> dict[str, Any]:
+        """The record's fields from :meth:`_step_stats` read on the host (each a list of floats)."""
+        return {k: v[0] for k, v in stats.items()}
+
     def _record(self, step: int, phase: str, loss: float, lr: float, stash: dict[str, Any]) -> dict[str, Any]:
         self.history.evaluations += stash["evals"]
-        return {"step": step, "phase": phase, "loss": loss,
-                **{f"loss_{k}": float(v) for k, v in stash["terms"].items()},
-                "grad_norm": float(stash["grad_norm"]), "lr": lr, "evaluations": self.history.evaluations,
-                "time": self.recorder.elapsed()}
+        stats = {k: v.detach().reshape(-1).tolist() for k, v in self._step_stats(stash).items()}
+        return {"step": step, "phase": phase, "loss": loss, **self._stat_fields(stats), "lr": lr,
+                "evaluations": self.history.evaluations, "time": self.recorder.elapsed()}
 
     def _emit(self, rec: dict[str, Any], advance: int = 1) -> None:
         self.recorder.emit(rec, advance)

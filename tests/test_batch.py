@@ -32,6 +32,9 @@ def test_batched_equals_separate_runs(method, opts, engine, base):
         b = [r for r in res.history.records if r["phase"] == "train"]
         assert len(a) == len(b) == 12
         for ra, rb in zip(a, b):
+            assert not any("@" in key for key in rb)  # per-copy statistics are data, not encoded in key names
+            assert set(rb) - {"between_syncs"} <= set(ra)  # the keys of a run alone (less its monitors')
+            assert abs(sum(v for k, v in rb.items() if k.startswith("loss_")) - rb["loss"]) <= 1e-12 * rb["loss"]
             assert abs(ra["loss"] - rb["loss"]) <= 1e-8 * ra["loss"]
             assert abs(ra["grad_norm"] - rb["grad_norm"]) <= 1e-8 * ra["grad_norm"]
         assert abs(alone.error - res.error) <= 1e-8 * alone.error
