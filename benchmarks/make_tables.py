@@ -268,12 +268,15 @@ def first_order(data: dict) -> list[str]:
 
 
 # ---- per-step costs ----------------------------------------------------------------------------------------------
-def methods_step(data: dict) -> list[str]:
-    methods = data["methods"]
+def in_method_order(methods: dict) -> list[tuple[str, dict]]:
+    """(name, entry) of a per-method results dict in the docs' method order (unknown names last)."""
     seen = list(methods)
+    return [(name, methods[name]) for name in sorted(seen, key=lambda m: method_key(m, seen))]
+
+
+def methods_step(data: dict) -> list[str]:
     rows = []
-    for name in sorted(seen, key=lambda m: method_key(m, seen)):
-        m = methods[name]
+    for name, m in in_method_order(data["methods"]):
         rows.append([f"`{name}`", str(m["trainable_parameters"]), str(m.get("evaluations_per_step", "—")),
                      f"{m['step_ms']:.1f}", f"{m['step_ms_iqr']:.1f}", f"{m['saved_bytes'] / 2**20:.1f} MiB",
                      f"{m['state_bytes'] / 2**10:.0f} KiB",
@@ -283,6 +286,25 @@ def methods_step(data: dict) -> list[str]:
     return table(header, rows) + ["", source_line("methods_step_cpu.json", data.get("device"), torch_version(data),
                                               data.get("dtype"), data.get("problem"), f"{count(data['points'])} points",
                                               f"median of {data.get('steps_timed')} steps")]
+
+
+def jacobian_cost(data: dict) -> list[str]:
+    rows = []
+    for name, m in in_method_order(data["methods"]):
+        if m["engine"] != "structured":
+            how = f"per-point transforms ({m['why_not_structured']})"
+        elif m.get("plain_layers") == m["layers"]:
+            how = "plain linear layers: the gradient itself"
+        else:
+            how = f"{m['own_formula_layers']}/{m['layers']} by the adapter's own formula"
+        rows.append([f"`{name}`", str(m["trainable_parameters"]), f"{m['loss_and_gradient_ms']:.0f}",
+                     f"{m['jacobian_ms']:.0f}", f"{m['ratio']:.1f}×", how])
+    header = ["method", "trainable", "loss + gradient (ms)", "Jacobian (ms)", "ratio", "layers"]
+    load = data.get("load_average")
+    return table(header, rows) + ["", source_line("jacobian_cost_cpu.json", data.get("device"), torch_version(data),
+                                              data.get("dtype"), data.get("problem"), f"{count(data['points'])} points",
+                                              f"median of {data.get('repeats')}",
+                                              f"load average {load[0]:.1f} while measured" if load else None)]
 
 
 def ms(x: float | None, digits: int = 2) -> str:
@@ -429,6 +451,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "gpu_step": (("gpu_step_h100.json", "gpu_step_h100_norebalance.json"), gpu_step),
     "batch_step": (("batch_step_h100.json",), batch_step),
     "implicit_window": (("implicit_window_cpu.json",), implicit_window),
+    "jacobian_cost": (("jacobian_cost_cpu.json",), jacobian_cost),
 }
 # placed once their results files exist (benchmarks/headline.py, benchmarks/time_to_accuracy.py)
 PENDING = {"headline": (("headline_cpu.json",), headline),

@@ -137,14 +137,17 @@ def transform_jacobian(problem: Any, model: nn.Module, points: torch.Tensor) -> 
 
 
 # -- the structured engine ----------------------------------------------------------------------
-def _lora_exact(lin: nn.Module) -> bool:
-    """A LoRA layer whose weight is exactly W0 + s·B·A (not DoRA's normalised one)."""
-    from pinn_lora.adapters.base import AdapterLinear
-    from pinn_lora.adapters.lora import LoRALinear
+def _own_formula(lin: nn.Module) -> bool:
+    """Whether the layer's ``point_gradients`` was written for the weight it computes with: the class
+    defining it is the one defining ``weight`` and ``delta_weight`` or a subclass of it (a subclass
+    that changed the weight's formula without writing its gradients gets the generic contraction)."""
+    def owner(attr: str) -> type:
+        return next(k for k in type(lin).__mro__ if attr in k.__dict__)
 
-    cls = type(lin)
-    return (isinstance(lin, LoRALinear) and cls.weight is AdapterLinear.weight
-            and cls.delta_weight is LoRALinear.delta_weight)
+    if not hasattr(lin, "point_gradients"):
+        return False
+    mine = owner("point_gradients")
+    return all(issubclass(mine, owner(attr)) for attr in ("weight", "delta_weight"))
 
 
 def structured_unsupported(model: nn.Module) -> str:
@@ -179,10 +182,10 @@ def structured_jacobian(problem: Any, model: nn.Module, points: torch.Tensor) ->
     input jets H (S slots × N × in) and output Z) makes each point's residual depend on that
     point's rows only, so the reverse pass of Σᵢ rᵢ gives every point's own ∂rᵢ/∂Z = Δ at once.
     A layer's per-point gradient is then Σ_s Δ[s,i] H[s,i]ᵀ through the layer's parameterisation:
-    for W = W0 + s·B·A, ∂rᵢ/∂B = s Σ_s Δ[s,i] (A H[s,i])ᵀ and ∂rᵢ/∂A = s Σ_s (BᵀΔ[s,i]) H[s,i]ᵀ
-    (no per-point m×n matrix); for any other adapter the per-point m×n gradient is contracted
-    with ∂W/∂θ (one small Jacobian per layer and step); an ``nn.Linear``'s is the gradient itself
-    (its bias: Δ[0,i])."""
+    each adapter writes it for its own formula (``AdapterLinear.point_gradients``: for W = W0 + s·B·A,
+    ∂rᵢ/∂B = s Σ_s Δ[s,i] (A H[s,i])ᵀ and ∂rᵢ/∂A = s Σ_s (BᵀΔ[s,i]) H[s,i]ᵀ; no per-point m×n
+    matrix); a layer without one gets the per-point m×n gradient contracted with ∂W/∂θ (one small
+    Jacobian per layer and step); an ``nn.Linear``'s is the gradient itself (its bias: Δ[0,i])."""
     from pinn_lora.derivatives import JetDerivatives, _activation_jet, _plan, layer_weight, needed_derivatives
 
     names = needed_derivatives(problem)
@@ -230,14 +233,10 @@ def _layer_columns(lin: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> list
     if not own:
         return []
     n = h.shape[1]
-    if _lora_exact(lin):
-        b, a = lin.factors()
-        got = {}
-        if b.requires_grad:
-            got["lora_B"] = lin.scale * torch.einsum("sim,sir->imr", delta, h @ a.detach().T).reshape(n, -1)
-        if a.requires_grad:
-            got["lora_A"] = lin.scale * torch.einsum("sir,sin->irn", delta @ b.detach(), h).reshape(n, -1)
-        return [got[k] for k, _ in own]
+    if _own_formula(lin):
+        got = lin.point_gradients(delta, h, {k for k, _ in own})
+        if got is not None:
+            return [got[k] for k, _ in own]
     full = torch.einsum("sim,sin->imn", delta, h).reshape(n, -1)  # per-point dr/dW (N, m·n)
     if isinstance(lin, nn.Linear):
         got = {"weight": full, "bias": delta[0]}

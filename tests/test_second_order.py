@@ -12,6 +12,7 @@ from pinn_lora import session
 from pinn_lora.derivatives import provider
 from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
 from pinn_lora.dynamics.odelora import weight_metric
+from pinn_lora import jacobian
 from pinn_lora.jacobian import (residual_jacobian, residual_vector, structured_jacobian, structured_unsupported,
                                 trainable, transform_jacobian)
 from pinn_lora.registry import METHODS, PROBLEMS
@@ -51,6 +52,21 @@ def test_jacobian_equals_autograd(problem, method):
         r1, j1 = transform_jacobian(prob, model, pts)
         r2, j2 = structured_jacobian(prob, model, pts)
         assert float((j1 - j2).abs().max()) <= 1e-10 * float(j1.abs().max())
+
+
+@pytest.mark.parametrize("method,opts", [("odlora", {}), ("dora", {"detach_norm": True})])
+def test_structured_jacobian_in_every_mode_of_a_layer(method, opts):
+    """The adapters' own per-point gradients in their other modes (OD-LoRA after the split, DoRA with the norm
+    detached) equal the per-point transforms' Jacobian."""
+    prob, model, _, pts = _perturbed("burgers", method, **opts)
+    if method == "odlora":
+        for lin in model.linears:
+            lin.split()
+        assert all(lin.split_done for lin in model.linears)
+    assert all(jacobian._own_formula(lin) for lin in model.linears)
+    j1 = transform_jacobian(prob, model, pts)[1]
+    j2 = structured_jacobian(prob, model, pts)[1]
+    assert float((j1 - j2).abs().max()) <= 1e-10 * float(j1.abs().max())
 
 
 def test_residual_vector_is_the_loss():

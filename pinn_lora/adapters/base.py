@@ -50,6 +50,38 @@ class AdapterLinear(nn.Module):
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def point_gradients(self, delta: torch.Tensor, h: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor] | None:
+        """Per-point gradients for the structured residual Jacobian (:mod:`pinn_lora.jacobian`):
+        ``delta`` (S, N, out) is ∂rᵢ/∂z for each of the S jet slots' outputs z = W·h, ``h`` (S, N, in)
+        the slots' inputs, so the per-point ∂rᵢ/∂W is Σ_s δ[s,i] h[s,i]ᵀ. Returns {parameter name:
+        (N, numel)} for the parameters in ``names``, written through the layer's own formula without
+        forming that m×n matrix per point, or None: the caller then contracts the per-point ∂rᵢ/∂W
+        with ∂W/∂θ (correct for any layer, N·m·n·p operations). A subclass that changes ``weight``
+        or ``delta_weight`` must write its own (the engine checks that it did)."""
+        return None
+
+
+def factor_gradients(delta: torch.Tensor, h: torch.Tensor, names: set[str], left: torch.Tensor, right: torch.Tensor,
+                     scale: float) -> dict[str, torch.Tensor]:
+    """``lora_B``'s and ``lora_A``'s per-point gradients (those in ``names``) for
+    ΔW = scale·(left·A + B·right): LoRA's ΔW = s·B·A (left = B, right = A, as each factor sees the other),
+    OD-LoRA's split ΔW = s(Q_B·A + B·Q_Aᵀ)."""
+    got = {}
+    if "lora_B" in names:
+        got["lora_B"] = outer_gradients(delta, h, None, right, scale)
+    if "lora_A" in names:
+        got["lora_A"] = outer_gradients(delta, h, left, None, scale)
+    return got
+
+
+def outer_gradients(delta: torch.Tensor, h: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None,
+                    scale: float = 1.0) -> torch.Tensor:
+    """Per point, scale·Σ_s (leftᵀ δ[s,i]) (right h[s,i])ᵀ flattened to (N, ·): the gradient of a
+    factor X in ΔW = scale·L·X·R (``left`` = L, ``right`` = R; None for an identity)."""
+    d = delta if left is None else delta @ left
+    x = h if right is None else h @ right.T
+    return scale * torch.einsum("sip,siq->ipq", d, x).reshape(h.shape[1], -1)
+
 
 def resolve_targets(n_layers: int, targets: str | Sequence[int]) -> list[int]:
     """Indices of the linear layers to adapt: 'all', 'hidden' (all but the

@@ -40,6 +40,32 @@ class DoRALinear(LoRALinear):
     def delta_weight(self) -> torch.Tensor:
         return self.weight() - self.weight0
 
+    def point_gradients(self, delta: torch.Tensor, h: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+        """With V = W0 + s·B·A, V̂ its rows normalised, c = m/‖V‖ per row and, per point,
+        G = Σ_s δ_s h_sᵀ (never formed): ∂r/∂m = rowwise G·V̂ =: q (= Σ_s δ_s ⊙ V̂h_s),
+        ∂r/∂V = diag(c)(G − diag(q)V̂) (without the q term when the norm is detached), and
+        through V: ∂r/∂B = s·∂r/∂V·Aᵀ, ∂r/∂A = s·Bᵀ·∂r/∂V."""
+        b, a = (t.detach() for t in self.factors())
+        v = self.weight0 + self.scale * (b @ a)
+        norm = torch.linalg.vector_norm(v, dim=1)
+        vhat, c = v / norm[:, None], self.magnitude.detach() / norm
+        q = torch.einsum("sim,sim->im", delta, h @ vhat.T)  # (N, out)
+        got = {}
+        if "magnitude" in names:
+            got["magnitude"] = q
+        proj = not self.detach_norm
+        if "lora_B" in names:
+            gb = torch.einsum("sim,sir->imr", delta, h @ a.T)
+            if proj:
+                gb = gb - q[:, :, None] * (vhat @ a.T)[None]
+            got["lora_B"] = (self.scale * c[None, :, None] * gb).reshape(h.shape[1], -1)
+        if "lora_A" in names:
+            ga = torch.einsum("sir,sin->irn", (delta * c) @ b, h)
+            if proj:
+                ga = ga - torch.einsum("im,mr,mn->irn", q * c, b, vhat)
+            got["lora_A"] = (self.scale * ga).reshape(h.shape[1], -1)
+        return got
+
     forward_is_linear = True  # the jet path may use weight() for this layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pinn_lora.adapters.base import AdapterLinear
+from pinn_lora.adapters.base import AdapterLinear, factor_gradients
 
 
 def check_rank(rank: int) -> int:
@@ -78,6 +78,11 @@ class LoRALinear(AdapterLinear):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+    def point_gradients(self, delta: torch.Tensor, h: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+        """For W = W0 + s·B·A: ∂rᵢ/∂B = s Σ_s δ[s,i] (A h[s,i])ᵀ, ∂rᵢ/∂A = s Σ_s (Bᵀ δ[s,i]) h[s,i]ᵀ."""
+        b, a = (t.detach() for t in self.factors())
+        return factor_gradients(delta, h, names, b, a, self.scale)
 
     forward_is_linear = True  # both branches compute F.linear(x, weight(), bias0): the jet path may use weight()
 

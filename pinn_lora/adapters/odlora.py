@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pinn_lora.adapters.base import AdapterLinear
+from pinn_lora.adapters.base import AdapterLinear, factor_gradients
 from pinn_lora.adapters.lora import kaiming_factors, layer_rank
 
 
@@ -98,6 +98,12 @@ class ODLoRALinear(AdapterLinear):
         if self.split_done:
             return self.scale * (self.Q_B @ self.lora_A + self.lora_B @ self.Q_A.T)
         return self.scale * (self.lora_B @ self.lora_A)
+
+    def point_gradients(self, delta: torch.Tensor, h: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+        """Before the split (ΔW = s·B·A) as LoRA's; after it (ΔW = s(Q_B·A + B·Q_Aᵀ)):
+        ∂rᵢ/∂A = s Σ_s (Q_Bᵀ δ[s,i]) h[s,i]ᵀ, ∂rᵢ/∂B = s Σ_s δ[s,i] (Q_Aᵀ h[s,i])ᵀ."""
+        left, right = (self.Q_B, self.Q_A.T) if self.split_done else (self.lora_B.detach(), self.lora_A.detach())
+        return factor_gradients(delta, h, names, left, right, self.scale)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         if self.split_done:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pinn_lora.adapters.base import AdapterLinear
+from pinn_lora.adapters.base import AdapterLinear, outer_gradients
 from pinn_lora.adapters.lora import check_rank
 
 
@@ -67,6 +67,10 @@ class SelectorLinear(AdapterLinear):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(x.index_select(-1, self.cols), self.lora_B)
 
+    def point_gradients(self, delta: torch.Tensor, h: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+        """∂rᵢ/∂B = s Σ_s δ[s,i] h[s,i][cols]ᵀ (the selector is A)."""
+        return {"lora_B": outer_gradients(delta, h.index_select(-1, self.cols), None, None, self.scale)}
+
     @torch.no_grad()
     def move_to(self, cols: torch.Tensor) -> None:
         """c³LA's chain step: merge s·B into the frozen columns, select ``cols``, zero B.
@@ -99,6 +103,10 @@ class PaCALinear(AdapterLinear):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.index_select(-1, self.cols), self.paca_weight)
+
+    def point_gradients(self, delta: torch.Tensor, h: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+        """∂rᵢ/∂P = Σ_s δ[s,i] h[s,i][cols]ᵀ."""
+        return {"paca_weight": outer_gradients(delta, h.index_select(-1, self.cols), None, None)}
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, cols={self.cols.tolist()}"
