@@ -307,6 +307,22 @@ def jacobian_cost(data: dict) -> list[str]:
                                               f"load average {load[0]:.1f} while measured" if load else None)]
 
 
+def sampling(data: dict) -> list[str]:
+    """Final error (gain over the base) per target (rows) and sampling (columns)."""
+    kinds = list(dict.fromkeys(r["sampling"] for r in data["runs"]))
+    cells = {(r["problem"], r["method"], r["sampling"]): r for r in data["runs"]}
+    rows = []
+    for prob, meth in dict.fromkeys((r["problem"], r["method"]) for r in data["runs"]):
+        found = [cells.get((prob, meth, k)) for k in kinds]
+        best = min(r["final_error"] for r in found if r)
+        rows.append([FAMILY.get(prob, prob), f"`{meth}`", sci(found[0]["base_error"] if found[0] else None),
+                     *("—" if r is None else ("**{}**" if r["final_error"] == best else "{}").format(
+                         f"{sci(r['final_error'])} ({count(r['ratio'])}×, {r['wall_s']:.0f} s)") for r in found)])
+    header = ["PDE, default target", "method", "base", *(f"`sampling={k}`" for k in kinds)]
+    return table(header, rows) + ["", source_line("sampling_cpu.json", data.get("device"), torch_version(data),
+                                              "seed 0", "wall times under load: upper bounds")]
+
+
 def ms(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f} ms"
 
@@ -453,8 +469,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "implicit_window": (("implicit_window_cpu.json",), implicit_window),
     "jacobian_cost": (("jacobian_cost_cpu.json",), jacobian_cost),
 }
-# placed once their results files exist (benchmarks/headline.py, benchmarks/time_to_accuracy.py)
-PENDING = {"headline": (("headline_cpu.json",), headline),
+# placed once their results files exist (benchmarks/headline.py, sampling.py, time_to_accuracy.py)
+PENDING = {"headline": (("headline_cpu.json",), headline), "sampling": (("sampling_cpu.json",), sampling),
            "time_to_accuracy": (("time_to_accuracy_cpu.json",), time_to_accuracy)}
 TABLES.update({k: v for k, v in PENDING.items() if (RESULTS / v[0][0]).is_file()})
 

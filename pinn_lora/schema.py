@@ -246,11 +246,11 @@ ADAPT_CONFIG = {"type": "object", "additional": False, "required": [
     "checkpoint_every": COUNT, "derivatives": {"enum": ["auto", "autograd", "jets"]},
     "cuda_graph": {"enum": ["auto", True, False]}, "sync_every": COUNT, "resume": _BOOL, "debug": _BOOL,
     "progress": _BOOL, "plots": _BOOL, "out": NONEMPTY, "hydra": {"type": "object", "required": ["run"]},
-    "solver": {"enum": ["method", "lm", None]}, "sampling": {"enum": ["uniform", "rad", None]},
+    "solver": {"enum": ["method", "lm", None]}, "sampling": {"enum": ["uniform", "rad", "rar_d", None]},
     "resample_every": {"type": ("integer", "null"), "minimum": 1},
     "lm_mu": {"type": ("number", "null"), "exclusive_minimum": 0}, "lm_adaptive": {"type": ("boolean", "null")},
     "rad_k": {"type": ("number", "null"), "minimum": 0}, "rad_c": {"type": ("number", "null"), "minimum": 0},
-    "rad_pool": {"type": ("integer", "null"), "minimum": 1},
+    "rad_pool": {"type": ("integer", "null"), "minimum": 1}, "rar_add": {"type": ("integer", "null"), "minimum": 0},
     "continuation": {"type": ("string", "integer", "null")}, "stage_steps": {"type": ("integer", "null"), "minimum": 1},
     "stage_tol": {"type": ("number", "null"), "minimum": 0}}}
 
@@ -266,7 +266,7 @@ PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "
     "adapt": {"type": "object", "required": ["steps", "n_points", "method"], "properties": {
         "steps": COUNT, "n_points": {"type": "integer", "minimum": 1}, "resample_every": {"type": "integer",
                                                                                          "minimum": 1},
-        "lbfgs_steps": COUNT, "solver": {"enum": ["method", "lm"]}, "sampling": {"enum": ["uniform", "rad"]},
+        "lbfgs_steps": COUNT, "solver": {"enum": ["method", "lm"]}, "sampling": {"enum": ["uniform", "rad", "rar_d"]},
         "loop": {"type": "object"}, "first_order": {"type": "object"},
         "continuation": {"type": ("string", "integer")},
         "method": {"type": "object", "additional": {"type": "object", "properties": {"lr": _POSITIVE},

@@ -42,7 +42,7 @@ VERDICTS = {"completed": "", "no_improvement": " | NO IMPROVEMENT: the result's 
 
 
 _BASE_VALIDATION: dict[tuple, float] = {}
-LOOP_OPTIONS = ("lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool", "stage_steps", "stage_tol")
+LOOP_OPTIONS = ("lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool", "rar_add", "stage_steps", "stage_tol")
 
 
 class ConfigError(ValueError):
@@ -243,9 +243,10 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
 
     ``solver``: ``lm`` (Levenberg–Marquardt on the trainable parameters; ODELoRA's implicit scheme)
     or ``method`` (the method's own first-order dynamics; the recommendations' ``first_order``
-    section then applies); ``sampling``: ``uniform`` or ``rad`` (residual-based adaptive points);
-    ``loop_options``: ``lm_mu``, ``lm_adaptive``, ``rad_k``, ``rad_c``, ``rad_pool``, ``stage_steps``,
-    ``stage_tol`` (:class:`~pinn_lora.train.TrainConfig`). Left out, they take the problem's recommendations.
+    section then applies); ``sampling``: ``uniform``, ``rad`` (residual-based adaptive points, drawn
+    anew) or ``rar_d`` (residual-based refinement: the set grows by such a draw every ``resample_every``
+    steps); ``loop_options``: ``lm_mu``, ``lm_adaptive``, ``rad_k``, ``rad_c``, ``rad_pool``, ``rar_add``,
+    ``stage_steps``, ``stage_tol`` (:class:`~pinn_lora.train.TrainConfig`). Left out, they take the problem's recommendations.
 
     ``continuation``: ``auto``, ``off`` or a number N of intermediate stages. The run first adapts
     to coefficients between the base's and the target (:meth:`~pinn_lora.problem.Problem.stages_from`:
@@ -309,11 +310,17 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
                                                                             "resample_every"))
     stage_steps = loop.get("stage_steps", TrainConfig.stage_steps)
     net, card = resolve_base(base, problem, dt, dev)
-    if getattr(net, "linears", None):  # before any point is drawn (attach draws n_points for its start)
-        check_points(n_points, layer_sizes(net), dt, dev, error=ConfigError,
-                     pool=loop.get("rad_pool", 8) if sampling == "rad" else 1)
     stages = ([] if continuation == "off" or not card.get("coefficients")
               else problem.stages_from(card["coefficients"], continuation))
+    if getattr(net, "linears", None):  # before any point is drawn (attach draws n_points for its start)
+        if sampling == "rar_d":  # the set grows by a draw every resample_every steps (and at each stage)
+            draws = (steps + len(stages) * stage_steps) // resample_every + len(stages)
+            grown = n_points + draws * (loop.get("rar_add") or max(n_points // 10, 1))
+            check_points(grown, layer_sizes(net), dt, dev, key="n_points with the points sampling=rar_d adds",
+                         error=ConfigError)
+        else:
+            check_points(n_points, layer_sizes(net), dt, dev, error=ConfigError,
+                         pool=loop.get("rad_pool", 8) if sampling == "rad" else 1)
     train_cfg = TrainConfig(steps=steps + len(stages) * stage_steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every,
                             solver=solver, sampling=sampling, **loop, seed=seed, progress=progress, checkpoint_every=checkpoint_every if run_dir else 0,
                             sampler=sampler, lbfgs_steps=lbfgs_steps, derivatives=derivatives,

@@ -20,7 +20,7 @@ from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
 from pinn_lora.problem import SAMPLERS
 
 SOLVERS = ("method", "lm")
-SAMPLINGS = ("uniform", "rad")
+SAMPLINGS = ("uniform", "rad", "rar_d")
 
 
 
@@ -47,10 +47,11 @@ class TrainConfig:
     solver: str = "method"  # method: the method's own dynamics | lm: Levenberg–Marquardt on its parameters
     lm_mu: float = 1.0  # lm: the starting damping μ (the implicit Euler step h = 1/μ)
     lm_adaptive: bool = True  # lm: adapt μ by the trust-region rule (False: a fixed h)
-    sampling: str = "uniform"  # uniform | rad (residual-based adaptive distribution, Wu et al. 2023)
-    rad_k: float = 1.0  # rad: density ∝ |r|^k / mean(|r|^k) + c
+    sampling: str = "uniform"  # uniform | rad | rar_d (residual-based adaptive distribution / refinement, Wu et al. 2023)
+    rad_k: float = 1.0  # rad, rar_d: density ∝ |r|^k / mean(|r|^k) + c
     rad_c: float = 1.0
-    rad_pool: int = 8  # rad: candidates per point drawn
+    rad_pool: int = 8  # rad, rar_d: candidates per point drawn
+    rar_add: int = 0  # rar_d: points added to the set at each draw (0: n_points // 10)
     stage_steps: int = 3  # continuation: the most steps of each intermediate stage (Trainer ``stages``)
     stage_tol: float = 1e-3  # continuation: a stage ends early once a step starts at a loss <= this
 
@@ -82,6 +83,8 @@ class TrainConfig:
                 raise ValueError(f"train: {key}={value!r} must be a finite number >= 0")
         if isinstance(self.rad_pool, bool) or not isinstance(self.rad_pool, int) or self.rad_pool < 1:
             raise ValueError(f"train: rad_pool={self.rad_pool!r} must be an integer >= 1")
+        if isinstance(self.rar_add, bool) or not isinstance(self.rar_add, int) or self.rar_add < 0:
+            raise ValueError(f"train: rar_add={self.rar_add!r} must be an integer >= 0 (0: n_points // 10)")
         if isinstance(self.stage_steps, bool) or not isinstance(self.stage_steps, int) or self.stage_steps < 1:
             raise ValueError(f"train: stage_steps={self.stage_steps!r} must be an integer >= 1")
         if isinstance(self.stage_tol, bool) or not isinstance(self.stage_tol, (int, float)) or not self.stage_tol >= 0:
@@ -401,7 +404,8 @@ class Checkpointer:
             "rng": rng if rng is not None else t.rng.bit_generator.state, "draw_rng": t._draw_state,
             "torch_rng": torch.get_rng_state(),
             # residual-adaptive points depend on the model that drew them: a resume mid-block takes them as they were
-            "points": t.current_points if t.cfg.sampling == "rad" else None,
+            # (RAR-D's set grows with every draw: it is always stored)
+            "points": t.current_points if t.cfg.sampling in ("rad", "rar_d") else None,
             "dynamics": t.dynamics.state_dict() if t.dynamics is not None else {},
             "method": t.method.state_dict() if t.method is not None else {},
             "monitors": [m.state_dict() for m in t.recorder.monitors], "settings": t.settings,
@@ -442,6 +446,8 @@ class Checkpointer:
         # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
         redraw = (phase == "train" and t.block_position(step) and not t._stage_done(step)
                   and state["draw_rng"] is not None)
+        if t.cfg.sampling == "rar_d" and state.get("points") is not None:  # the set the next draw adds to
+            t.current_points = state["points"].to(dtype=t.dtype, device=t.device)
         if redraw and state.get("points") is not None:
             t.restored_points = state["points"].to(dtype=t.dtype, device=t.device)
             redraw = False
@@ -544,6 +550,8 @@ class Trainer:
         seed = int(self.rng.integers(2**31 - 1))
         if self.cfg.sampling == "rad":
             pts = self._rad_points(n, seed)
+        elif self.cfg.sampling == "rar_d" and self.current_points is not None:
+            pts = torch.cat([self.current_points, self._rad_points(self.rar_add, seed)])
         else:
             pts = torch.as_tensor(self.physics.sample(n, seed=seed, sampler=self.cfg.sampler), dtype=self.dtype,
                                   device=self.device)
@@ -562,9 +570,15 @@ class Trainer:
             return current
         return self.points(self.cfg.n_points)
 
+    @property
+    def rar_add(self) -> int:
+        """RAR-D: the points each draw adds (``rar_add``, or n_points // 10, at least 1)."""
+        return self.cfg.rar_add or max(self.cfg.n_points // 10, 1)
+
     def _rad_points(self, n: int, seed: int) -> torch.Tensor:
         """RAD (Wu et al. 2023): ``n`` of ``rad_pool``·n candidates, drawn without replacement with
-        probability ∝ |r|^k / mean(|r|^k) + c (|r|: the model's residual, summed over terms)."""
+        probability ∝ |r|^k / mean(|r|^k) + c (|r|: the model's residual, summed over terms). RAR-D
+        adds such a draw to the points it has (the first draw: ``n_points`` from the sampler)."""
         from pinn_lora.jacobian import residual_vector
 
         cfg = self.cfg

@@ -198,6 +198,30 @@ def test_rad_draws_follow_the_density(monkeypatch):
     assert float(((np.histogram(xu, edges)[0] - expected) ** 2 / expected).sum()) > 100  # the test can fail
 
 
+def test_rar_d_keeps_its_points_and_adds_draws_that_follow_the_density(monkeypatch):
+    """RAR-D: the first draw is n_points from the sampler; each later draw keeps the set and adds rar_add points,
+    whose x follow the density ∝ exp(3x) of the residual |r| = exp(3x) (χ² over 10 bins)."""
+    prob, _, model, meth, _ = setup("burgers", "lora")
+    monkeypatch.setattr(pinn_lora.jacobian, "residual_vector", lambda problem, net, points, chunk=16384:
+                        torch.exp(3 * points[:, 0]))
+    cfg = TrainConfig(steps=1, n_points=500, sampling="rar_d", rad_c=0.0, rad_pool=50, rar_add=2000, progress=False)
+    tr = Trainer(prob, model, meth.dynamics(model), cfg)
+    first = tr.points(500)
+    second = tr.points(500)
+    assert first.shape[0] == 500 and second.shape[0] == 2500 and torch.equal(second[:500], first)
+    edges = np.linspace(-1, 1, 11)
+    mass = np.exp(3 * edges[1:]) - np.exp(3 * edges[:-1])
+    expected = 2000 * mass / mass.sum()
+    for x, density in ((second[500:, 0].numpy(), True), (first[:, 0].numpy(), False)):
+        observed = np.histogram(x, edges)[0] * (2000 / len(x))
+        chi2 = float(((observed - expected) ** 2 / expected).sum())
+        assert (chi2 < 27.9) == density, (chi2, observed, expected.round())  # df = 9, p = 0.001; uniform: far off
+    assert tr.points(500).shape[0] == 4500
+    assert Trainer(prob, model, meth.dynamics(model), TrainConfig(n_points=500, sampling="rar_d")).rar_add == 50
+    with pytest.raises(ValueError, match="rar_add=-1 must be an integer >= 0"):
+        TrainConfig(sampling="rar_d", rar_add=-1)
+
+
 def test_a_run_that_gets_worse_says_so():
     """Helmholtz DoRA at lr 0.3 for 5 first-order steps on 64 points gets worse (measured on main:
     error 0.364 -> 1.72, reported 'completed'): now the validation residual says no_improvement."""
@@ -227,12 +251,14 @@ class _Crash(pinn_lora.train.Monitor):
 
 
 @pytest.mark.integration  # a long resume: an interrupted and an uninterrupted second-order run
-def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(tmp_path):
-    """A run with solver=lm and sampling=rad interrupted after a checkpoint that falls inside a block of
-    points (checkpoint_every=4, resample_every=3) resumes to the same records as an uninterrupted run."""
+@pytest.mark.parametrize("sampling", ["rad", "rar_d"])
+def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(sampling, tmp_path):
+    """A run with solver=lm and residual-adaptive points interrupted after a checkpoint that falls inside a
+    block of points (checkpoint_every=4, resample_every=3) resumes to the same records as an uninterrupted
+    run (RAR-D: the next draw adds to the checkpoint's set)."""
     prob = pinn_lora.get_problem("burgers").default_target()
     kw = dict(steps=8, n_points=96, resample_every=3, checkpoint_every=4, eval_every=2, device="cpu", progress=False,
-              plots=False, solver="lm", sampling="rad", loop_options={"rad_pool": 4})
+              plots=False, solver="lm", sampling=sampling, loop_options={"rad_pool": 4})
     session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "full", monitors=[_Crash(None)], **kw)
     with pytest.raises(KeyboardInterrupt):
         session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(6)], **kw)
