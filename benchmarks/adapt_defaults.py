@@ -69,7 +69,8 @@ def main() -> None:
         row["solver"] = s.get("settings", {}).get("solver")
         row["sampling"] = s.get("settings", {}).get("sampling")
         errors = [r["rel_l2"] for r in res.metrics if "rel_l2" in r and math.isfinite(r["rel_l2"])]
-        row["max_error_during"] = max(errors) if errors else None
+        row["max_error_during"] = max(errors) if errors else None  # over the run's evaluations (every eval_every)
+        row["errors_evaluated"] = len(errors)
         if "error_after_method_steps" in s:  # before the L-BFGS finish
             row["error_after_method_steps"] = s["error_after_method_steps"]
         print(res.summary_line(), flush=True)

@@ -21,6 +21,7 @@ import difflib
 import functools
 import json
 import math
+import statistics
 import re
 import sys
 from collections.abc import Callable
@@ -81,13 +82,12 @@ def torch_version(meta: dict) -> str:
 @functools.cache
 def family_coefficients(family: str) -> tuple[dict, dict] | None:
     """(source, default target) coefficients of a registered family, or None (a family not installed here)."""
-    try:
-        import pinn_lora
+    import pinn_lora
 
-        cls = pinn_lora.PROBLEMS.get(family)
-        return cls.source().coefficients, cls.default_target().coefficients
-    except Exception:  # noqa: BLE001 - an unknown or broken family only loses its short label
-        return None
+    if family not in pinn_lora.PROBLEMS.names():
+        return None  # a family not installed here only loses its short label
+    cls = pinn_lora.PROBLEMS.get(family)  # an installed family that fails here is a bug to see, not to hide
+    return cls.source().coefficients, cls.default_target().coefficients
 
 
 def same(a: dict, b: dict) -> bool:
@@ -265,6 +265,47 @@ def first_order(data: dict) -> list[str]:
     header = ["method", "trainable (" + " / ".join(FAMILY.get(f, f) for f, _ in columns) + ")",
               *(target_label(f, dict(co)) for f, co in columns)]
     return table(header, rows) + ["", source_line("adapt_defaults.json", data.get("device"), torch_version(data))]
+
+
+def defaults(data: dict) -> list[str]:
+    """The default recipe per method (rows) and default target (columns): the final error, its gain over the
+    base and the wall time; with several seeds the median and the range [min–max] of the error."""
+    runs = list(data["runs"].values())
+    family = {r["problem"] if "problem" in r else None for r in runs}
+    cells: dict[tuple, list[dict]] = {}
+    for key, r in data["runs"].items():
+        fam, name = key.split("/")[:2]
+        cells.setdefault((fam, tuple(sorted(r["coefficients"].items())), name), []).append(r)
+    columns = list(dict.fromkeys(k[:2] for k in cells))
+    seen = list(dict.fromkeys(k[2] for k in cells))
+    best = {c: min(statistics.median(r["adapted_error"] for r in rs) for (f, co, _), rs in cells.items()
+                   if (f, co) == c) for c in columns}
+    rows = []
+    for name in sorted(seen, key=lambda m: method_key(m, seen)):
+        found = [cells.get((*c, name)) for c in columns]
+        text = []
+        for c, rs in zip(columns, found):
+            if not rs:
+                text.append("—")
+                continue
+            errs = sorted(r["adapted_error"] for r in rs)
+            med = statistics.median(errs)
+            cell = f"{sci(med)} ({count(rs[0]['base_error'] / med)}×)"
+            cell = f"**{cell}**" if med == best[c] else cell
+            if len(rs) > 1:
+                cell += f" [{sci(errs[0])}–{sci(errs[-1])}, {len(rs)} seeds]"
+            bad = sorted({r["status"] for r in rs} - {"completed"})
+            if bad:
+                cell += " " + ", ".join(bad)
+            cell += f", {statistics.median(r['wall_time_s'] for r in rs):.0f} s"
+            text.append(cell)
+        solver = {r.get("solver") for rs in found if rs for r in rs}
+        rows.append([f"`{name}`", "/".join(sorted(s for s in solver if s)), *text])
+    del family
+    header = ["method", "solver", *(target_label(f, dict(co)) for f, co in columns)]
+    return table(header, rows) + ["", source_line("defaults_cpu.json", data.get("device"), torch_version(data),
+                                              f"defaults of commit {data.get('commit')}",
+                                              "wall times with other jobs on the machine: upper bounds")]
 
 
 # ---- per-step costs ----------------------------------------------------------------------------------------------
@@ -471,6 +512,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
 }
 # placed once their results files exist (benchmarks/headline.py, sampling.py, time_to_accuracy.py)
 PENDING = {"headline": (("headline_cpu.json",), headline), "sampling": (("sampling_cpu.json",), sampling),
+           "defaults": (("defaults_cpu.json",), defaults),
            "time_to_accuracy": (("time_to_accuracy_cpu.json",), time_to_accuracy)}
 TABLES.update({k: v for k, v in PENDING.items() if (RESULTS / v[0][0]).is_file()})
 

@@ -135,7 +135,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     batched run; returns one :class:`~pinn_lora.session.AdaptResult` per problem (and, with
     ``run_dir``, writes one run directory per problem under it: ``<k>_<coefficients>/``)."""
     from pinn_lora import rundir
-    from pinn_lora.api import attach
+    from pinn_lora.api import attach, layer_sizes
+    from pinn_lora.memory import check_points
     from pinn_lora.methods import get_method, trainable_parameters
     from pinn_lora.session import (AdaptResult, ConfigError, check_ints, method_recommendation, recommendations,
                                    resolve_base, resolve_device, resolve_dtype)
@@ -160,6 +161,9 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1), "seed": (seed, 0)})
     options = {**method_recommendation(rec, method), **method_options}
     net0, card = resolve_base(base, prob0, dt, dev)
+    if getattr(net0, "linears", None):  # every copy's activations at once
+        check_points(n_points, layer_sizes(net0), dt, dev, error=ConfigError, pool=len(problems),
+                     times=f"x {len(problems)} coefficients in one batched run")
     cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every, seed=seed,
                       progress=progress, sampler=sampler, derivatives="jets", cuda_graph=cuda_graph,
                       sync_every=sync_every)

@@ -40,16 +40,17 @@ def _size(n: float) -> str:
 
 
 def check_points(n_points: int, layers: Sequence[int], dtype: torch.dtype, device: torch.device | str,
-                 key: str = "n_points", error: type[Exception] = ValueError, pool: int = 1) -> None:
+                 key: str = "n_points", error: type[Exception] = ValueError, pool: int = 1,
+                 times: str | None = None) -> None:
     """Raise ``error`` (one line: ``key``, the size asked for, the bound and the memory there is) when a step
-    on ``n_points`` points (× ``pool`` candidates each, residual-adaptive sampling) cannot fit in ``device``'s
-    memory."""
+    on ``n_points`` points (× ``pool``: candidates each for residual-adaptive sampling, or what ``times``
+    says, e.g. the copies of a batched run) cannot fit in ``device``'s memory."""
     have = device_memory(device)
     need = step_bytes(n_points * pool, layers, dtype)
     if have is None or need <= have:
         return
     most = have // max(step_bytes(pool, layers, dtype), 1)
-    drawn = f" (x {pool} candidates each: sampling=rad, rad_pool={pool})" if pool > 1 else ""
+    drawn = f" ({times or f'x {pool} candidates each: sampling=rad, rad_pool={pool}'})" if pool > 1 else ""
     raise error(f"{key}={n_points}{drawn} needs at least {_size(need)} of memory for one step (the points and the "
                 f"network's activations in {str(dtype).replace('torch.', '')}), more than the {_size(have)} of "
                 f"{torch.device(device).type}; use fewer points (fewer than {most})")

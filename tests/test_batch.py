@@ -58,5 +58,9 @@ def test_batch_errors():
         adapt_many("burgers", [get_problem("burgers"), get_problem("helmholtz")], "lora", **COMMON)
     with pytest.raises(ConfigError, match="scheme dopri5 chooses one step size"):
         adapt_many("burgers", [get_problem("burgers")], "odelora", scheme="dopri5", schedule="constant", **COMMON)
+    with pytest.raises(ConfigError, match=r"n_points=10000000000 \(x 2 coefficients in one batched run\) needs "
+                                          r"at least .* of memory"):  # refused before anything is drawn
+        adapt_many("burgers", [get_problem("burgers", nu=nu) for nu in (0.005, 0.01)], "lora",
+                   **{**COMMON, "n_points": 10**10})
     with pytest.raises(ConfigError, match="L-BFGS"):
         adapt_many("burgers", [get_problem("burgers")], "lora", **{**COMMON, "lbfgs_steps": 5})
