@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pinn_lora.checkpoint import (CheckpointError, load_tensors, read_json, save_tensors, sha256, state_mismatch,
+from pinn_lora.checkpoint import (CARD_COPY_KEY, CARD_HASH_KEY, CheckpointError, canonical_card, check_card_binding,
+                                  load_tensors, read_json, save_tensors, sha256, state_mismatch,
                                   write_json)
 from pinn_lora.schema import CARD_KIND  # the adapter card's "kind"
 
 ADAPTER_FILE, CARD_FILE = "adapter.safetensors", "card.json"
-CARD_HASH_KEY, CARD_COPY_KEY = "pinn_lora.card_sha256", "pinn_lora.card"  # in the weights file's metadata
 BASE_ATTR = "pinn_lora_base"  # set on an attached model: what it was attached to
 
 
@@ -202,60 +202,6 @@ def _card_problem(where: Mapping[str, Any]) -> Any:
 
     options = {"modes": where["modes"]} if where.get("modes") is not None else {}
     return get_problem(where["problem"], **options, **(where.get("coefficients") or {}))
-
-
-def canonical_card(card: Mapping[str, Any]) -> str:
-    """The card as canonical JSON (sorted keys, no spaces), without ``weights_sha256`` (the weights file's
-    own hash, written into the card after the file): what the weights file's metadata binds."""
-    import json
-
-    return json.dumps({k: v for k, v in card.items() if k != "weights_sha256"}, sort_keys=True,
-                      separators=(",", ":"))
-
-
-def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
-    """The leaves (``method.alpha``) where ``now`` differs from ``saved``, as 'path is X (saved: Y)'."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for key in sorted(set(saved) | set(now), key=str):
-            where = f"{path}.{key}" if path else str(key)
-            if key not in now:
-                out.append(f"{where} was removed (saved: {saved[key]!r})")
-            elif key not in saved:
-                out.append(f"{where} was added ({now[key]!r})")
-            else:
-                out += _differences(saved[key], now[key], where)
-        return out
-    return [] if saved == now else [f"{path or 'the card'} is {now!r} (saved: {saved!r})"]
-
-
-def check_card_binding(card: Mapping[str, Any], weights: Path, card_path: Path) -> None:
-    """Raise :class:`CheckpointError` naming the fields of ``card`` changed since it was saved with
-    ``weights`` (the hash in the weights file's metadata); a card saved before cards were bound to their
-    weights loads with a one-line warning."""
-    import json
-    import warnings
-
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as fh:
-        meta = fh.metadata() or {}
-    if CARD_HASH_KEY not in meta:
-        warnings.warn(f"{card_path}: an adapter card written before cards were bound to their weights; its fields "
-                      f"cannot be checked against {weights.name} (save it again to bind them)", UserWarning,
-                      stacklevel=3)
-        return
-    bound = canonical_card(card)
-    if hashlib.sha256(bound.encode()).hexdigest() == meta[CARD_HASH_KEY]:
-        return
-    try:
-        changed = _differences(json.loads(meta.get(CARD_COPY_KEY, "")), json.loads(bound))
-    except ValueError:
-        changed = []
-    raise CheckpointError(f"card {card_path} was changed after it was saved with {weights.name}: "
-                          f"{'; '.join(changed[:4]) if changed else 'its hash differs'}"
-                          f"{' …' if len(changed) > 4 else ''}; the card must be the one saved with the weights "
-                          "(save the adapter again to change it)")
 
 
 @dataclass

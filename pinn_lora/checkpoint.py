@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save
 
 from pinn_lora.rundir import write_atomic
+
+# a saved card is bound to its weights: the hash of the card (and a copy, to name what an edit changed) goes
+# into the weights file's metadata, and the card holds the file's sha256
+CARD_HASH_KEY, CARD_COPY_KEY = "pinn_lora.card_sha256", "pinn_lora.card"
 
 
 class CheckpointError(ValueError):
@@ -98,3 +102,54 @@ def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Ten
         if key in found and found[key].dtype.is_floating_point != expected[key].dtype.is_floating_point:
             problems.append(f"{key} has dtype {found[key].dtype}")
     return "; ".join(problems)
+
+
+def canonical_card(card: Mapping[str, Any]) -> str:
+    """The card as canonical JSON (sorted keys, no spaces), without ``weights_sha256`` (the weights file's
+    own hash, written into the card after the file): what the weights file's metadata binds."""
+    return json.dumps({k: v for k, v in card.items() if k != "weights_sha256"}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
+    """The leaves (``method.alpha``) where ``now`` differs from ``saved``, as 'path is X (saved: Y)'."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in now:
+                out.append(f"{where} was removed (saved: {saved[key]!r})")
+            elif key not in saved:
+                out.append(f"{where} was added ({now[key]!r})")
+            else:
+                out += _differences(saved[key], now[key], where)
+        return out
+    return [] if saved == now else [f"{path or 'the card'} is {now!r} (saved: {saved!r})"]
+
+
+def check_card_binding(card: Mapping[str, Any], weights: Path, card_path: Path, kind: str = "an adapter card") -> None:
+    """Raise :class:`CheckpointError` naming the fields of ``card`` changed since it was saved with
+    ``weights`` (the hash in the weights file's metadata); a card saved before cards were bound to their
+    weights loads with a one-line warning (``kind`` names it: an adapter card, a base model card)."""
+    import warnings
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as fh:
+        meta = fh.metadata() or {}
+    if CARD_HASH_KEY not in meta:
+        warnings.warn(f"{card_path}: {kind} written before cards were bound to their weights; its fields "
+                      f"cannot be checked against {weights.name} (save it again to bind them)", UserWarning,
+                      stacklevel=3)
+        return
+    bound = canonical_card(card)
+    if hashlib.sha256(bound.encode()).hexdigest() == meta[CARD_HASH_KEY]:
+        return
+    try:
+        changed = _differences(json.loads(meta.get(CARD_COPY_KEY, "")), json.loads(bound))
+    except ValueError:
+        changed = []
+    raise CheckpointError(f"card {card_path} was changed after it was saved with {weights.name}: "
+                          f"{'; '.join(changed[:4]) if changed else 'its hash differs'}"
+                          f"{' …' if len(changed) > 4 else ''}; the card must be the one saved with the weights "
+                          "(save it again to change it)")

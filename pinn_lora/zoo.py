@@ -5,12 +5,17 @@ key layout) + ``<name>.json`` (its card: problem, coefficients, network,
 training recipe, wall time, device, measured error, weights hash)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pinn_lora.checkpoint import (
+    CARD_COPY_KEY,
+    CARD_HASH_KEY,
+    canonical_card,
+    check_card_binding,
     CheckpointError,
     check_finite,
     load_tensors,
@@ -53,8 +58,11 @@ def save_base(net: PINN, card: dict[str, Any], path: str | Path) -> dict[str, An
     validate({**card, "network": net.architecture(), "weights_sha256": "0" * 64}, base_card_schema(),
              f"save_base: the card for {card_path}")  # before anything is written
     weights.parent.mkdir(parents=True, exist_ok=True)
-    digest = save_tensors(weights, net.state_dict())
-    card = {**card, "network": net.architecture(), "weights_sha256": digest}
+    card = {**card, "network": net.architecture()}
+    bound = canonical_card(card)  # the card is bound to the weights, as an adapter's is
+    digest = save_tensors(weights, net.state_dict(),
+                          metadata={CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound})
+    card["weights_sha256"] = digest
     write_json(card_path, card)
     return card
 
@@ -94,4 +102,6 @@ def load_base(name_or_path: str | Path = "burgers", *, dtype: torch.dtype = torc
         raise CheckpointError(f"{weights} does not fit the network of its card {card_path} "
                               f"(layers {arch['layers']}): {mismatch}")
     net.load_state_dict(state)
+    if verify:  # last: a card edited into another valid card (other coefficients, say) fails only here
+        check_card_binding(card, weights, card_path, kind="a base model card")
     return net.to(dtype=dtype, device=device), card, problem

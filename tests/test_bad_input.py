@@ -816,6 +816,35 @@ def test_an_unbound_card_loads_with_one_warning(files, tmp_path):
     assert len(got) == 1 and "\n" not in str(got[0].message)
 
 
+def test_a_base_card_is_bound_to_its_weights(files, tmp_path):
+    """A base model's card edited into another valid card (other coefficients, the file's hash kept in step)
+    is refused, naming the field; the shipped bases are bound; a base written before the binding loads with
+    one warning line."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    from pinn_lora.checkpoint import CARD_HASH_KEY
+
+    for name in pinn_lora.zoo.shipped():
+        with safe_open(str(pinn_lora.zoo.ZOO_DIR / f"{name}.safetensors"), "pt") as fh:
+            assert CARD_HASH_KEY in (fh.metadata() or {}), name
+    card = json.loads(Path(f"{files.helm}.json").read_text())
+    stem = tmp_path / "edited"
+    shutil.copy(f"{files.helm}.safetensors", f"{stem}.safetensors")
+    Path(f"{stem}.json").write_text(json.dumps({**card, "coefficients": {"k": 2.5}}))
+    with pytest.raises(pinn_lora.checkpoint.CheckpointError,
+                       match=r"edited.json was changed after it was saved with edited.safetensors: coefficients.k "
+                             r"is 2.5 \(saved: 1.0\)"):
+        pinn_lora.load_base(stem)
+    data = save(load_file(f"{files.helm}.safetensors"))  # the same tensors, no metadata
+    old = tmp_path / "old"
+    Path(f"{old}.safetensors").write_bytes(data)
+    Path(f"{old}.json").write_text(json.dumps({**card, "weights_sha256": hashlib.sha256(data).hexdigest()}))
+    with pytest.warns(UserWarning, match=r"old.json: a base model card written before cards were bound") as got:
+        pinn_lora.load_base(old)
+    assert len(got) == 1
+
+
 def test_cli_out_a_dangling_symlink(tmp_path, monkeypatch, capsys):
     """out= a symbolic link whose target does not exist: one line (issue 14, item 17; main: Hydra's
     FileExistsError traceback); the link is left as it was."""
