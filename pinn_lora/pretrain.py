@@ -22,13 +22,32 @@ from pinn_lora.zoo import save_base
 def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: TrainConfig, lr: float,
                   schedule: str = "cosine", final_ratio: float = 0.01, out: str | Path | None = None,
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-                  monitors: tuple[Monitor, ...] = (), init_from: str | Path | None = None
+                  monitors: tuple[Monitor, ...] = (), init_from: str | Path | None = None,
+                  checkpoint: str | Path | None = None, resume: bool = False
                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train a PINN on ``problem`` (Adam, then optional L-BFGS), from a fresh
     initialisation or continuing from the base model ``init_from``.
 
+    With ``checkpoint`` (a file path) and ``train.checkpoint_every`` > 0 the loop writes a resumable
+    checkpoint there (:mod:`pinn_lora.resume`); ``resume=True`` continues from it, with the same
+    settings (a difference is refused), to the network an uninterrupted run gives.
+
     Returns the network and its card; writes both to ``out`` when given."""
+    from pinn_lora import resume as resume_state
+
     device = torch.device(device)
+    if resume and checkpoint is None:
+        raise ValueError("pretrain: resume=True needs the checkpoint to continue from")
+    saved = resume_state.load(checkpoint, device) if resume else None
+    settings = {"problem": problem.name, **{f"problem.{k}": v for k, v in problem.coefficients.items()},
+                "layers": list(layers), "activation": activation, "lr": lr, "schedule": schedule,
+                "final_ratio": final_ratio, "dtype": str(dtype).replace("torch.", ""),
+                "init_from": None if init_from is None else str(init_from),
+                **{k: v for k, v in asdict(train).items() if k != "progress"}}
+    changed = saved is not None and resume_state.changed_settings(saved[1]["settings"], settings)
+    if changed:
+        raise ValueError(f"resume: the pretraining in {Path(checkpoint).parent} was started with other settings "
+                         f"({changed}); resume with the same configuration")
     from pinn_lora.memory import check_points
 
     for key in ("n_points", "lbfgs_points"):
@@ -45,7 +64,8 @@ def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: Tr
                              f"not {problem.name} {problem.coefficients}")
         net.load_state_dict(start.state_dict())
     dyn = GradientDynamics(net.parameters(), lr=lr, schedule=schedule, final_ratio=final_ratio)
-    hist = Trainer(problem, net, dyn, train, monitors=monitors).run()
+    hist = Trainer(problem, net, dyn, train, monitors=monitors, checkpoint_path=checkpoint, resume_from=saved,
+                   settings=settings).run()
     err = problem.relative_l2(net)
     card = {
         "problem": problem.name,
@@ -93,19 +113,27 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         if cfg.get(key) is not None:
             recipe[key] = cfg[key]
     check_ints({"steps": (recipe["steps"], 0), "lbfgs_steps": (recipe.get("lbfgs_steps", 0), 0),
-                "seed": (cfg.get("seed", 0), 0)})
+                "seed": (cfg.get("seed", 0), 0), "checkpoint_every": (cfg.get("checkpoint_every", 0), 0)})
+    resume = cfg.get("resume", False) is True
+    if resume and (run_dir / "base.safetensors").exists():
+        from pinn_lora.session import ConfigError
+
+        raise ConfigError(f"resume: the pretraining in {run_dir} finished; its base model is "
+                          f"{run_dir / 'base.safetensors'} (nothing to resume)")
     problem = problem_from_config(pcfg, "pretrain")
     train = TrainConfig(
         steps=recipe["steps"], n_points=recipe["n_points"], resample_every=recipe["resample_every"],
         causal_eps=recipe.get("causal_eps", 0.0), lbfgs_steps=recipe.get("lbfgs_steps", 0),
         lbfgs_points=recipe.get("lbfgs_points", 0), eval_every=recipe.get("eval_every", 500),
-        seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)))
+        seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)),
+        checkpoint_every=cfg.get("checkpoint_every", 0))
     device, dtype = resolve_device(cfg.get("device", "auto")), resolve_dtype(cfg.get("dtype", "float64"))
-    with rundir.claim(run_dir):
+    with rundir.claim(run_dir, resume=resume):
         return pretrain_base(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
                              lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
                              final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base",
-                             init_from=cfg.get("init_from"), device=device, dtype=dtype)
+                             init_from=cfg.get("init_from"), device=device, dtype=dtype,
+                             checkpoint=run_dir / "checkpoint.safetensors", resume=resume)
 
 
 def _task(cfg) -> None:
@@ -122,7 +150,7 @@ def main() -> None:
     from pinn_lora.cli import check_group_overrides, launch, prepare_run
 
     check_group_overrides(sys.argv[1:], ("problem",), "pretrain")
-    launch(prepare_run(sys.argv[1:], "pretrain", resume_key=False), "pretrain", _task)  # a base is never overwritten
+    launch(prepare_run(sys.argv[1:], "pretrain", resume_key=True), "pretrain", _task)  # a base is never overwritten
 
 
 if __name__ == "__main__":

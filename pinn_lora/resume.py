@@ -145,3 +145,10 @@ def truncate_metrics(path: str | Path, n: int) -> list[dict[str, Any]]:
         raise CheckpointError(f"resume: {path} is not valid JSON lines ({exc})") from None
     atomic_write_bytes(path, "".join(lines[:n]).encode("utf-8"))
     return records
+
+
+def changed_settings(before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """'' when a checkpoint's settings ``before`` equal the resuming run's ``now``, else the changes,
+    sorted, as 'key: old -> new; …' (for the refusal)."""
+    return "; ".join(sorted(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in {**before, **now}
+                            if before.get(k) != now.get(k)))

@@ -355,13 +355,10 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
         "solver": solver, "sampling": sampling, **loop, "continuation": continuation,
         "default_monitors": default_monitors, "monitors": len(mons)})
     records: list[dict[str, Any]] = []
-    if saved is not None:
-        before = saved[1]["settings"]
-        changed = [f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in {**before, **settings}
-                   if before.get(k) != settings.get(k)]
-        if changed:
-            raise ConfigError(f"resume: the run in {run_dir} was started with other settings ({'; '.join(changed)}); "
-                              "resume with the same configuration")
+    changed = saved is not None and resume_state.changed_settings(saved[1]["settings"], settings)
+    if changed:
+        raise ConfigError(f"resume: the run in {run_dir} was started with other settings ({changed}); "
+                          "resume with the same configuration")
     claim = rundir.claim(run_dir, resume=resume) if run_dir is not None else rundir.UNCLAIMED
     if saved is not None:
         records = claim.guard(resume_state.truncate_metrics, Path(run_dir) / "metrics.jsonl", saved[1]["records"])

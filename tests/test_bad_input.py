@@ -917,7 +917,9 @@ def test_pretrain_cli_refuses_and_cleans_up_like_adapt(tmp_path, monkeypatch, ca
     pinn_lora.rundir.claim(tmp_path / "mine").release()
     code, err = run("problem=helmholtz", "steps=2", f"out={tmp_path / 'mine'}")
     assert_one_line(code, err, f"out={tmp_path / 'mine'} already holds a previous run (finished; pid")
-    assert err.rstrip().endswith("it is never overwritten: choose another out=...")  # no resume for a base
+    assert err.rstrip().endswith("it is never overwritten: choose another out=..., or resume=true to continue it")
+    code, err = run("problem=helmholtz", "steps=2", f"out={tmp_path / 'mine'}", "resume=true")  # nothing to resume
+    assert_one_line(code, err, f"nothing to resume: no checkpoint {tmp_path / 'mine' / 'checkpoint.safetensors'}")
 
 
 def test_the_commands_are_modules_and_the_functions_have_their_own_names():

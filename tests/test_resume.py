@@ -10,9 +10,11 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors import safe_open
 
 import pinn_lora
+import pinn_lora.resume
 from pinn_lora import rundir
 from pinn_lora.checkpoint import CheckpointError
 from pinn_lora.rundir import RunDirError
@@ -326,3 +328,37 @@ def test_a_gpu_checkpoint_resumes_on_a_cpu(recorded, tmp_path):
     res = pinn_lora.adapt_to("helmholtz", prob, "odelora", run_dir=d, resume=True, **kw)
     assert [r["loss"] for r in res.history.records] == [r["loss"] for r in ref.history.records]
     assert res.error == ref.error
+
+
+class _StopAt(pinn_lora.train.Monitor):
+    """Raises at a step (a process killed there)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_record(self, record):
+        if record.get("step") == self.at:
+            raise KeyboardInterrupt("killed")
+
+
+def test_pretraining_resumes_to_the_network_an_uninterrupted_run_gives(tmp_path):
+    """pretrain_base with checkpoints, killed in its L-BFGS phase, resumed: the network is bit-identical to an
+    uninterrupted run's; a resume with other settings is refused."""
+    from pinn_lora.pretrain import pretrain_base
+    from pinn_lora.train import TrainConfig
+
+    prob = pinn_lora.get_problem("helmholtz")
+    kw = dict(layers=[2, 8, 8, 1], activation="sin", lr=1e-2, device="cpu")
+    cfg = TrainConfig(steps=8, n_points=64, resample_every=3, lbfgs_steps=6, lbfgs_points=64, eval_every=4,
+                      progress=False, checkpoint_every=3)
+    whole, _ = pretrain_base(prob, train=cfg, **kw)
+    ck = tmp_path / "checkpoint.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_base(prob, train=cfg, checkpoint=ck, monitors=(_StopAt(8),), **kw)  # the L-BFGS phase: one record
+    assert pinn_lora.resume.load(ck)[1]["phase"] == "lbfgs"  # the last checkpoint is in the L-BFGS phase
+    with pytest.raises(ValueError, match=r"started with other settings \(lr: 0.01 -> 0.02\)"):
+        pretrain_base(prob, train=cfg, checkpoint=ck, resume=True, **{**kw, "lr": 2e-2})
+    resumed, card = pretrain_base(prob, train=cfg, checkpoint=ck, resume=True, monitors=(_StopAt(None),), **kw)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert card["steps"] == 14 and card["status"] == "completed"
