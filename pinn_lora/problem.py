@@ -159,10 +159,13 @@ class Problem:
         (this problem itself excluded): ``count`` stages evenly spaced in each coefficient's
         coordinate (:class:`Coefficient` ``scale``), or with ``"auto"`` as many as the widest
         distance needs — ceil(|Δ coordinate| / ``stage``), maximised over the coefficients — minus
-        the target itself. A stage the family refuses (e.g. Helmholtz near a resonance) is moved
-        to the nearest allowed point between its neighbours, or left out."""
+        the target itself, none where the family says the path is blocked (:meth:`continuation_blocked`).
+        A stage the family refuses (e.g. Helmholtz near a resonance) is moved to the nearest allowed point
+        between its neighbours, or left out."""
         specs = {c.name: c for c in self.coefficient_specs}
         start = {k: float(source.get(k, self.coefficients[k])) for k in self.coefficients}
+        if count == "auto" and self.continuation_blocked(start):
+            return []  # the path between them is no continuation (the family says why)
         if count == "auto":
             count = max([math.ceil(abs(specs[k].coordinate(self.coefficients[k]) - specs[k].coordinate(start[k]))
                                    / specs[k].stage - 1e-9) for k in specs if specs[k].stage] + [1]) - 1
@@ -184,6 +187,12 @@ class Problem:
                 except CoefficientError:
                     continue
         return out
+
+    def continuation_blocked(self, source: Mapping[str, float]) -> str:
+        """Why the solutions between ``source``'s coefficients and these are no path to follow (e.g.
+        Helmholtz: the solution blows up at a resonance in between), or '' (the default). With
+        ``continuation=auto`` a blocked path is not staged: the run adapts to the target directly."""
+        return ""
 
     def __getattr__(self, key: str) -> Any:
         coeffs = self.__dict__.get("coefficients", {})

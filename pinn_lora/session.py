@@ -383,6 +383,10 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
                           "dtype": dtype, "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}}
     if stages:
         extra["continuation"] = stage_summary(stages + [problem], history.records)
+    elif continuation == "auto" and card.get("coefficients"):
+        blocked = problem.continuation_blocked(card["coefficients"])
+        if blocked:  # adapted directly: say why no stages were taken
+            extra["continuation_skipped"] = blocked
     if lbfgs_steps and main:
         extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
     result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,

@@ -58,6 +58,17 @@ class Helmholtz(Problem):
                 "choose k with k² at least 5% away from every π²(m²+n²)/4, m, n >= 1"
             )
 
+    def continuation_blocked(self, source) -> str:
+        """A path in k² that crosses λ_j = π²(m_j² + n_j²) of a forced mode passes through solutions
+        whose amplitude (1 − λ_j)/(k² − λ_j) blows up: no continuation across it."""
+        k2 = sorted((float(source.get("k", self.k)) ** 2, self.k ** 2))
+        crossed = [(m, n) for (m, n), lam in zip(self.modes, self._lambdas()) if k2[0] < lam < k2[1]]
+        if not crossed:
+            return ""
+        m, n = crossed[0]
+        return (f"the path from k={math.sqrt(k2[0]):g} to k={math.sqrt(k2[1]):g} crosses the resonance "
+                f"k²=π²({m}²+{n}²) of the forced mode ({m}, {n}), where the solution blows up")
+
     def with_coefficients(self, **changes):
         return type(self)(modes=self.modes, **{**self.coefficients, **changes})
 

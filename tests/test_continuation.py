@@ -42,6 +42,18 @@ def test_stages_are_evenly_spaced_in_each_coefficients_coordinate():
             target.stages_from({"nu": 0.01 / PI}, bad)
 
 
+def test_no_automatic_continuation_across_a_resonance_of_the_solution():
+    """Helmholtz from k = 1: to k = 3 (k² = 9) the path stays below the first forced mode's λ = 2π² ≈ 19.7 and is
+    staged; to k = 6 it crosses it, where the solution (1 − λ)/(k² − λ) blows up: no automatic stages (an
+    explicit count is still the user's)."""
+    assert len(get_problem("helmholtz", k=3.0).stages_from({"k": 1.0})) == 3
+    far = get_problem("helmholtz", k=6.0)
+    assert "crosses the resonance k²=π²(1²+1²) of the forced mode (1, 1)" in far.continuation_blocked({"k": 1.0})
+    assert far.stages_from({"k": 1.0}) == [] and len(far.stages_from({"k": 1.0}, 2)) == 2
+    assert get_problem("helmholtz", k=4.0).continuation_blocked({"k": 1.0}) == ""
+    assert get_problem("burgers", nu=0.001).continuation_blocked({"nu": 0.01}) == ""
+
+
 def test_a_stage_the_family_refuses_is_moved_between_its_neighbours():
     """Helmholtz refuses k near a resonance: a stage that would fall there is shifted, never refused."""
     from pinn_lora.problems.helmholtz import nearest_resonance
