@@ -179,9 +179,11 @@ def main() -> None:
         by = {r["route"]: r for r in rows if r["family"] == family}
         if "defaults" in by and "deepxde" in by:
             a, b = by["defaults"], by["deepxde"]
-            summary[family] = {f"speedup_to_{lv:g}": b[f"time_to_{lv:g}"] / a[f"time_to_{lv:g}"]
-                               for lv in LEVELS if a[f"reached_{lv:g}"]}
-            summary[family]["lower_bound"] = not b["reached_0.001"]
+            summary[family] = {}
+            for lv in LEVELS:
+                if a[f"reached_{lv:g}"]:  # DeepXDE's time is its cap where it never got there: a lower bound
+                    summary[family][f"speedup_to_{lv:g}"] = b[f"time_to_{lv:g}"] / a[f"time_to_{lv:g}"]
+                    summary[family][f"speedup_to_{lv:g}_is_lower_bound"] = not b[f"reached_{lv:g}"]
     out.write_text(json.dumps({**meta, "runs": rows, "speedup_vs_deepxde": summary}, indent=1))
     plot({**meta, "runs": rows}, out.with_suffix(".png"))
     print(json.dumps(summary, indent=1))
