@@ -149,6 +149,6 @@ def truncate_metrics(path: str | Path, n: int) -> list[dict[str, Any]]:
 
 def changed_settings(before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
     """'' when a checkpoint's settings ``before`` equal the resuming run's ``now``, else the changes,
-    sorted, as 'key: old -> new; …' (for the refusal)."""
-    return "; ".join(sorted(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in {**before, **now}
-                            if before.get(k) != now.get(k)))
+    in the settings' order, as 'key: old -> new; …' (for the refusal)."""
+    return "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in {**before, **now}
+                     if before.get(k) != now.get(k))
