@@ -720,6 +720,8 @@ class Trainer:
         return None
 
     def _static_unsafe_reason(self) -> str:
+        if self.cfg.sampling == "rar_d":
+            return "sampling=rar_d grows the point set (a static step needs a fixed one)"
         if self.stages:
             return "continuation changes the residual between stages"
         if self.after_step is not None:
