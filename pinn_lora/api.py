@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pinn_lora.checkpoint import (CARD_COPY_KEY, CARD_HASH_KEY, CheckpointError, canonical_card, check_card_binding,
-                                  load_tensors, read_json, save_tensors, sha256, state_mismatch,
+from pinn_lora.checkpoint import (CARD_COPY_KEY, CARD_HASH_KEY, CheckpointError, canonical_card,  # noqa: F401 (re-exported)
+                                  card_metadata, check_card_binding, load_tensors, read_json, save_tensors, sha256, state_mismatch,
                                   write_json)
 from pinn_lora.schema import CARD_KIND  # the adapter card's "kind"
 
@@ -182,9 +182,7 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
     }
     # the card is bound to the weights: its hash (and a copy, to name what an edit changed) goes into the
     # weights file's metadata, so a card edited later is refused at load (the card holds the file's sha256)
-    bound = canonical_card(card)
-    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict(), new=not overwrite,
-                          metadata={CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound})
+    digest = save_tensors(directory / ADAPTER_FILE, model.state_dict(), new=not overwrite, metadata=card_metadata(card))
     card["weights_sha256"] = digest
     write_json(directory / CARD_FILE, card, new=not overwrite)
     return card

@@ -111,6 +111,13 @@ def canonical_card(card: Mapping[str, Any]) -> str:
                       separators=(",", ":"))
 
 
+def card_metadata(card: Mapping[str, Any]) -> dict[str, str]:
+    """The weights file's metadata that binds ``card`` to it: the hash of the canonical card and a copy
+    (for naming what a later edit changed); :func:`check_card_binding` checks it at load."""
+    bound = canonical_card(card)
+    return {CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound}
+
+
 def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
     """The leaves (``method.alpha``) where ``now`` differs from ``saved``, as 'path is X (saved: Y)'."""
     if isinstance(saved, dict) and isinstance(now, dict):

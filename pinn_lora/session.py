@@ -315,7 +315,7 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     if getattr(net, "linears", None):  # before any point is drawn (attach draws n_points for its start)
         if sampling == "rar_d":  # the set grows by a draw every resample_every steps (and at each stage)
             draws = (steps + len(stages) * stage_steps) // resample_every + len(stages)
-            grown = n_points + draws * (loop.get("rar_add") or max(n_points // 10, 1))
+            grown = n_points + draws * TrainConfig(n_points=n_points, rar_add=loop.get("rar_add", 0)).rar_points
             check_points(grown, layer_sizes(net), dt, dev, key="n_points with the points sampling=rar_d adds",
                          error=ConfigError)
         else:

@@ -51,9 +51,14 @@ class TrainConfig:
     rad_k: float = 1.0  # rad, rar_d: density ∝ |r|^k / mean(|r|^k) + c
     rad_c: float = 1.0
     rad_pool: int = 8  # rad, rar_d: candidates per point drawn
-    rar_add: int = 0  # rar_d: points added to the set at each draw (0: n_points // 10)
+    rar_add: int = 0  # rar_d: points added to the set at each draw (0: n_points // 10; see rar_points)
     stage_steps: int = 3  # continuation: the most steps of each intermediate stage (Trainer ``stages``)
     stage_tol: float = 1e-3  # continuation: a stage ends early once a step starts at a loss <= this
+
+    @property
+    def rar_points(self) -> int:
+        """RAR-D: the points each draw adds (``rar_add``, or n_points // 10, at least 1)."""
+        return self.rar_add or max(self.n_points // 10, 1)
 
     def __post_init__(self) -> None:
         if self.cuda_graph not in ("auto", True, False):
@@ -551,7 +556,7 @@ class Trainer:
         if self.cfg.sampling == "rad":
             pts = self._rad_points(n, seed)
         elif self.cfg.sampling == "rar_d" and self.current_points is not None:
-            pts = torch.cat([self.current_points, self._rad_points(self.rar_add, seed)])
+            pts = torch.cat([self.current_points, self._rad_points(self.cfg.rar_points, seed)])
         else:
             pts = torch.as_tensor(self.physics.sample(n, seed=seed, sampler=self.cfg.sampler), dtype=self.dtype,
                                   device=self.device)
@@ -569,11 +574,6 @@ class Trainer:
             self.current_points = current
             return current
         return self.points(self.cfg.n_points)
-
-    @property
-    def rar_add(self) -> int:
-        """RAR-D: the points each draw adds (``rar_add``, or n_points // 10, at least 1)."""
-        return self.cfg.rar_add or max(self.cfg.n_points // 10, 1)
 
     def _rad_points(self, n: int, seed: int) -> torch.Tensor:
         """RAD (Wu et al. 2023): ``n`` of ``rad_pool``·n candidates, drawn without replacement with

@@ -5,16 +5,13 @@ key layout) + ``<name>.json`` (its card: problem, coefficients, network,
 training recipe, wall time, device, measured error, weights hash)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pinn_lora.checkpoint import (
-    CARD_COPY_KEY,
-    CARD_HASH_KEY,
-    canonical_card,
+    card_metadata,
     check_card_binding,
     CheckpointError,
     check_finite,
@@ -59,10 +56,8 @@ def save_base(net: PINN, card: dict[str, Any], path: str | Path) -> dict[str, An
              f"save_base: the card for {card_path}")  # before anything is written
     weights.parent.mkdir(parents=True, exist_ok=True)
     card = {**card, "network": net.architecture()}
-    bound = canonical_card(card)  # the card is bound to the weights, as an adapter's is
-    digest = save_tensors(weights, net.state_dict(),
-                          metadata={CARD_HASH_KEY: hashlib.sha256(bound.encode()).hexdigest(), CARD_COPY_KEY: bound})
-    card["weights_sha256"] = digest
+    # the card is bound to the weights, as an adapter's is
+    card["weights_sha256"] = save_tensors(weights, net.state_dict(), metadata=card_metadata(card))
     write_json(card_path, card)
     return card
 

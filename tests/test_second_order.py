@@ -219,7 +219,7 @@ def test_rar_d_keeps_its_points_and_adds_draws_that_follow_the_density(monkeypat
     assert tr.points(500).shape[0] == 4500
     assert "grows the point set" in tr.graph_unsafe_reason() or tr.device.type != "cuda"
     assert "grows the point set" in tr._static_unsafe_reason()  # so sync_every > 0 runs the eager loop too
-    assert Trainer(prob, model, meth.dynamics(model), TrainConfig(n_points=500, sampling="rar_d")).rar_add == 50
+    assert TrainConfig(n_points=500, sampling="rar_d").rar_points == 50 and TrainConfig(n_points=5).rar_points == 1
     with pytest.raises(ValueError, match="rar_add=-1 must be an integer >= 0"):
         TrainConfig(sampling="rar_d", rar_add=-1)
 
