@@ -74,7 +74,7 @@ def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: Tr
         "eval_grid": {"points": list(problem.eval_points), "lower": list(problem.lower),
                       "upper": list(problem.upper)},
         "status": hist.status,
-        "recipe": {"optimizer": "adam", "lr": lr, "schedule": schedule, "final_ratio": final_ratio,
+        "recipe": {"optimizer": "levenberg-marquardt" if train.solver == "lm" else "adam", "lr": lr, "schedule": schedule, "final_ratio": final_ratio,
                    **asdict(train)},
         "steps": train.steps + train.lbfgs_steps,
         "wall_time_s": round(hist.wall_time, 1),
@@ -95,6 +95,9 @@ def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: Tr
     return net, card
 
 
+RECIPE_KEYS = ("steps", "lbfgs_steps", "n_points", "resample_every", "solver", "sampling", "lm_mu")  # pretrain.yaml
+
+
 def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Pretrain from a composed (plain dict) config; claims ``run_dir`` (:mod:`pinn_lora.rundir`)
     once the config is checked and writes ``run_dir/base.*``."""
@@ -109,10 +112,12 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         raise ConfigError(f"problem {pcfg['name']!r} has no pretraining recipe here (no configs/problem/"
                           f"{pcfg['name']}.yaml); pretrain it with pinn_lora.pretrain_base (examples/custom_problem.py)")
     recipe = dict(pcfg["pretrain"])
-    for key in ("steps", "lbfgs_steps"):
+    for key in RECIPE_KEYS:
         if cfg.get(key) is not None:
             recipe[key] = cfg[key]
+    check_strings(recipe, ("solver", "sampling"))
     check_ints({"steps": (recipe["steps"], 0), "lbfgs_steps": (recipe.get("lbfgs_steps", 0), 0),
+                "n_points": (recipe["n_points"], 1), "resample_every": (recipe["resample_every"], 1),
                 "seed": (cfg.get("seed", 0), 0), "checkpoint_every": (cfg.get("checkpoint_every", 0), 0)})
     resume = cfg.get("resume", False) is True
     if resume and (run_dir / "base.safetensors").exists():
@@ -121,12 +126,20 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         raise ConfigError(f"resume: the pretraining in {run_dir} finished; its base model is "
                           f"{run_dir / 'base.safetensors'} (nothing to resume)")
     problem = problem_from_config(pcfg, "pretrain")
-    train = TrainConfig(
-        steps=recipe["steps"], n_points=recipe["n_points"], resample_every=recipe["resample_every"],
-        causal_eps=recipe.get("causal_eps", 0.0), lbfgs_steps=recipe.get("lbfgs_steps", 0),
-        lbfgs_points=recipe.get("lbfgs_points", 0), eval_every=recipe.get("eval_every", 500),
-        seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)),
-        checkpoint_every=cfg.get("checkpoint_every", 0))
+    solver = recipe.get("solver", "method")
+    try:
+        train = TrainConfig(
+            steps=recipe["steps"], n_points=recipe["n_points"], resample_every=recipe["resample_every"],
+            # causal weights are for first-order steps; the second-order step works on the plain residual
+            causal_eps=0.0 if solver == "lm" else recipe.get("causal_eps", 0.0), lbfgs_steps=recipe.get("lbfgs_steps", 0),
+            lbfgs_points=recipe.get("lbfgs_points", 0), eval_every=recipe.get("eval_every", 500),
+            seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)),
+            checkpoint_every=cfg.get("checkpoint_every", 0), solver=solver,
+            sampling=recipe.get("sampling", "uniform"), lm_mu=recipe.get("lm_mu", TrainConfig.lm_mu))
+    except ValueError as exc:
+        from pinn_lora.session import ConfigError
+
+        raise ConfigError(str(exc).removeprefix("train: ")) from None
     device, dtype = resolve_device(cfg.get("device", "auto")), resolve_dtype(cfg.get("dtype", "float64"))
     with rundir.claim(run_dir, resume=resume):
         return pretrain_base(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,

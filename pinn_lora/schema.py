@@ -258,7 +258,10 @@ PRETRAIN_CONFIG = {"type": "object", "required": ["defaults", "seed", "device", 
                                                   "lbfgs_steps", "init_from", "hydra"], "properties": {
     "defaults": _DEFAULTS, "seed": COUNT, "device": _STR, "dtype": {"enum": ["float64", "float32"]},
     "progress": _BOOL, "out": NONEMPTY, "steps": _OPT_COUNT, "lbfgs_steps": _OPT_COUNT, "init_from": _OPT_STR,
-    "debug": _BOOL, "checkpoint_every": COUNT, "resume": _BOOL, "hydra": {"type": "object", "required": ["run"]}}}
+    "debug": _BOOL, "checkpoint_every": COUNT, "resume": _BOOL, "hydra": {"type": "object", "required": ["run"]},
+    "n_points": {"type": ("integer", "null"), "minimum": 1}, "resample_every": {"type": ("integer", "null"), "minimum": 1},
+    "solver": {"enum": ["method", "lm", None]}, "sampling": {"enum": ["uniform", "rad", "rar_d", None]},
+    "lm_mu": {"type": ("number", "null"), "exclusive_minimum": 0}}}
 
 _POSITIVE = {"type": "number", "exclusive_minimum": 0}
 PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "properties": {

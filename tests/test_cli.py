@@ -155,6 +155,28 @@ def test_pretrain_cli_writes_a_loadable_base(tmp_path):
     assert res.returncode == 2 and "base model is for problem 'helmholtz', not 'burgers'" in res.stderr
 
 
+def test_pretrain_recipe_takes_second_order_steps_on_adaptive_points(tmp_path):
+    """`python -m pinn_lora.pretrain ... solver=lm sampling=rad` (composed in-process): the kernel-form
+    Levenberg–Marquardt step on every weight continues a base, and the card says how it was trained."""
+    from pinn_lora import pretrain
+    from pinn_lora.zoo import load_base
+
+    with hydra_context("pretrain"):
+        cfg = OmegaConf.to_container(compose("pretrain", ["problem=helmholtz", "steps=3", "lbfgs_steps=0", "n_points=48",
+                                                          "solver=lm", "sampling=rad", "lm_mu=0.1", "device=cpu",
+                                                          "progress=false", "checkpoint_every=0"]), resolve=False)
+    cfg.pop("hydra", None), cfg.pop("out", None)
+    net, card = pretrain.run_config(cfg, tmp_path / "pre")
+    assert card["recipe"]["optimizer"] == "levenberg-marquardt" and card["recipe"]["solver"] == "lm"
+    assert card["recipe"]["sampling"] == "rad" and card["recipe"]["causal_eps"] == 0.0 and card["steps"] == 3
+    _, saved, _ = load_base(tmp_path / "pre" / "base")
+    assert saved["relative_l2"] == card["relative_l2"]
+    cfg["solver"] = "newton"
+    with pytest.raises(ValueError, match="solver='newton'; choose one of"):
+        pretrain.run_config(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.integration  # a sweep in a subprocess
 def test_diverged_run_exit_code_and_sweep_goes_on(tmp_path):
     res = _run("problem=helmholtz", "method=lora", "solver=method", "method.lr=1e7", "steps=30", "n_points=64", "plots=false",

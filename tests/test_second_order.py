@@ -108,10 +108,28 @@ def test_lm_with_infinite_step_reaches_the_least_squares_minimiser():
     assert float((jac1.T @ r1).norm()) <= 1e-8 * float((jac.T @ r0).norm())
 
 
-def test_lm_refuses_a_dense_step_for_too_many_parameters():
-    big = [torch.zeros(100, 100)]
-    with pytest.raises(ValueError, match="limited to 6000"):
-        LevenbergMarquardt(big)
+@pytest.mark.parametrize("damping", ["marquardt", "identity"])
+def test_the_kernel_form_takes_the_step_the_parameter_form_takes(damping):
+    """More parameters than residual rows: the N×N kernel form gives the P×P form's step to 1e-10."""
+    gen = torch.Generator().manual_seed(3)
+    jac = torch.randn(30, 80, dtype=torch.float64, generator=gen) * torch.logspace(-2, 1, 80, dtype=torch.float64)
+    r = torch.randn(30, dtype=torch.float64, generator=gen)
+    steps = []
+    for rows in (jac, torch.cat([jac, torch.zeros(60, 80, dtype=torch.float64)])):  # 30 or 90 rows: kernel, primal
+        p = torch.zeros(80, dtype=torch.float64)
+        lm = LevenbergMarquardt([p], mu=0.3, damping=damping, adaptive=False)
+        lm.gn_step(torch.cat([r, torch.zeros(rows.shape[0] - 30, dtype=torch.float64)]), rows, lambda: 0.0)
+        steps.append(p.clone())
+    assert float((steps[0] - steps[1]).abs().max()) <= 1e-10 * float(steps[1].abs().max())
+
+
+def test_lm_refuses_a_step_too_large_for_a_dense_solve():
+    from pinn_lora.dynamics.gauss_newton import MAX_DENSE
+
+    p = torch.zeros(MAX_DENSE + 1, dtype=torch.float64)
+    jac = torch.zeros(MAX_DENSE + 1, 1, dtype=torch.float64).expand(-1, MAX_DENSE + 1)
+    with pytest.raises(ValueError, match="needs one of them <= 12000"):
+        LevenbergMarquardt([p]).gn_step(torch.zeros(MAX_DENSE + 1, dtype=torch.float64), jac, lambda: 0.0)
 
 
 def test_weight_metric_is_the_frobenius_norm_of_the_tangent_vector():
@@ -274,8 +292,22 @@ def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(sampling, 
 def test_methods_that_train_every_weight_take_first_order_steps_unless_lm_is_asked_for():
     full = pinn_lora.get_method("full")
     assert full.solver_for("lm", False) == "method" and pinn_lora.get_method("lora").solver_for("lm", False) == "lm"
-    with pytest.raises(ValueError, match="too many parameters for the dense second-order step"):
-        full.solver_for("lm", True)
+    assert full.solver_for("lm", True) == "lm"
+
+
+def test_full_fine_tuning_takes_kernel_form_lm_steps_that_lower_the_loss():
+    """solver=lm for a method that trains every weight (more parameters than residual rows): the
+    loss falls and each accepted step lowered the loss on its points."""
+    from pinn_lora.network import build_network
+
+    prob = pinn_lora.get_problem("burgers", nu=0.02 / math.pi)
+    net = build_network([2, 16, 16, 1], "tanh", seed=0, dtype=torch.float64, output_transform=prob.output_transform)
+    res = pinn_lora.adapt_to(net, prob, "full",
+                             steps=4, n_points=64, solver="lm", progress=False, plots=False, device="cpu",
+                             eval_every=4, continuation="off")
+    train = [r for r in res.metrics if r.get("phase") == "train"]
+    assert res.summary()["settings"]["solver"] == "lm" and len(train) == 4
+    assert train[-1]["loss"] < 0.5 * train[0]["loss"]
 
 
 def test_implicit_odelora_converges_on_matrix_sensing_where_explicit_euler_diverges():
