@@ -15,9 +15,11 @@ The public surface (imported lazily, so ``import pinn_lora`` stays light)::
     pinn_lora.METHODS.names(), pinn_lora.PROBLEMS.names()           # what is registered
     pinn_lora.pretrain_base(problem, layers=[2, 64, 64, 1], ...)    # train a base model; out= saves it
     pinn_lora.compare_runs("multirun/...")                          # report.md + report.html of the runs
+    fam = pinn_lora.build_family(problem, "nu", 0.0016, 0.016, "lora")  # adapters over a coefficient range
+    pinn_lora.load_family("runs/family/...")(0.005)                  # a network at nu = 0.005, no training
 
-One name per action: the functions above are the library; ``pinn_lora.adapt``, ``pinn_lora.pretrain``
-and ``pinn_lora.compare`` are the command-line modules (``python -m pinn_lora.adapt ...``).
+One name per action: the functions above are the library; ``pinn_lora.adapt``, ``pinn_lora.pretrain``,
+``pinn_lora.compare`` and ``pinn_lora.family`` are the command-line modules (``python -m pinn_lora.adapt ...``).
 
 DeepXDE users: :mod:`pinn_lora.interop.deepxde` (methods on ``deepxde.nn.FNN``, dynamics as
 ``torch.optim.Optimizer``, monitors as callbacks).
@@ -82,8 +84,11 @@ _EXPORTS = {
     "residual_loss": "pinn_lora.train",
     "pretrain_base": "pinn_lora.pretrain",
     "compare_runs": "pinn_lora.compare",
+    "build_family": "pinn_lora.family",
+    "load_family": "pinn_lora.family",
+    "Family": "pinn_lora.family",
 }
-_COMMANDS = {"adapt": "adapt_to", "pretrain": "pretrain_base", "compare": "compare_runs"}  # module -> its function
+_COMMANDS = {"adapt": "adapt_to", "pretrain": "pretrain_base", "compare": "compare_runs", "family": "build_family"}  # module -> its function
 
 __all__ = ["__version__", *_EXPORTS]
 

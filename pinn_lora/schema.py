@@ -229,6 +229,22 @@ def adapter_card_schema() -> dict[str, Any]:
         "contents": {"type": "string"}}}
 
 
+def family_card_schema() -> dict[str, Any]:
+    """A family's ``family.json`` (written by :meth:`pinn_lora.family.Family.save`; extra keys allowed)."""
+    number = {"type": "number"}
+    return {"type": "object", "required": ["kind", "problem", "coefficients", "over", "range", "network", "anchors",
+                                           "method", "weights_sha256"], "properties": {
+        "kind": {"const": "pinn_lora.family"},
+        "problem": NONEMPTY, "coefficients": COEFFICIENTS, "over": NONEMPTY,
+        "range": {"type": "array", "items": number, "min_items": 2, "doc": "[low, high]"},
+        "network": network_schema(True),
+        "method": {"type": "object", "required": ["name"], "properties": {"name": NONEMPTY},
+                   "additional": METHOD_OPTION},
+        "anchors": {"type": "array", "min_items": 2, "items": {
+            "type": "object", "required": ["value"], "properties": {"value": number}}},
+        "weights_sha256": SHA256, "status": {"type": "string"}}}
+
+
 # ---- the Hydra configs (configs/*.yaml): the keys the code reads and their types ---------------------
 _OPT_COUNT = {"type": ("integer", "null"), "minimum": 0}
 _STR = {"type": "string"}

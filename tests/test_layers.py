@@ -23,7 +23,7 @@ LAYER = {  # module (relative to pinn_lora; a subpackage maps all its modules) -
     # workflow: a whole adaptation (or pretraining) with its files and figures
     "api": "workflow", "session": "workflow", "batch": "workflow", "report": "workflow", "interop": "workflow",
     # entry: the command lines (python -m modules) and what only they use
-    "cli": "entry", "adapt": "entry", "compare": "entry", "pretrain": "entry", "sensing": "entry",
+    "cli": "entry", "adapt": "entry", "compare": "entry", "pretrain": "entry", "family": "entry", "sensing": "entry",
 }
 ROOT_NAMES = {"__version__"}  # what a module may take from the package itself (``import pinn_lora``)
 

@@ -1,0 +1,124 @@
+"""Families over a coefficient range (issue 16): the adapter bank against per-coefficient adaptation.
+
+    python benchmarks/family.py --problem burgers [--method lora] [--anchors 6] [--threads 1]
+
+For each family's range (Burgers nu*pi in [0.005, 0.05], Allen-Cahn gamma in [2, 7] at d = 1e-3,
+Helmholtz k in [0.5, 2.0]) the bank is built with ``pinn_lora.build_family`` (the defaults of
+``adapt_to`` at each anchor, anchors placed by the reference-free validation residual), then at 20
+held-out coefficients (positions (i+1)/21 of the range in the coefficient's coordinate: never an
+anchor, which sit at dyadic positions) it records the relative L2 error of
+
+- the family's instant answer (a query: no training),
+- the unadapted base,
+- per-coefficient adaptation with the same defaults (``adapt_to``, one run per coefficient),
+
+with the build time, the query time (median of 200 queries) and each adaptation's wall time. Writes
+benchmarks/results/family_<problem>_<device>.json and a figure of the error across the range.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import pinn_lora
+from pinn_lora.family import build_family
+from pinn_lora.runtime import device_name
+
+RANGES = {"burgers": ("nu", 0.005 / math.pi, 0.05 / math.pi, {}),
+          "allen_cahn": ("gamma", 2.0, 7.0, {"d": 1e-3}),
+          "helmholtz": ("k", 0.5, 2.0, {})}
+HELD_OUT = 20
+
+
+def held_out(spec, low: float, high: float) -> list[float]:
+    a, b = spec.coordinate(low), spec.coordinate(high)
+    return [spec.from_coordinate(a + (b - a) * (i + 1) / (HELD_OUT + 1)) for i in range(HELD_OUT)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--problem", required=True, choices=sorted(RANGES))
+    ap.add_argument("--method", default="lora")
+    ap.add_argument("--anchors", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-per-coefficient", action="store_true", help="skip the per-coefficient adaptations")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    over, low, high, fixed = RANGES[args.problem]
+    problem = pinn_lora.get_problem(args.problem, **fixed)
+    out = Path(args.out or Path(__file__).parent / "results" / f"family_{args.problem}_cpu.json")
+    meta = {"device": device_name(torch.device("cpu")), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+            "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d"),
+            "problem": args.problem, "over": over, "range": [low, high], "fixed": fixed, "method": args.method}
+    t0 = time.perf_counter()
+    fam = build_family(problem, over, low, high, args.method, anchors=args.anchors, device="cpu", progress=True)
+    build_s = time.perf_counter() - t0
+    values = held_out(fam.spec, low, high)
+    qt = []
+    for i in range(200):
+        t = time.perf_counter()
+        fam(values[i % HELD_OUT])
+        qt.append(time.perf_counter() - t)
+    base, card, _ = pinn_lora.load_base(args.problem)
+    rows = []
+    for v in values:
+        target = fam.problem_at(v)
+        row = {"value": v, "family_error": target.relative_l2(fam(v)), "base_error": target.relative_l2(base)}
+        if not args.no_per_coefficient:
+            t = time.perf_counter()
+            res = pinn_lora.adapt_to(args.problem, target, args.method, device="cpu", progress=False, plots=False,
+                                     eval_every=10_000)
+            row.update(adapted_error=res.error, adapted_status=res.summary()["status"],
+                       adapted_wall_s=round(time.perf_counter() - t, 1))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        out.write_text(json.dumps({**meta, "build_s": round(build_s, 1), "card": fam.card, "rows": rows}, indent=1))
+    fam_err = [r["family_error"] for r in rows]
+    summary = {"build_s": round(build_s, 1), "anchors": fam.anchors, "query_ms_median": 1e3 * statistics.median(qt),
+               "family_error_median": statistics.median(fam_err), "family_error_max": max(fam_err)}
+    if not args.no_per_coefficient:
+        ratios = [r["family_error"] / r["adapted_error"] for r in rows]
+        summary.update(adapted_error_median=statistics.median(r["adapted_error"] for r in rows),
+                       ratio_median=statistics.median(ratios), ratio_max=max(ratios),
+                       adapted_wall_s_total=round(sum(r["adapted_wall_s"] for r in rows), 1))
+    above = [r for r in rows if r["base_error"] > 1e-2]
+    summary["five_x_below_base_where_base_above_1e-2"] = all(r["family_error"] * 5 <= r["base_error"] for r in above)
+    out.write_text(json.dumps({**meta, **summary, "card": fam.card, "rows": rows}, indent=1))
+    print(json.dumps(summary, indent=1))
+    plot(rows, fam, out.with_suffix(".png"), args)
+
+
+def plot(rows, fam, path: Path, args) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.add_subplot()
+    x = [r["value"] for r in rows]
+    ax.semilogy(x, [r["base_error"] for r in rows], "k:", label="base (unadapted)")
+    ax.semilogy(x, [r["family_error"] for r in rows], "o-", label=f"family, {len(fam.anchors)} anchors (query)")
+    if "adapted_error" in rows[0]:
+        ax.semilogy(x, [r["adapted_error"] for r in rows], "s--", label=f"{args.method} at each coefficient")
+    for a in fam.anchors:
+        ax.axvline(a, color="0.85", lw=0.8, zorder=0)
+    if fam.spec.scale == "log":
+        ax.set_xscale("log")
+    ax.set_xlabel(fam.over + " (held-out coefficients; grey: anchors)")
+    ax.set_ylabel("relative L2 error")
+    ax.set_title(f"{fam.problem.name}: {args.method} family over {fam.over}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

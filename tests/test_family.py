@@ -1,0 +1,124 @@
+"""Families over a coefficient range (pinn_lora.family): the adapter bank's interpolation, its anchors,
+its files and its refusals, on a tiny base (a few steps per anchor)."""
+import json
+import math
+
+import pytest
+import torch
+from hydra import compose
+from omegaconf import OmegaConf
+
+import pinn_lora
+from pinn_lora.checkpoint import CheckpointError
+from pinn_lora.family import FamilyError, build_family, load_family, merged_state
+from pinn_lora.train import TrainConfig
+
+FAST = dict(steps=1, n_points=32, continuation="off", eval_every=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    prob = pinn_lora.get_problem("burgers")
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    pinn_lora.pretrain_base(prob, layers=[2, 12, 12, 1], activation="tanh",
+                            train=TrainConfig(steps=20, n_points=64, progress=False, eval_every=20), lr=1e-2, out=path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def family(tiny_base, tmp_path_factory):
+    prob = pinn_lora.get_problem("burgers")
+    out = tmp_path_factory.mktemp("fam") / "f"
+    fam = build_family(prob, "nu", 0.002, 0.02, "lora", base=tiny_base, anchors=4, device="cpu", progress=False,
+                       out=out, **FAST)
+    return fam, out
+
+
+def test_anchors_are_the_ends_the_middle_then_the_worst_midpoint(family):
+    fam, _ = family
+    lo, hi = math.log(0.002), math.log(0.02)
+    assert len(fam.anchors) == 4 and fam.anchors[0] == 0.002 and fam.anchors[-1] == 0.02
+    assert any(abs(a - math.exp(0.5 * (lo + hi))) < 1e-15 for a in fam.anchors)  # the middle, in log nu
+    checks = fam.card["midpoint_checks"]
+    first = [c for c in checks if c["anchors"] == 3]  # the two segments' midpoints before the fourth anchor
+    worst = max(first, key=lambda c: c["validation_residual"])
+    assert any(abs(a - worst["value"]) < 1e-15 for a in fam.anchors)
+    added = [a for a in fam.card["anchors"] if a["reason"].startswith("largest midpoint residual")]
+    assert len(added) == 1 and added[0]["value"] == pytest.approx(worst["value"], rel=1e-15)
+
+
+def test_exact_at_anchors_and_linear_in_the_coefficients_coordinate_between(family, tiny_base):
+    fam, _ = family
+    a = fam.anchors[1]
+    same = pinn_lora.adapt_to(tiny_base, pinn_lora.get_problem("burgers", nu=a), "lora", device="cpu", plots=False,
+                              progress=False, **FAST)
+    x = torch.rand(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = same.model(x)
+    assert float((fam(a)(x) - ref).abs().max()) <= 1e-12 * float(ref.abs().max())
+    want = merged_state(same.model)
+    assert all(torch.equal(fam.weights(a)[k], want[k]) for k in want)
+    b = fam.anchors[2]
+    mid = math.exp(0.5 * (math.log(a) + math.log(b)))
+    wa, wb, wm = fam.weights(a), fam.weights(b), fam.weights(mid)
+    for k in wa:
+        assert torch.allclose(wm[k], 0.5 * (wa[k] + wb[k]), rtol=0, atol=1e-14)
+
+
+def test_a_saved_family_answers_bit_identically_and_its_card_is_checked(family, tmp_path):
+    fam, out = family
+    loaded = load_family(out)
+    x = torch.rand(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for v in (0.002, 0.0031, fam.anchors[1], 0.0177, 0.02):
+        assert torch.equal(loaded(v)(x), fam(v)(x))
+    card = json.loads((out / "family.json").read_text())
+    assert card["kind"] == "pinn_lora.family" and card["method"]["name"] == "lora" and card["range"] == [0.002, 0.02]
+    # an edited card (a wider range) no longer matches its weights
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy)
+    card["range"] = [0.001, 0.02]
+    (copy / "family.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="range"):
+        load_family(copy)
+    card.pop("anchors")
+    (copy / "family.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="anchors"):
+        load_family(copy)
+
+
+@pytest.mark.parametrize("value, match", [(0.0019, "outside the family's range"), (0.03, "outside"),
+                                          (float("nan"), "give a number"), ("0.01", "give a number")])
+def test_a_query_outside_the_range_is_refused(family, value, match):
+    with pytest.raises(FamilyError, match=match):
+        family[0](value)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(over="nu", low=0.02, high=0.002), "low < high"),
+                                       (dict(over="k", low=0.002, high=0.02), "coefficients nu"),
+                                       (dict(over="nu", low=0.002, high=0.02, anchors=1), "at least 2 anchors"),
+                                       (dict(over="nu", low=-1.0, high=0.02), "nu")])
+def test_bad_ranges_are_refused_before_any_training(tiny_base, kw, match):
+    kw = {"anchors": 3, **kw}
+    with pytest.raises(ValueError, match=match):
+        build_family(pinn_lora.get_problem("burgers"), kw.pop("over"), kw.pop("low"), kw.pop("high"), "lora",
+                     base=tiny_base, device="cpu", progress=False, **kw, **FAST)
+
+
+def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
+    from pinn_lora import family as command
+    from pinn_lora.cli import hydra_context
+
+    with hydra_context("family"):
+        cfg = OmegaConf.to_container(compose("family", ["problem=burgers", "method=lora", "over=nu", "low=0.004",
+                                                        "high=0.008", "anchors=2", "steps=1", "n_points=32",
+                                                        f"base={tiny_base}", "device=cpu", "progress=false"]),
+                                     resolve=False)
+    cfg.pop("hydra", None), cfg.pop("out", None)
+    fam = command.run_config(cfg, tmp_path / "f")
+    assert fam.anchors == [0.004, 0.008] and (tmp_path / "f" / "plots" / "family.png").is_file()
+    assert load_family(tmp_path / "f")(0.006) is not None
+    cfg["low"] = None
+    with pytest.raises(ValueError, match="low is required"):
+        command.run_config(cfg, tmp_path / "g")
+    assert not (tmp_path / "g").exists()
