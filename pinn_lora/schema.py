@@ -304,6 +304,16 @@ PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "
 
 LAUNCHER_CONFIG = {"type": "object", "required": ["defaults"], "properties": {"defaults": _DEFAULTS}}
 
+_OPT_NUMBER = {"type": ("number", "null")}
+FAMILY_CONFIG = {"type": "object", "additional": False, "required": [
+    "defaults", "over", "low", "high", "anchors", "tol", "seed", "device", "dtype", "base", "progress", "out", "hydra"],
+    "properties": {
+        "defaults": _DEFAULTS, "over": _OPT_STR, "low": _OPT_NUMBER, "high": _OPT_NUMBER,
+        "anchors": {"type": "integer", "minimum": 2}, "tol": {"type": "number", "minimum": 0},
+        "steps": _OPT_COUNT, "n_points": {"type": ("integer", "null"), "minimum": 1}, "seed": COUNT,
+        "device": _STR, "dtype": {"enum": ["float64", "float32"]}, "base": _OPT_STR, "debug": _BOOL,
+        "progress": _BOOL, "out": NONEMPTY, "hydra": {"type": "object", "required": ["run"]}}}
+
 
 def config_schema(path: Path, root: Path) -> dict[str, Any]:
     """The schema of the YAML file ``path`` under the configs directory ``root``."""
@@ -312,6 +322,8 @@ def config_schema(path: Path, root: Path) -> dict[str, Any]:
         return ADAPT_CONFIG
     if rel == Path("pretrain.yaml"):
         return PRETRAIN_CONFIG
+    if rel == Path("family.yaml"):
+        return FAMILY_CONFIG
     if rel.parts[0] == "problem":
         return PROBLEM_CONFIG
     if rel.parts[:2] == ("hydra", "launcher"):

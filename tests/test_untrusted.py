@@ -256,9 +256,12 @@ def _keys_read(fn, var: str) -> set[str]:
 
 
 def test_configs_have_the_keys_the_code_reads():
-    from pinn_lora import pretrain, session
+    from pinn_lora import family, pretrain, session
 
     root = Path(config_dir())
+    fam = yaml.safe_load((root / "family.yaml").read_text())
+    read = _keys_read(family.run_config, "cfg")
+    assert {"low", "high", "anchors", "over"} <= read <= set(fam) | {"problem", "method"}, read - set(fam)
     adapt = yaml.safe_load((root / "adapt.yaml").read_text())
     read = _keys_read(session.run_config, "cfg")
     assert read and {"steps", "seed", "device", "dtype"} <= read
