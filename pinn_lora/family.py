@@ -84,13 +84,20 @@ class Family:
         """The problem at ``over`` = ``value`` (the other coefficients as the family's)."""
         return self.problem.with_coefficients(**{self.over: float(value)})
 
-    def weights(self, value: float) -> dict[str, torch.Tensor]:
-        """The interpolated plain weights at ``value`` (refused outside [low, high])."""
+    def _check(self, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise FamilyError(f"{self.over}={value!r}: give a number in [{self.low:g}, {self.high:g}]")
         if not self.low <= value <= self.high:
             raise FamilyError(f"{self.over}={value:g} is outside the family's range [{self.low:g}, {self.high:g}] "
                               "(build a family over a wider range, or adapt to it: python -m pinn_lora.adapt)")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the weights file holds."""
+        return {f"anchor{i}.{k}": v.detach() for i, s in enumerate(self.states) for k, v in s.items()}
+
+    def weights(self, value: float) -> dict[str, torch.Tensor]:
+        """The interpolated plain weights at ``value`` (refused outside [low, high])."""
+        self._check(value)
         c = self.spec.coordinate(float(value))
         j = bisect.bisect_left(self._coords, c)
         if j < len(self._coords) and self._coords[j] == c:
@@ -115,15 +122,98 @@ class Family:
         from pinn_lora.schema import family_card_schema, validate
 
         path = Path(path)
-        card = {**self.card, "kind": FAMILY_KIND, "anchors": [{**a} for a in self.card["anchors"]]}
+        card = {**self.card, "kind": FAMILY_KIND}
         validate({**card, "weights_sha256": "0" * 64}, family_card_schema(), f"family card in {path}")
-        tensors = {f"anchor{i}.{k}": v.detach().cpu().contiguous() for i, s in enumerate(self.states)
-                   for k, v in s.items()}
+        tensors = {k: v.cpu().contiguous() for k, v in self.tensors().items()}
         path.mkdir(parents=True, exist_ok=True)
         card["weights_sha256"] = save_tensors(path / "family.safetensors", tensors, metadata=card_metadata(card))
         write_json(path / "family.json", card)
         self.card = card
         return card
+
+
+class Conditioned(nn.Module):
+    """The coefficient-conditioned adapter (after Hyper-LR-PINN, Cho et al. 2023): every linear layer
+    l of the base gets W_l(c) = W0_l + B_l·diag(g_l(ξ))·A_l, with B_l, A_l (rank r) shared over the range
+    and the gains g(ξ) = (g_1 … g_L) from a small MLP of ξ ∈ [−1, 1], the coefficient's coordinate
+    mapped onto the range. ``xi`` is the coefficient the forward pass answers for. B starts at 0, so
+    the start is the base everywhere in the range."""
+
+    def __init__(self, template: nn.Module, rank: int = 8, width: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed + 104729)
+        ref = next(template.parameters())
+        kw = {"dtype": ref.dtype, "device": ref.device}
+        self.template = template
+        for p in template.parameters():
+            p.requires_grad_(False)
+        sizes = [(lin.out_features, lin.in_features) for lin in template.linears]
+        self.rank = int(rank)
+        self.ranks = [min(self.rank, o, i) for o, i in sizes]  # as LoRA: min(rank, out, in) per layer
+        self.B = nn.ParameterList([nn.Parameter(torch.zeros(o, r, **kw)) for (o, _), r in zip(sizes, self.ranks)])
+        self.A = nn.ParameterList([nn.Parameter((torch.randn(r, i, generator=gen, dtype=torch.float64)
+                                                 / math.sqrt(i)).to(**kw)) for (_, i), r in zip(sizes, self.ranks)])
+        self.hyper = nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
+                                   nn.Linear(width, sum(self.ranks))).to(**kw)
+        with torch.no_grad():
+            for lin in self.hyper:
+                if isinstance(lin, nn.Linear):
+                    lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, dtype=torch.float64)
+                                     .mul(math.sqrt(1.0 / lin.in_features)).to(**kw))
+                    lin.bias.zero_()
+            self.hyper[-1].bias.fill_(1.0)  # gains start at 1 (plus a random slope in ξ)
+        self.xi = 0.0
+
+    def gains(self, xi: float) -> list[torch.Tensor]:
+        """g_l(ξ) for every layer (r_l values each)."""
+        ref = self.B[0]
+        return list(self.hyper(torch.full((1, 1), float(xi), dtype=ref.dtype, device=ref.device))[0].split(self.ranks))
+
+    def weights(self, xi: float) -> dict[str, torch.Tensor]:
+        g = self.gains(xi)
+        out = {}
+        for l, lin in enumerate(self.template.linears):
+            out[f"linears.{l}.weight"] = lin.weight + (self.B[l] * g[l]) @ self.A[l]
+            out[f"linears.{l}.bias"] = lin.bias
+        return out
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        w = self.weights(self.xi)
+        x = inputs
+        n = len(self.template.linears)
+        for l in range(n):
+            x = torch.nn.functional.linear(x, w[f"linears.{l}.weight"], w[f"linears.{l}.bias"])
+            if l < n - 1:
+                x = self.template.activation(x)
+        transform = self.template._output_transform
+        return transform(inputs, x) if transform is not None else x
+
+
+class HyperFamily(Family):
+    """A family answered by a :class:`Conditioned` adapter (no anchors: ``anchors`` and ``states`` stay empty)."""
+
+    def __init__(self, problem: Any, over: str, low: float, high: float, conditioned: Conditioned,
+                 card: Mapping[str, Any]) -> None:
+        self.problem, self.over, self.low, self.high = problem, over, float(low), float(high)
+        self.spec = _spec(problem, over)
+        self.anchors, self.states, self._coords = [], [], []
+        self.conditioned = conditioned
+        self.template = copy.deepcopy(conditioned.template)
+        self.card = dict(card)
+
+    def xi(self, value: float) -> float:
+        a, b = self.spec.coordinate(self.low), self.spec.coordinate(self.high)
+        return 2.0 * (self.spec.coordinate(float(value)) - a) / (b - a) - 1.0
+
+    def weights(self, value: float) -> dict[str, torch.Tensor]:
+        self._check(value)
+        with torch.no_grad():
+            return {k: v.detach() for k, v in self.conditioned.weights(self.xi(value)).items()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"conditioned.{k}": v.detach() for k, v in self.conditioned.state_dict().items()
+                if not k.startswith("template.")} | {f"base.{k}": v.detach() for k, v in
+                                                       self.template.state_dict().items()}
 
 
 def load_family(path: str | Path, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Family:
@@ -147,17 +237,43 @@ def load_family(path: str | Path, *, dtype: torch.dtype = torch.float64, device:
     arch = card["network"]
     template = PINN(arch["layers"], arch["activation"], problem.output_transform).to(dtype=dtype, device=device)
     tensors = load_tensors(weights)
-    names = list(template.state_dict())
-    states = []
-    for i in range(len(card["anchors"])):
-        try:
-            states.append({k: tensors[f"anchor{i}.{k}"].to(dtype=dtype, device=device) for k in names})
-        except KeyError as exc:
-            raise CheckpointError(f"{weights}: anchor {i} lacks {exc.args[0]}") from None
     if len(card["range"]) != 2 or not card["range"][0] < card["range"][1]:
         raise CheckpointError(f"card {card_path}: range {card['range']} is not [low, high] with low < high")
     lo, hi = card["range"]
+    try:
+        if card.get("builder", "bank") == "hyper":
+            template.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("base.")})
+            h = card["hyper"]
+            cond = Conditioned(template, rank=h["rank"], width=h["width"])
+            cond.load_state_dict({**{k[12:]: v for k, v in tensors.items() if k.startswith("conditioned.")},
+                                  **{f"template.{k}": v for k, v in template.state_dict().items()}})
+            return HyperFamily(problem, card["over"], lo, hi, cond.to(dtype=dtype, device=device), card)
+        names = list(template.state_dict())
+        states = [{k: tensors[f"anchor{i}.{k}"].to(dtype=dtype, device=device) for k in names}
+                  for i in range(len(card.get("anchors") or []))]
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights} does not fit its card {card_path}: {exc}") from None
+    if len(states) < 2:
+        raise CheckpointError(f"card {card_path}: an adapter bank needs at least 2 anchors")
     return Family(problem, card["over"], lo, hi, [a["value"] for a in card["anchors"]], states, template, card)
+
+
+def _check_range(problem: Any, over: str | None, low: float, high: float) -> tuple[Any, float, float]:
+    """(the coefficient's spec, low, high) after checking the range (one line on a bad one)."""
+    from pinn_lora.problem import Problem
+
+    if not isinstance(problem, Problem):
+        raise TypeError(f"build_family: problem must be a problem object (pinn_lora.get_problem(...)), got {problem!r}")
+    spec = _spec(problem, over)
+    for key, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise FamilyError(f"{key}={v!r}: give the range's ends as numbers")
+    low, high = float(low), float(high)
+    if not low < high:
+        raise FamilyError(f"low={low:g}, high={high:g}: the range needs low < high")
+    for v in (low, high):  # both ends must be coefficients the family accepts
+        problem.with_coefficients(**{spec.name: v})
+    return spec, low, high
 
 
 def _midpoint(spec: Any, a: float, b: float) -> float:
@@ -172,26 +288,15 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     in [``low``, ``high``] (the other coefficients: ``problem``'s) and return the :class:`Family`; with
     ``out`` it is saved there (family.* and plots/family.png). ``adapt_options`` go to every
     :func:`~pinn_lora.session.adapt_to` call (steps, solver, method options ...)."""
-    from pinn_lora.problem import Problem
     from pinn_lora.session import ConfigError, adapt_to, resolve_base, resolve_device, resolve_dtype
     from pinn_lora.validation import validation_points, validation_residual
 
-    if not isinstance(problem, Problem):
-        raise TypeError(f"build_family: problem must be a problem object (pinn_lora.get_problem(...)), got {problem!r}")
-    spec = _spec(problem, over)
+    spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
-    for key, v in (("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise FamilyError(f"{key}={v!r}: give the range's ends as numbers")
-    low, high = float(low), float(high)
-    if not low < high:
-        raise FamilyError(f"low={low:g}, high={high:g}: the range needs low < high")
     if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 2:
         raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise FamilyError(f"tol={tol!r} must be a number >= 0")
-    for v in (low, high):  # both ends must be coefficients the family accepts
-        problem.with_coefficients(**{over: v})
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = resolve_base(problem.name if base is None else base, problem, dt, dev)
     if not hasattr(base_net, "architecture"):
@@ -261,6 +366,106 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     return fam
 
 
+def build_hyper_family(problem: Any, over: str | None, low: float, high: float, *, base: Any = None,
+                       rank: int = 8, width: int = 32, steps: int = 60, n_points: int = 500, per_step: int = 4,
+                       resample_every: int = 5, lm_mu: float = 0.01, seed: int = 0,
+                       device: str | torch.device = "cpu", dtype: str = "float64", progress: bool = True,
+                       out: str | Path | None = None) -> HyperFamily:
+    """The coefficient-conditioned adapter (:class:`Conditioned`) trained with the physics loss over the
+    whole range: each step's loss is the mean over ``per_step`` coefficients (stratified in the
+    coordinate, drawn anew every ``resample_every`` steps with ``n_points`` points each) of the
+    residual loss there, minimised by Levenberg–Marquardt steps (:mod:`pinn_lora.dynamics.gauss_newton`,
+    the kernel form when there are more parameters than rows). The coefficients are first drawn near
+    the base's and the window widens to the whole range over the first half of the steps (continuation
+    over the range)."""
+    import numpy as np
+
+    from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
+    from pinn_lora.jacobian import residual_jacobian, residual_vector
+    from pinn_lora.session import ConfigError, resolve_base, resolve_device, resolve_dtype
+    from pinn_lora.validation import validation_points, validation_residual
+
+    spec, low, high = _check_range(problem, over, low, high)
+    over = spec.name
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    base_net, base_card = resolve_base(problem.name if base is None else base, problem, dt, dev)
+    if not hasattr(base_net, "architecture"):
+        raise ConfigError("build_hyper_family needs a pinn_lora base model (a shipped name or a saved base)")
+    t0 = time.perf_counter()
+    cond = Conditioned(copy.deepcopy(base_net), rank=rank, width=width, seed=seed)
+    fam = HyperFamily(problem, over, low, high, cond, {})
+    params = [p for p in cond.parameters() if p.requires_grad]
+    lm = LevenbergMarquardt(params, mu=lm_mu)
+    rng = np.random.default_rng(seed)
+    source = (base_card.get("coefficients") or {}).get(over, spec.from_coordinate(
+        0.5 * (spec.coordinate(low) + spec.coordinate(high))))
+    xi_source = min(max(fam.xi(min(max(source, low), high)), -1.0), 1.0)
+    batch: list[tuple[Any, float, torch.Tensor]] = []
+    log = []
+    for step in range(steps):
+        if step % resample_every == 0:
+            half = 2.0 * min(1.0, (step + resample_every) / max(steps / 2, 1))  # the window's half width in ξ
+            lo_xi, hi_xi = max(-1.0, xi_source - half), min(1.0, xi_source + half)
+            xis = lo_xi + (hi_xi - lo_xi) * (np.arange(per_step) + rng.random(per_step)) / per_step
+            batch = []
+            for x in xis:
+                value = spec.from_coordinate(spec.coordinate(low) + (x + 1) / 2 * (spec.coordinate(high)
+                                                                                  - spec.coordinate(low)))
+                target = fam.problem_at(min(max(value, low), high))
+                pts = torch.as_tensor(target.sample(n_points, seed=int(rng.integers(2**31))), dtype=dt, device=dev)
+                batch.append((target, float(x), pts))
+
+        def residuals(with_jacobian: bool):
+            rs, js = [], []
+            for target, x, pts in batch:
+                cond.xi = x
+                cond.template.apply_output_transform(target.output_transform)
+                if with_jacobian:
+                    r, j = residual_jacobian(target, cond, pts)
+                    js.append(j / math.sqrt(len(batch)))
+                else:
+                    r = residual_vector(target, cond, pts)
+                rs.append(r / math.sqrt(len(batch)))
+            return torch.cat(rs), (torch.cat(js) if with_jacobian else None)
+
+        r, jac = residuals(True)
+
+        def trial() -> float:
+            v, _ = residuals(False)
+            return float(v @ v)
+
+        loss = lm.gn_step(r, jac, trial)
+        log.append({"step": step, "loss": loss, "h": lm.last.get("lm_h"), "accepted": lm.last.get("lm_accepted")})
+        if progress and (step % 10 == 0 or step == steps - 1):
+            print(f"family (hyper): step {step}/{steps}, loss {loss:.3e} over {over} in "
+                  f"[{batch[0][0].coefficients[over]:.4g}, {batch[-1][0].coefficients[over]:.4g}]",
+                  file=sys.stderr, flush=True)
+    checks = []
+    for i in range(9):  # reference-free: the validation residual across the range
+        value = spec.from_coordinate(spec.coordinate(low) + i / 8 * (spec.coordinate(high) - spec.coordinate(low)))
+        target = fam.problem_at(value)
+        checks.append({"value": value, "validation_residual": validation_residual(
+            target, fam.query(value), validation_points(target, n=4096, dtype=dt, device=dev))})
+    card = {
+        "problem": problem.name, "coefficients": dict(problem.coefficients), "over": over, "range": [low, high],
+        "coordinate": spec.scale, "builder": "hyper", "method": {"name": "hyper_lora", "rank": rank},
+        "hyper": {"rank": rank, "width": width},
+        "base": {"problem": base_card.get("problem"), "coefficients": base_card.get("coefficients"),
+                 "weights_sha256": base_card.get("weights_sha256")},
+        "network": base_net.architecture(), "checks": checks,
+        "build": {"seed": seed, "dtype": dtype, "device": str(dev), "steps": steps, "n_points": n_points,
+                  "per_step": per_step, "resample_every": resample_every, "lm_mu": lm_mu,
+                  "trainable_parameters": sum(p.numel() for p in params), "final_loss": log[-1]["loss"] if log else None,
+                  "wall_time_s": round(time.perf_counter() - t0, 1)},
+        "status": "completed",
+    }
+    fam = HyperFamily(problem, over, low, high, cond, card)
+    if out is not None:
+        fam.save(out)
+        plot_family(fam, Path(out) / "plots" / "family.png")
+    return fam
+
+
 def _json_safe(value: Any) -> Any:
     import json
 
@@ -280,7 +485,7 @@ def scan(fam: Family, values: Sequence[float]) -> list[dict[str, Any]]:
     return out
 
 
-def plot_family(fam: Family, path: Path, points: int = 25) -> None:
+def plot_family(fam: Family, path: Path, points: int = 17) -> None:
     """The validation residual (4 096 points) of the family's answer across its range, anchors marked."""
     from matplotlib.figure import Figure
 
@@ -292,13 +497,14 @@ def plot_family(fam: Family, path: Path, points: int = 25) -> None:
     ax = fig.add_subplot()
     ax.semilogy([r["value"] for r in rows], [r["validation_residual"] for r in rows], "-", label="family (query)")
     at = {r["value"]: r["validation_residual"] for r in rows}
-    ax.semilogy(fam.anchors, [at[a] for a in fam.anchors], "o", label="anchors (adapted)")
+    if fam.anchors:
+        ax.semilogy(fam.anchors, [at[a] for a in fam.anchors], "o", label="anchors (adapted)")
     if spec.scale == "log":
         ax.set_xscale("log")
     ax.set_xlabel(fam.over)
     ax.set_ylabel("validation residual")
-    ax.set_title(f"{fam.problem.name}: {fam.card.get('method', {}).get('name', '')} family, "
-                 f"{len(fam.anchors)} anchors")
+    how = f"{len(fam.anchors)} anchors" if fam.anchors else "coefficient-conditioned"
+    ax.set_title(f"{fam.problem.name}: {fam.card.get('method', {}).get('name', '')} family, {how}")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,14 +528,23 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
                 **{k: (cfg[k], 1) for k in ("steps", "n_points") if cfg.get(k) is not None}})
     pcfg, mcfg = cfg["problem"], cfg["method"]
     problem = problem_from_config(pcfg, "adapt")
+    builder = cfg.get("builder", "bank")
+    if builder not in ("bank", "hyper"):
+        raise ConfigError(f"builder={builder!r}; choose bank (adapters at anchors, interpolated) or hyper "
+                          "(one coefficient-conditioned adapter trained over the range)")
+    common = dict(base=cfg.get("base"), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
+                  dtype=cfg.get("dtype", "float64"), progress=bool(cfg.get("progress", True)), out=run_dir)
+    given = {k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}
+    if builder == "hyper":
+        check_ints({"rank": (cfg.get("rank", 8), 1)})
+        with rundir.claim(run_dir):
+            return build_hyper_family(problem, cfg.get("over"), cfg["low"], cfg["high"], rank=cfg.get("rank", 8),
+                                      **given, **common)
     options = {k: v for k, v in mcfg.items() if k != "name" and v is not None}
-    options.update({k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None})
     with rundir.claim(run_dir):
-        return build_family(problem, cfg.get("over"), cfg["low"], cfg["high"], mcfg["name"], base=cfg.get("base"),
-                            anchors=cfg.get("anchors", 5), tol=cfg.get("tol", 0.0), seed=cfg.get("seed", 0),
-                            device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float64"),
-                            progress=bool(cfg.get("progress", True)), out=run_dir,
-                            recommended=pcfg.get("adapt") or {}, **options)
+        return build_family(problem, cfg.get("over"), cfg["low"], cfg["high"], mcfg["name"],
+                            anchors=cfg.get("anchors", 5), tol=cfg.get("tol", 0.0),
+                            recommended=pcfg.get("adapt") or {}, **common, **given, **options)
 
 
 def _task(cfg: Any) -> None:
@@ -337,9 +552,11 @@ def _task(cfg: Any) -> None:
 
     fam, run_dir = run_task(cfg, run_config)
     card = fam.card
-    worst = max(c["validation_residual"] for c in card["midpoint_checks"][-(len(fam.anchors) - 1):])
+    checks = card["checks"] if fam.anchors == [] else card["midpoint_checks"][-(len(fam.anchors) - 1):]
+    worst = max(c["validation_residual"] for c in checks)
+    how = f"{len(fam.anchors)} anchors" if fam.anchors else "a coefficient-conditioned adapter"
     print(f"{card['problem']} family over {card['over']} in [{fam.low:g}, {fam.high:g}] ({card['method']['name']}): "
-          f"{len(fam.anchors)} anchors in {card['build']['wall_time_s']:.0f} s, worst midpoint validation residual "
+          f"{how} in {card['build']['wall_time_s']:.0f} s, worst checked validation residual "
           f"{worst:.3e}; {card['status']}")
     print(f"family written: {run_dir / 'family.safetensors'} + family.json, plots/family.png "
           f"(use it: pinn_lora.load_family({str(run_dir)!r})(value))")

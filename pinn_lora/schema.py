@@ -232,7 +232,7 @@ def adapter_card_schema() -> dict[str, Any]:
 def family_card_schema() -> dict[str, Any]:
     """A family's ``family.json`` (written by :meth:`pinn_lora.family.Family.save`; extra keys allowed)."""
     number = {"type": "number"}
-    return {"type": "object", "required": ["kind", "problem", "coefficients", "over", "range", "network", "anchors",
+    return {"type": "object", "required": ["kind", "problem", "coefficients", "over", "range", "network",
                                            "method", "weights_sha256"], "properties": {
         "kind": {"const": "pinn_lora.family"},
         "problem": NONEMPTY, "coefficients": COEFFICIENTS, "over": NONEMPTY,
@@ -242,6 +242,9 @@ def family_card_schema() -> dict[str, Any]:
                    "additional": METHOD_OPTION},
         "anchors": {"type": "array", "min_items": 2, "items": {
             "type": "object", "required": ["value"], "properties": {"value": number}}},
+        "builder": {"enum": ["bank", "hyper"]},
+        "hyper": {"type": "object", "required": ["rank", "width"], "properties": {
+            "rank": {"type": "integer", "minimum": 1}, "width": {"type": "integer", "minimum": 1}}},
         "weights_sha256": SHA256, "status": {"type": "string"}}}
 
 
@@ -308,7 +311,8 @@ _OPT_NUMBER = {"type": ("number", "null")}
 FAMILY_CONFIG = {"type": "object", "additional": False, "required": [
     "defaults", "over", "low", "high", "anchors", "tol", "seed", "device", "dtype", "base", "progress", "out", "hydra"],
     "properties": {
-        "defaults": _DEFAULTS, "over": _OPT_STR, "low": _OPT_NUMBER, "high": _OPT_NUMBER,
+        "defaults": _DEFAULTS, "builder": {"enum": ["bank", "hyper"]}, "rank": {"type": "integer", "minimum": 1},
+        "over": _OPT_STR, "low": _OPT_NUMBER, "high": _OPT_NUMBER,
         "anchors": {"type": "integer", "minimum": 2}, "tol": {"type": "number", "minimum": 0},
         "steps": _OPT_COUNT, "n_points": {"type": ("integer", "null"), "minimum": 1}, "seed": COUNT,
         "device": _STR, "dtype": {"enum": ["float64", "float32"]}, "base": _OPT_STR, "debug": _BOOL,

@@ -122,3 +122,41 @@ def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="low is required"):
         command.run_config(cfg, tmp_path / "g")
     assert not (tmp_path / "g").exists()
+
+
+@pytest.fixture(scope="module")
+def hyper(tiny_base, tmp_path_factory):
+    from pinn_lora.family import build_hyper_family
+
+    out = tmp_path_factory.mktemp("hyper") / "h"
+    fam = build_hyper_family(pinn_lora.get_problem("burgers"), "nu", 0.002, 0.02, base=tiny_base, rank=3, width=8,
+                             steps=3, n_points=24, per_step=2, resample_every=2, device="cpu", progress=False, out=out)
+    return fam, out
+
+
+def test_the_hyper_adapter_at_a_coefficient_is_the_lora_adapter_it_produces(hyper, tiny_base):
+    """Query at c = the base with LoRA attached normally (rank 3, scale 1), B_l = B·diag(g_l(ξ(c))), A_l = A."""
+    fam, _ = hyper
+    value = 0.0071
+    net, card, _ = pinn_lora.load_base(tiny_base)
+    model = pinn_lora.attach(net, "lora", pinn_lora.get_problem("burgers", nu=value), rank=3, alpha=3.0)
+    cond = fam.conditioned
+    with torch.no_grad():
+        for (_, lay), b, a, g in zip(pinn_lora.adapters.adapter_layers(model), cond.B, cond.A,
+                                     cond.gains(fam.xi(value))):
+            lay.lora_B.copy_(b * g)
+            lay.lora_A.copy_(a)
+    x = torch.rand(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    want = model(x).detach()
+    assert float((fam(value)(x) - want).abs().max()) <= 1e-12 * float(want.abs().max())
+    assert any(float(b.abs().max()) > 0 for b in cond.B)  # the steps moved it off the base
+
+
+def test_a_saved_hyper_family_answers_bit_identically(hyper):
+    fam, out = hyper
+    loaded = load_family(out)
+    x = torch.rand(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for v in (0.002, 0.0043, 0.02):
+        assert torch.equal(loaded(v)(x), fam(v)(x))
+    with pytest.raises(FamilyError, match="outside"):
+        loaded(0.021)
