@@ -1,6 +1,8 @@
 """Families over a coefficient range (issue 16): the adapter bank against per-coefficient adaptation.
 
     python benchmarks/family.py --problem burgers [--method lora] [--anchors 6] [--threads 1]
+    python benchmarks/family.py --problem burgers --builder hyper --no-per-coefficient [--steps 60]
+    python benchmarks/family.py --problem burgers --report     # both builds side by side: summary + figure
 
 For each family's range (Burgers nu*pi in [0.005, 0.05], Allen-Cahn gamma in [2, 7] at d = 1e-3,
 Helmholtz k in [0.5, 2.0]) the bank is built with ``pinn_lora.build_family`` (the defaults of
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 import pinn_lora
-from pinn_lora.family import build_family
+from pinn_lora.family import build_family, build_hyper_family
 from pinn_lora.runtime import device_name
 
 RANGES = {"burgers": ("nu", 0.005 / math.pi, 0.05 / math.pi, {}),
@@ -50,18 +52,31 @@ def main() -> None:
     ap.add_argument("--anchors", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-per-coefficient", action="store_true", help="skip the per-coefficient adaptations")
+    ap.add_argument("--builder", choices=("bank", "hyper"), default="bank")
+    ap.add_argument("--steps", type=int, default=60, help="hyper: Levenberg-Marquardt steps")
+    ap.add_argument("--n-points", type=int, default=500, help="hyper: points per coefficient per step")
+    ap.add_argument("--report", action="store_true", help="merge the bank and hyper results: summary + figure")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     over, low, high, fixed = RANGES[args.problem]
     problem = pinn_lora.get_problem(args.problem, **fixed)
-    out = Path(args.out or Path(__file__).parent / "results" / f"family_{args.problem}_cpu.json")
+    results = Path(__file__).parent / "results"
+    if args.report:
+        report(args.problem, results)
+        return
+    suffix = "" if args.builder == "bank" else "_hyper"
+    out = Path(args.out or results / f"family_{args.problem}{suffix}_cpu.json")
     meta = {"device": device_name(torch.device("cpu")), "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
             "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d"),
-            "problem": args.problem, "over": over, "range": [low, high], "fixed": fixed, "method": args.method}
+            "problem": args.problem, "over": over, "range": [low, high], "fixed": fixed, "builder": args.builder,
+            "method": args.method if args.builder == "bank" else "hyper_lora"}
     t0 = time.perf_counter()
-    fam = build_family(problem, over, low, high, args.method, anchors=args.anchors, device="cpu", progress=True)
+    if args.builder == "bank":
+        fam = build_family(problem, over, low, high, args.method, anchors=args.anchors, device="cpu", progress=True)
+    else:
+        fam = build_hyper_family(problem, over, low, high, steps=args.steps, n_points=args.n_points, device="cpu")
     build_s = time.perf_counter() - t0
     values = held_out(fam.spec, low, high)
     qt = []
@@ -95,29 +110,49 @@ def main() -> None:
     summary["five_x_below_base_where_base_above_1e-2"] = all(r["family_error"] * 5 <= r["base_error"] for r in above)
     out.write_text(json.dumps({**meta, **summary, "card": fam.card, "rows": rows}, indent=1))
     print(json.dumps(summary, indent=1))
-    plot(rows, fam, out.with_suffix(".png"), args)
 
 
-def plot(rows, fam, path: Path, args) -> None:
+def report(problem: str, results: Path) -> None:
+    """Both builds at the same held-out coefficients: the goals of issue 16 and a figure."""
     from matplotlib.figure import Figure
 
+    bank = json.loads((results / f"family_{problem}_cpu.json").read_text())
+    hyper_path = results / f"family_{problem}_hyper_cpu.json"
+    hyper = json.loads(hyper_path.read_text()) if hyper_path.is_file() else None
+    rows = bank["rows"]
+    adapted = [r["adapted_error"] for r in rows]
+    out = {"problem": problem, "per_coefficient_median": statistics.median(adapted), "builds": {}}
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.add_subplot()
     x = [r["value"] for r in rows]
     ax.semilogy(x, [r["base_error"] for r in rows], "k:", label="base (unadapted)")
-    ax.semilogy(x, [r["family_error"] for r in rows], "o-", label=f"family, {len(fam.anchors)} anchors (query)")
-    if "adapted_error" in rows[0]:
-        ax.semilogy(x, [r["adapted_error"] for r in rows], "s--", label=f"{args.method} at each coefficient")
-    for a in fam.anchors:
-        ax.axvline(a, color="0.85", lw=0.8, zorder=0)
-    if fam.spec.scale == "log":
+    ax.semilogy(x, adapted, "s--", label=f"{bank['method']} adapted at each coefficient")
+    for name, res in (("bank", bank), ("hyper", hyper)):
+        if res is None:
+            continue
+        errs = [r["family_error"] for r in res["rows"]]
+        assert [r["value"] for r in res["rows"]] == x, "the builds were evaluated at other coefficients"
+        ratios = [e / a for e, a in zip(errs, adapted)]
+        far = [(e, r["base_error"]) for e, r in zip(errs, res["rows"]) if r["base_error"] > 1e-2]
+        out["builds"][name] = {"build_s": res["build_s"], "query_ms_median": res.get("query_ms_median"),
+                               "error_median": statistics.median(errs), "error_max": max(errs),
+                               "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
+                               "goal_median_2x": statistics.median(ratios) <= 2, "goal_worst_5x": max(ratios) <= 5,
+                               "goal_5x_below_base": all(e * 5 <= b for e, b in far)}
+        label = (f"bank, {len(res['card']['anchors'])} anchors" if name == "bank" else "coefficient-conditioned")
+        ax.semilogy(x, errs, "o-", label=f"family: {label} (query)")
+    for a in bank["card"]["anchors"]:
+        ax.axvline(a["value"], color="0.85", lw=0.8, zorder=0)
+    if bank["card"]["coordinate"] == "log":
         ax.set_xscale("log")
-    ax.set_xlabel(fam.over + " (held-out coefficients; grey: anchors)")
+    ax.set_xlabel(f"{bank['over']} (20 held-out coefficients; grey: the bank's anchors)")
     ax.set_ylabel("relative L2 error")
-    ax.set_title(f"{fam.problem.name}: {args.method} family over {fam.over}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{problem}: one family for the whole range")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(results / f"family_{problem}_cpu.png", dpi=110)
+    (results / f"family_{problem}_report_cpu.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

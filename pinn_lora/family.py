@@ -60,6 +60,21 @@ def merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in plain.state_dict().items()}
 
 
+class Blend(nn.Module):
+    """(1 − t)·a(x) + t·b(x): two anchors' solutions blended (a hard initial or boundary condition of the
+    form g + d·N holds for the blend as for each)."""
+
+    def __init__(self, a: nn.Module, b: nn.Module, t: float) -> None:
+        super().__init__()
+        self.a, self.b, self.t = a, b, float(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.lerp(self.a(x), self.b(x), self.t)
+
+
+INTERPOLATIONS = ("weights", "solution")
+
+
 class Family:
     """An adapter bank over ``over`` ∈ [low, high] (see the module docstring): ``states[k]`` are the
     plain weights at ``anchors[k]`` (sorted); ``template`` the base network (its architecture)."""
@@ -76,6 +91,7 @@ class Family:
         for p in self.template.parameters():
             p.requires_grad_(False)
         self.card = dict(card)
+        self.interpolate = self.card.get("interpolate", "weights")
 
     def __call__(self, value: float) -> nn.Module:
         return self.query(value)
@@ -95,25 +111,39 @@ class Family:
         """What the weights file holds."""
         return {f"anchor{i}.{k}": v.detach() for i, s in enumerate(self.states) for k, v in s.items()}
 
-    def weights(self, value: float) -> dict[str, torch.Tensor]:
-        """The interpolated plain weights at ``value`` (refused outside [low, high])."""
+    def _neighbours(self, value: float) -> tuple[int, int, float]:
+        """(i, j, t): ``value`` lies at t ∈ [0, 1) of the way from anchor i to anchor j in the coordinate
+        (t = 0 and i = j at an anchor)."""
         self._check(value)
         c = self.spec.coordinate(float(value))
         j = bisect.bisect_left(self._coords, c)
         if j < len(self._coords) and self._coords[j] == c:
-            return self.states[j]  # exactly an anchor's weights
+            return j, j, 0.0  # exactly an anchor
         j = min(max(j, 1), len(self._coords) - 1)
-        t = (c - self._coords[j - 1]) / (self._coords[j] - self._coords[j - 1])
-        a, b = self.states[j - 1], self.states[j]
-        return {k: torch.lerp(a[k], b[k], t) for k in a}
+        return j - 1, j, (c - self._coords[j - 1]) / (self._coords[j] - self._coords[j - 1])
 
-    def query(self, value: float) -> nn.Module:
-        """A plain network for ``over`` = ``value``: no training (see the module docstring)."""
-        state = self.weights(value)
+    def weights(self, value: float) -> dict[str, torch.Tensor]:
+        """The interpolated plain weights at ``value`` (refused outside [low, high])."""
+        i, j, t = self._neighbours(value)
+        if i == j:
+            return self.states[i]
+        return {k: torch.lerp(self.states[i][k], self.states[j][k], t) for k in self.states[i]}
+
+    def _network(self, state: Mapping[str, torch.Tensor], value: float) -> nn.Module:
         net = copy.deepcopy(self.template)
         net.load_state_dict(state)
         net.apply_output_transform(self.problem_at(value).output_transform)
         return net
+
+    def query(self, value: float) -> nn.Module:
+        """A network for ``over`` = ``value``, no training: with ``interpolate="weights"`` a plain network
+        with the interpolated weights; with ``"solution"`` the blend (1 − t)·u_i + t·u_j of the two
+        neighbouring anchors' networks (:class:`Blend`). At an anchor, that anchor's network."""
+        if getattr(self, "interpolate", "weights") == "solution" and self.states:
+            i, j, t = self._neighbours(value)
+            if i != j:
+                return Blend(self._network(self.states[i], value), self._network(self.states[j], value), t)
+        return self._network(self.weights(value), value)
 
     # -- files
     def save(self, path: str | Path) -> dict[str, Any]:
@@ -281,7 +311,7 @@ def _midpoint(spec: Any, a: float, b: float) -> float:
 
 
 def build_family(problem: Any, over: str | None, low: float, high: float, method: str = "lora", *,
-                 base: Any = None, anchors: int = 5, tol: float = 0.0, seed: int = 0,
+                 base: Any = None, anchors: int = 5, tol: float = 0.0, interpolate: str = "weights", seed: int = 0,
                  device: str | torch.device = "cpu", dtype: str = "float64", progress: bool = True,
                  out: str | Path | None = None, **adapt_options: Any) -> Family:
     """Adapt ``base`` (default: the problem's shipped base) at up to ``anchors`` coefficients of ``over``
@@ -297,6 +327,9 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise FamilyError(f"tol={tol!r} must be a number >= 0")
+    if interpolate not in INTERPOLATIONS:
+        raise FamilyError(f"interpolate={interpolate!r}; choose weights (W0 + dW interpolated) or solution "
+                          "(the neighbouring anchors' solutions blended)")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = resolve_base(problem.name if base is None else base, problem, dt, dev)
     if not hasattr(base_net, "architecture"):
@@ -331,7 +364,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
 
     for v in start:
         add(v, "range end" if v in (low, high) else "middle")
-    fam = Family(problem, over, low, high, values, states, base_net, {})
+    fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
     checks: list[dict[str, Any]] = []
     while True:
         worst = None
@@ -345,11 +378,11 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         if worst is None or worst[1] <= tol or len(values) >= anchors:
             break
         add(worst[0], f"largest midpoint residual {worst[1]:.3e}")
-        fam = Family(problem, over, low, high, values, states, base_net, {})
+        fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
     statuses = [r["status"] for r in rows]
     card = {
         "problem": problem.name, "coefficients": dict(problem.coefficients), "over": over, "range": [low, high],
-        "coordinate": spec.scale, "method": used["method"],
+        "coordinate": spec.scale, "builder": "bank", "interpolate": interpolate, "method": used["method"],
         "base": {"problem": base_card.get("problem"), "coefficients": base_card.get("coefficients"),
                  "weights_sha256": base_card.get("weights_sha256")},
         "network": base_net.architecture(),
@@ -544,6 +577,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
     with rundir.claim(run_dir):
         return build_family(problem, cfg.get("over"), cfg["low"], cfg["high"], mcfg["name"],
                             anchors=cfg.get("anchors", 5), tol=cfg.get("tol", 0.0),
+                            interpolate=cfg.get("interpolate", "weights"),
                             recommended=pcfg.get("adapt") or {}, **common, **given, **options)
 
 

@@ -160,3 +160,17 @@ def test_a_saved_hyper_family_answers_bit_identically(hyper):
         assert torch.equal(loaded(v)(x), fam(v)(x))
     with pytest.raises(FamilyError, match="outside"):
         loaded(0.021)
+
+
+def test_solution_interpolation_blends_the_neighbouring_anchors(family):
+    fam, _ = family
+    a, b = fam.anchors[0], fam.anchors[1]
+    mid = math.exp(0.5 * (math.log(a) + math.log(b)))
+    x = torch.rand(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ua, ub = fam(a)(x), fam(b)(x)
+    fam.interpolate = "solution"
+    try:
+        assert torch.allclose(fam(mid)(x), 0.5 * (ua + ub), rtol=0, atol=1e-14)
+        assert torch.equal(fam(a)(x), ua)  # at an anchor: that anchor's network
+    finally:
+        fam.interpolate = "weights"
