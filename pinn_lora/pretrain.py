@@ -112,8 +112,8 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
     for key in ("steps", "lbfgs_steps"):
         if cfg.get(key) is not None:
             recipe[key] = cfg[key]
-    check_ints({"steps": (recipe["steps"], 0), "lbfgs_steps": (recipe.get("lbfgs_steps", 0), 0),
-                "seed": (cfg.get("seed", 0), 0), "checkpoint_every": (cfg.get("checkpoint_every", 0), 0)})
+    check_ints({"steps": recipe["steps"], "lbfgs_steps": recipe.get("lbfgs_steps", 0), "seed": cfg.get("seed", 0),
+                "checkpoint_every": cfg.get("checkpoint_every", 0)})  # the bounds of adapt's keys of these names
     resume = cfg.get("resume", False) is True
     if resume and (run_dir / "base.safetensors").exists():
         from pinn_lora.session import ConfigError
