@@ -98,7 +98,9 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name: str = "adapt") -> None:
     """Before Hydra sees them: unknown ``problem=``/``method=`` names, and keys that
-    no selected config has (``method.rnk=3``), each as one line with the valid names."""
+    no selected config has (``method.rnk=3``), each as one line with the valid names. Hydra's schema
+    (:class:`pinn_lora.config.AdaptConfig`) does not make this redundant: ``+stepz=3`` and ``++stepz=3``
+    add a key even to a structured config, and its message for ``stepz=3`` names no valid key."""
     import yaml
 
     top = yaml.safe_load((Path(config_dir()) / f"{config_name}.yaml").read_text())
