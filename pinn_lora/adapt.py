@@ -25,24 +25,20 @@ from pinn_lora.cli import (
     run_task,
 )
 
-BOOLEAN_KEYS = ("progress", "plots", "resume", "debug")
-
-
 def check_task_config(cfg: dict[str, Any]) -> None:
     """What Hydra lets through but the run cannot use: a removed group (``~problem``),
-    true/false options given something else (``plots=maybe``) and a non-integer ``sync_every``."""
+    and true/false options given something else (``plots=maybe``)."""
     from pinn_lora.cli import group_options
-    from pinn_lora.session import ConfigError, check_ints
+    from pinn_lora.config import BOOLEANS
+    from pinn_lora.session import ConfigError
 
     for group in ("problem", "method"):
         if not isinstance(cfg.get(group), dict) or not isinstance(cfg[group].get("name"), str):
             raise ConfigError(f"no {group} selected (was it removed with ~{group}?); choose one with {group}=NAME: "
                               f"{', '.join(group_options(group))}")
-    for key in BOOLEAN_KEYS:
+    for key in BOOLEANS:
         if key in cfg and not isinstance(cfg[key], bool):
             raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
-    if cfg.get("sync_every") is not None:  # the loop would take int() of it (2.5 -> a crash, 'abc' -> no key named)
-        check_ints({"sync_every": (cfg["sync_every"], 0)})
 
 
 def _task(cfg) -> None:

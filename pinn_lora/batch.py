@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from pinn_lora.config import DEFAULTS
 from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
 from pinn_lora.runtime import own_rng
 from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
@@ -125,15 +126,18 @@ class BatchTrainer(Trainer):
 
 
 @own_rng  # each copy's torch.manual_seed stays inside the call
-def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | None = None,
-               n_points: int | None = None, resample_every: int | None = None, eval_every: int = 100,
-               seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
-               lbfgs_steps: int | None = None, sampler: str = "pseudo", run_dir: str | Path | None = None,
-               progress: bool = True, plots: bool = True, cuda_graph: bool | str = "auto", sync_every: int = 0,
+def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | None = DEFAULTS.steps,
+               n_points: int | None = DEFAULTS.n_points, resample_every: int | None = DEFAULTS.resample_every,
+               eval_every: int = DEFAULTS.eval_every, seed: int = DEFAULTS.seed,
+               device: str | torch.device = DEFAULTS.device, dtype: str = DEFAULTS.dtype,
+               lbfgs_steps: int | None = DEFAULTS.lbfgs_steps, sampler: str = DEFAULTS.sampler,
+               run_dir: str | Path | None = None, progress: bool = DEFAULTS.progress, plots: bool = DEFAULTS.plots,
+               cuda_graph: bool | str = DEFAULTS.cuda_graph, sync_every: int = DEFAULTS.sync_every,
                recommended: dict | None = None, **method_options: Any) -> list:
     """Adapt one base model to each of ``problems`` (the same family, other coefficients) in one
     batched run; returns one :class:`~pinn_lora.session.AdaptResult` per problem (and, with
-    ``run_dir``, writes one run directory per problem under it: ``<k>_<coefficients>/``)."""
+    ``run_dir``, writes one run directory per problem under it: ``<k>_<coefficients>/``). The keyword
+    defaults are :class:`pinn_lora.config.AdaptConfig`'s."""
     from pinn_lora import rundir
     from pinn_lora.api import attach, layer_sizes
     from pinn_lora.memory import check_points
@@ -158,7 +162,7 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     steps = rec.get("steps", 1000) if steps is None else steps
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
-    check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1), "seed": (seed, 0)})
+    check_ints({"steps": steps, "n_points": n_points, "eval_every": eval_every, "seed": seed, "sync_every": sync_every})
     options = {**method_recommendation(rec, method), **method_options}
     net0, card = resolve_base(base, prob0, dt, dev)
     if getattr(net0, "linears", None):  # every copy's activations at once

@@ -56,9 +56,13 @@ def group_node(group: str, name: str) -> dict[str, Any]:
 def register_configs() -> None:
     """Store the nodes that have no YAML file (every method; a plugin's family) in Hydra's ConfigStore, under
     the ``method`` and ``problem`` groups, so ``method=<name>`` and ``problem=<name>`` compose for every
-    registered name. Called before any composition (idempotent: storing a name again replaces its node)."""
+    registered name, and the schema of ``configs/adapt.yaml`` (:class:`pinn_lora.config.AdaptConfig`). Called
+    before any composition (idempotent: storing a name again replaces its node)."""
     from hydra.core.config_store import ConfigStore
 
+    from pinn_lora.config import register_schemas
+
+    register_schemas()
     store = ConfigStore.instance()
     for group in ("method", "problem"):
         for name in group_options(group):
@@ -94,11 +98,14 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name: str = "adapt") -> None:
     """Before Hydra sees them: unknown ``problem=``/``method=`` names, and keys that
-    no selected config has (``method.rnk=3``), each as one line with the valid names."""
+    no selected config has (``method.rnk=3``), each as one line with the valid names. Hydra's schema
+    (:class:`pinn_lora.config.AdaptConfig`) does not make this redundant: ``+stepz=3`` and ``++stepz=3``
+    add a key even to a structured config, and its message for ``stepz=3`` names no valid key."""
     import yaml
 
     top = yaml.safe_load((Path(config_dir()) / f"{config_name}.yaml").read_text())
     chosen = {g: [d[g] for d in top.get("defaults", []) if isinstance(d, dict) and g in d] for g in groups}
+    keys = top_level_keys(top, groups)
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
@@ -124,9 +131,20 @@ def check_group_overrides(argv: list[str], groups: tuple[str, ...], config_name:
                 if rest.split(".")[0] not in options:
                     fail(f"unknown key {key!r} for {head} {name}; its keys: "
                          f"{', '.join(k for k in options if k != 'name')}")
-        elif head not in groups and head not in top:
-            fail(f"unknown key {key!r}; top-level keys: "
-                 f"{', '.join(k for k in top if k not in ('defaults', 'hydra'))}")
+        elif head not in groups and head not in keys:
+            fail(f"unknown key {key!r}; top-level keys: {', '.join(keys)}")
+
+
+def top_level_keys(top: dict[str, Any], groups: tuple[str, ...]) -> list[str]:
+    """The keys a config file ``top`` (parsed YAML) composes to, groups and Hydra's own left out: its schema's
+    fields (a dataclass named in its defaults list, :data:`pinn_lora.config.SCHEMAS`), then its own keys."""
+    from dataclasses import fields
+
+    from pinn_lora.config import SCHEMAS
+
+    schemas = [SCHEMAS[d] for d in top.get("defaults", []) if isinstance(d, str) and d in SCHEMAS]
+    keys = [f.name for schema in schemas for f in fields(schema)] + list(top)
+    return [k for k in dict.fromkeys(keys) if k not in ("defaults", "hydra", *groups)]
 
 
 LAUNCHER_PLUGINS = {  # hydra/launcher name -> (plugin module, PyPI package)

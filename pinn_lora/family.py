@@ -557,8 +557,8 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
             raise ConfigError(f"{key} is required: the family spans over in [low, high], e.g. low=0.0016 high=0.016")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{key}={v!r} must be a number")
-    check_ints({"anchors": (cfg.get("anchors", 5), 2), "seed": (cfg.get("seed", 0), 0),
-                **{k: (cfg[k], 1) for k in ("steps", "n_points") if cfg.get(k) is not None}})
+    check_ints({"anchors": cfg.get("anchors", 5), "seed": cfg.get("seed", 0),
+                **{k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}}, bounds={"anchors": 2})
     pcfg, mcfg = cfg["problem"], cfg["method"]
     problem = problem_from_config(pcfg, "adapt")
     builder = cfg.get("builder", "bank")
@@ -569,7 +569,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
                   dtype=cfg.get("dtype", "float64"), progress=bool(cfg.get("progress", True)), out=run_dir)
     given = {k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}
     if builder == "hyper":
-        check_ints({"rank": (cfg.get("rank", 8), 1)})
+        check_ints({"rank": cfg.get("rank", 8)}, bounds={"rank": 1})
         with rundir.claim(run_dir):
             return build_hyper_family(problem, cfg.get("over"), cfg["low"], cfg["high"], rank=cfg.get("rank", 8),
                                       **given, **common)

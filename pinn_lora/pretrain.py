@@ -116,9 +116,9 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         if cfg.get(key) is not None:
             recipe[key] = cfg[key]
     check_strings(recipe, ("solver", "sampling"))
-    check_ints({"steps": (recipe["steps"], 0), "lbfgs_steps": (recipe.get("lbfgs_steps", 0), 0),
-                "n_points": (recipe["n_points"], 1), "resample_every": (recipe["resample_every"], 1),
-                "seed": (cfg.get("seed", 0), 0), "checkpoint_every": (cfg.get("checkpoint_every", 0), 0)})
+    check_ints({"steps": recipe["steps"], "lbfgs_steps": recipe.get("lbfgs_steps", 0), "n_points": recipe["n_points"],
+                "resample_every": recipe["resample_every"], "seed": cfg.get("seed", 0),
+                "checkpoint_every": cfg.get("checkpoint_every", 0)})  # the bounds of adapt's keys of these names
     resume = cfg.get("resume", False) is True
     if resume and (run_dir / "base.safetensors").exists():
         from pinn_lora.session import ConfigError

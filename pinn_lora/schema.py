@@ -255,23 +255,10 @@ _OPT_STR = {"type": ("string", "null")}
 _BOOL = {"type": "boolean"}
 _DEFAULTS = {"type": "array", "min_items": 1}
 
-ADAPT_CONFIG = {"type": "object", "additional": False, "required": [
-    "defaults", "seed", "device", "dtype", "base", "steps", "n_points", "eval_every", "sampler", "lbfgs_steps",
-    "checkpoint_every", "derivatives", "cuda_graph", "sync_every", "resume", "debug", "progress", "plots", "out",
-    "hydra"], "properties": {
-    "defaults": _DEFAULTS, "seed": COUNT, "device": _STR, "dtype": {"enum": ["float64", "float32"]},
-    "base": _OPT_STR, "steps": _OPT_COUNT, "n_points": {"type": ("integer", "null"), "minimum": 1},
-    "eval_every": {"type": "integer", "minimum": 1}, "sampler": _STR, "lbfgs_steps": _OPT_COUNT,
-    "checkpoint_every": COUNT, "derivatives": {"enum": ["auto", "autograd", "jets"]},
-    "cuda_graph": {"enum": ["auto", True, False]}, "sync_every": COUNT, "resume": _BOOL, "debug": _BOOL,
-    "progress": _BOOL, "plots": _BOOL, "out": NONEMPTY, "hydra": {"type": "object", "required": ["run"]},
-    "solver": {"enum": ["method", "lm", None]}, "sampling": {"enum": ["uniform", "rad", "rar_d", None]},
-    "resample_every": {"type": ("integer", "null"), "minimum": 1},
-    "lm_mu": {"type": ("number", "null"), "exclusive_minimum": 0}, "lm_adaptive": {"type": ("boolean", "null")},
-    "rad_k": {"type": ("number", "null"), "minimum": 0}, "rad_c": {"type": ("number", "null"), "minimum": 0},
-    "rad_pool": {"type": ("integer", "null"), "minimum": 1}, "rar_add": {"type": ("integer", "null"), "minimum": 0},
-    "continuation": {"type": ("string", "integer", "null")}, "stage_steps": {"type": ("integer", "null"), "minimum": 1},
-    "stage_tol": {"type": ("number", "null"), "minimum": 0}}}
+# adapt.yaml holds its defaults list and Hydra's settings; its top-level keys, their defaults and types are
+# pinn_lora.config.AdaptConfig, the schema Hydra merges it onto (an unknown key is refused when composing)
+ADAPT_CONFIG = {"type": "object", "additional": False, "required": ["defaults", "hydra"], "properties": {
+    "defaults": _DEFAULTS, "hydra": {"type": "object", "required": ["run"]}}}
 
 PRETRAIN_CONFIG = {"type": "object", "required": ["defaults", "seed", "device", "dtype", "progress", "out", "steps",
                                                   "lbfgs_steps", "init_from", "hydra"], "properties": {

@@ -18,6 +18,7 @@ from pinn_lora import resume as resume_state
 from pinn_lora import rundir
 from pinn_lora.api import attach, layer_sizes, save_adapter
 from pinn_lora.checkpoint import write_json
+from pinn_lora.config import DEFAULTS, LIBRARY, LOOP_OPTIONS, MINIMUM, names
 from pinn_lora.memory import check_points
 from pinn_lora.methods import Method, get_method, trainable_parameters
 from pinn_lora.monitors import (
@@ -42,7 +43,6 @@ VERDICTS = {"completed": "", "no_improvement": " | NO IMPROVEMENT: the result's 
 
 
 _BASE_VALIDATION: dict[tuple, float] = {}
-LOOP_OPTIONS = ("lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool", "rar_add", "stage_steps", "stage_tol")
 
 
 class ConfigError(ValueError):
@@ -204,16 +204,20 @@ def resolve_base(base: str | Path | nn.Module | tuple[nn.Module, Mapping[str, An
 
 @own_rng  # the seed below stays inside the call: the caller's global RNG is left as it was
 def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any, method: str | Method = "odelora", *,
-             steps: int | None = None, n_points: int | None = None, resample_every: int | None = None,
-             eval_every: int = 100, seed: int = 0, device: str | torch.device = "auto", dtype: str = "float64",
-             checkpoint_every: int = 500, sampler: str = "pseudo", lbfgs_steps: int | None = None,
-             run_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
-             monitors: Sequence[Monitor] = (), default_monitors: bool = True, derivatives: str = "auto",
-             cuda_graph: bool | str = "auto", sync_every: int = 0, resume: bool = False,
-             recommended: Mapping[str, Any] | None = None, solver: str | None = None, sampling: str | None = None,
-             loop_options: Mapping[str, Any] | None = None, continuation: int | str | None = None,
+             steps: int | None = DEFAULTS.steps, n_points: int | None = DEFAULTS.n_points,
+             resample_every: int | None = DEFAULTS.resample_every, eval_every: int = DEFAULTS.eval_every,
+             seed: int = DEFAULTS.seed, device: str | torch.device = DEFAULTS.device, dtype: str = DEFAULTS.dtype,
+             checkpoint_every: int = DEFAULTS.checkpoint_every, sampler: str = DEFAULTS.sampler,
+             lbfgs_steps: int | None = DEFAULTS.lbfgs_steps, run_dir: str | Path | None = None,
+             progress: bool = DEFAULTS.progress, plots: bool = DEFAULTS.plots, monitors: Sequence[Monitor] = (),
+             default_monitors: bool = True, derivatives: str = DEFAULTS.derivatives,
+             cuda_graph: bool | str = DEFAULTS.cuda_graph, sync_every: int = DEFAULTS.sync_every,
+             resume: bool = DEFAULTS.resume, recommended: Mapping[str, Any] | None = None,
+             solver: str | None = DEFAULTS.solver, sampling: str | None = DEFAULTS.sampling,
+             loop_options: Mapping[str, Any] | None = None, continuation: int | str | None = DEFAULTS.continuation,
              **method_options: Any) -> AdaptResult:
-    """Adapt a base model to ``problem`` (its coefficients are the target).
+    """Adapt a base model to ``problem`` (its coefficients are the target). The keyword defaults are
+    :class:`pinn_lora.config.AdaptConfig`'s (the command line's), where each setting is described.
 
     ``base`` is a shipped name ("burgers"), a path to a saved base, a
     (network, card) pair, or a network (any module with ``linears``, e.g. a ``deepxde.nn.FNN``;
@@ -302,12 +306,15 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     n_points = rec.get("n_points", 2000) if n_points is None else n_points
     lbfgs_steps = rec.get("lbfgs_steps", 0) if lbfgs_steps is None else lbfgs_steps
     resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
-    ints = check_ints({"steps": (steps, 0), "n_points": (n_points, 1), "eval_every": (eval_every, 1),
-                       "lbfgs_steps": (lbfgs_steps, 0), "checkpoint_every": (checkpoint_every, 0), "seed": (seed, 0),
-                       "sync_every": (sync_every, 0), "resample_every": (resample_every, 1)})
+    ints = check_ints({"steps": steps, "n_points": n_points, "eval_every": eval_every, "lbfgs_steps": lbfgs_steps,
+                       "checkpoint_every": checkpoint_every, "seed": seed, "sync_every": sync_every,
+                       "resample_every": resample_every})
     steps, n_points, eval_every, lbfgs_steps = ints["steps"], ints["n_points"], ints["eval_every"], ints["lbfgs_steps"]
     checkpoint_every, seed, sync_every, resample_every = (ints[k] for k in ("checkpoint_every", "seed", "sync_every",
                                                                             "resample_every"))
+    # the resolved settings by AdaptConfig's names: a resume compares the `compared` ones, summary.json records
+    run = {**ints, "sampler": sampler, "dtype": dtype, "derivatives": derivatives, "solver": solver,
+           "sampling": sampling, **loop, "continuation": continuation}
     stage_steps = loop.get("stage_steps", TrainConfig.stage_steps)
     net, card = resolve_base(base, problem, dt, dev)
     stages = ([] if continuation == "off" or not card.get("coefficients")
@@ -349,10 +356,7 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     settings = json_safe_tree({
         "problem": problem.name, **{f"problem.{k}": v for k, v in problem.coefficients.items()},
         **{f"method.{k}": v for k, v in meth.describe().items()},
-        "base_fingerprint": model.pinn_lora_base["fingerprint"], "steps": steps, "n_points": n_points,
-        "resample_every": resample_every, "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "seed": seed,
-        "sampler": sampler, "dtype": dtype, "derivatives": derivatives, "checkpoint_every": checkpoint_every,
-        "solver": solver, "sampling": sampling, **loop, "continuation": continuation,
+        "base_fingerprint": model.pinn_lora_base["fingerprint"], **pick(run, "compared"),
         "default_monitors": default_monitors, "monitors": len(mons)})
     records: list[dict[str, Any]] = []
     changed = saved is not None and resume_state.changed_settings(saved[1]["settings"], settings)
@@ -376,11 +380,8 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
     extra = {"device": device_name(dev), "seed": seed,
              # the loop settings, so a run directory describes itself without Hydra's config
-             "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
-                          "lbfgs_steps": lbfgs_steps, "eval_every": eval_every, "sampler": sampler,
-                          "solver": solver, "sampling": sampling, **loop, "continuation": continuation,
-                          "derivatives": derivatives, "cuda_graph": trainer.graph_captured,
-                          "dtype": dtype, "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}}
+             "settings": pick({**run, "cuda_graph": trainer.graph_captured,
+                               "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}, "recorded")}
     if stages:
         extra["continuation"] = stage_summary(stages + [problem], history.records)
     elif continuation == "auto" and card.get("coefficients"):
@@ -434,13 +435,20 @@ def problem_from_config(pcfg: Mapping[str, Any], job: str = "adapt") -> Any:
 SEED_LIMIT = 2**31  # the samplers seed numpy's legacy generator (32 bits) with seed + small offsets
 
 
-def check_ints(values: Mapping[str, tuple[Any, int]]) -> dict[str, int]:
-    """Each value must be an integer (numpy's included) >= its lower bound, a ``seed`` below
-    :data:`SEED_LIMIT` (a ConfigError naming the key otherwise). Returns them as Python ints."""
+def pick(run: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """The entries of ``run`` whose :class:`~pinn_lora.config.AdaptConfig` field has ``role``, in ``run``'s order."""
+    keep = names(role)
+    return {k: v for k, v in run.items() if k in keep}
+
+
+def check_ints(values: Mapping[str, Any], bounds: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Each value must be an integer (numpy's included) >= its key's lower bound (:data:`pinn_lora.config.MINIMUM`),
+    a ``seed`` below :data:`SEED_LIMIT` (a ConfigError naming the key otherwise). Returns them as Python ints."""
     import numbers
 
     out = {}
-    for key, (val, low) in values.items():
+    for key, val in values.items():
+        low = (bounds or {}).get(key, MINIMUM.get(key))  # another command's own keys: their bounds given
         if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < low:
             raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
         if key == "seed" and val >= SEED_LIMIT:
@@ -457,12 +465,17 @@ def check_strings(cfg: Mapping[str, Any], keys: Sequence[str]) -> None:
 
 def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult | list[AdaptResult]:
     """Run one adaptation from a composed (plain dict) config; values left null
-    take the problem config's ``adapt`` recommendations. A list for one coefficient
-    (``problem.nu=[0.005,0.01]``) runs them all in one batched run (:mod:`pinn_lora.batch`;
-    no L-BFGS finish) and returns one result per value."""
+    take the problem config's ``adapt`` recommendations, keys left out :class:`~pinn_lora.config.AdaptConfig`'s
+    defaults. A list for one coefficient (``problem.nu=[0.005,0.01]``) runs them all in one batched run
+    (:mod:`pinn_lora.batch`; no L-BFGS finish; the keyword arguments it takes) and returns one result per value."""
     check_strings(cfg, ("device", "dtype", "base", "sampler", "derivatives"))
     pcfg, mcfg = cfg["problem"], cfg["method"]
     options = {k: v for k, v in mcfg.items() if k != "name" and v is not None}
+    given = {k: cfg.get(k, default) for k, default in LIBRARY.items()}  # the library's settings, by name
+    kwargs = {k: bool(v) if isinstance(LIBRARY[k], bool) else v  # true/false keys (checked by the CLI)
+              for k, v in given.items() if k not in LOOP_OPTIONS and k != "base"}
+    kwargs.update(recommended=pcfg.get("adapt") or {}, run_dir=run_dir,
+                  loop_options={k: given[k] for k in LOOP_OPTIONS if given[k] is not None})
     lists = [k for k, v in pcfg.items() if isinstance(v, (list, tuple)) and k not in ("modes", "adapt", "pretrain")]
     if lists:  # problem.nu=[0.005,0.01]: one batched run over the coefficients
         if len(lists) > 1:
@@ -473,25 +486,13 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
                               f"(problem.{lists[0]}=[...]) cannot be resumed")
         if not values:
             raise ConfigError(f"problem.{lists[0]}=[]: the list of coefficients is empty")
+        import inspect
+
         from pinn_lora.batch import adapt_many
 
+        takes = {n for n, p in inspect.signature(adapt_many).parameters.items() if p.kind == p.KEYWORD_ONLY}
         problems = [problem_from_config({**pcfg, lists[0]: v}, "adapt") for v in values]
-        return adapt_many(cfg.get("base") or problems[0].name, problems, mcfg["name"], steps=cfg.get("steps"),
-                          n_points=cfg.get("n_points"), lbfgs_steps=0, eval_every=cfg.get("eval_every", 100),
-                          seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
-                          dtype=cfg.get("dtype", "float64"), run_dir=run_dir,
-                          progress=bool(cfg.get("progress", True)), plots=bool(cfg.get("plots", True)),
-                          sampler=cfg.get("sampler", "pseudo"), recommended=pcfg.get("adapt") or {},
-                          cuda_graph=cfg.get("cuda_graph", "auto"), sync_every=cfg.get("sync_every", 0), **options)
+        return adapt_many(given["base"] or problems[0].name, problems, mcfg["name"], lbfgs_steps=0,
+                          **{k: v for k, v in kwargs.items() if k in takes and k != "lbfgs_steps"}, **options)
     problem = problem_from_config(pcfg, "adapt")
-    return adapt_to(cfg.get("base") or problem.name, problem, mcfg["name"], steps=cfg.get("steps"),
-                    n_points=cfg.get("n_points"), lbfgs_steps=cfg.get("lbfgs_steps"),
-                    eval_every=cfg.get("eval_every", 100), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
-                    dtype=cfg.get("dtype", "float64"), run_dir=run_dir, progress=bool(cfg.get("progress", True)),
-                    plots=bool(cfg.get("plots", True)), sampler=cfg.get("sampler", "pseudo"),
-                    checkpoint_every=cfg.get("checkpoint_every", 500), recommended=pcfg.get("adapt") or {},
-                    derivatives=cfg.get("derivatives", "auto"), cuda_graph=cfg.get("cuda_graph", "auto"),
-                    sync_every=cfg.get("sync_every", 0), resume=bool(cfg.get("resume", False)),
-                    solver=cfg.get("solver"), sampling=cfg.get("sampling"), resample_every=cfg.get("resample_every"),
-                    continuation=cfg.get("continuation"),
-                    loop_options={k: cfg[k] for k in LOOP_OPTIONS if cfg.get(k) is not None}, **options)
+    return adapt_to(given["base"] or problem.name, problem, mcfg["name"], **kwargs, **options)

@@ -106,6 +106,34 @@ def test_every_config_composes_and_takes_the_method_defaults():
     assert METHODS.get("odelora").config_node()["precondition"] is None
 
 
+def test_adapt_yaml_takes_its_keys_and_defaults_from_the_schema():
+    """configs/adapt.yaml's top-level keys are AdaptConfig's fields with their defaults (Hydra's schema), the
+    library's keyword defaults are the same values, and a key the schema lacks in a config file is refused."""
+    import inspect
+    from dataclasses import fields
+
+    from omegaconf.errors import ConfigKeyError
+
+    from pinn_lora import adapt_to
+    from pinn_lora.batch import adapt_many
+    from pinn_lora.config import DEFAULTS, LIBRARY, LOOP_OPTIONS, AdaptConfig
+
+    with hydra_context():
+        cfg = compose("adapt", [])
+    assert list(cfg) == [f.name for f in fields(AdaptConfig)]
+    plain = OmegaConf.to_container(cfg)
+    assert {k: plain[k] for k in LIBRARY} == LIBRARY and plain["out"] == DEFAULTS.out
+    assert LIBRARY["eval_every"] == 100 and LIBRARY["checkpoint_every"] == 500 and LIBRARY["sampler"] == "pseudo"
+    for fn in (adapt_to, adapt_many):
+        params = inspect.signature(inspect.unwrap(fn)).parameters
+        taken = {k: p.default for k, p in params.items() if k in LIBRARY and p.kind == p.KEYWORD_ONLY}
+        assert taken == {k: LIBRARY[k] for k in taken}, fn.__name__
+    assert set(LIBRARY) - set(inspect.signature(inspect.unwrap(adapt_to)).parameters) == set(LOOP_OPTIONS) == {
+        "lm_mu", "lm_adaptive", "rad_k", "rad_c", "rad_pool", "rar_add", "stage_steps", "stage_tol"}  # loop_options
+    with pytest.raises(ConfigKeyError, match="stepz"):  # what Hydra does with a YAML key the schema lacks
+        OmegaConf.merge(OmegaConf.structured(AdaptConfig), {"stepz": 3})
+
+
 @pytest.mark.integration  # 3 x 18 runs on the shipped bases
 @pytest.mark.parametrize("problem", PROBLEMS.names())
 def test_every_method_runs_from_the_composed_cli_config(problem):

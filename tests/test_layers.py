@@ -22,6 +22,7 @@ LAYER = {  # module (relative to pinn_lora; a subpackage maps all its modules) -
     "methods": "engine", "train": "engine", "loops": "engine", "monitors": "engine", "validation": "engine",
     # workflow: a whole adaptation (or pretraining) with its files and figures
     "api": "workflow", "session": "workflow", "batch": "workflow", "report": "workflow", "interop": "workflow",
+    "config": "workflow",  # AdaptConfig: the settings of one adaptation (their defaults take TrainConfig's)
     # entry: the command lines (python -m modules) and what only they use
     "cli": "entry", "adapt": "entry", "compare": "entry", "pretrain": "entry", "family": "entry", "sensing": "entry",
 }
