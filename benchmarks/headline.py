@@ -27,9 +27,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", default="odelora")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "headline_cpu.json"))
+    ap.add_argument("--only", nargs="+", default=list(GOALS), help="these families (the others' rows are kept)")
     args = ap.parse_args()
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {"runs": []}
+    kept = [r for r in old["runs"] if r["family"] not in args.only or r["method"] != args.method]
     rows = []
     for family, goal in GOALS.items():
+        if family not in args.only:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()
             t0 = time.perf_counter()
@@ -49,6 +54,8 @@ def main() -> None:
     meta = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "note": "whole command in a fresh working directory; the machine's load average before and after each"}
+    order = list(GOALS)
+    rows = sorted(kept + rows, key=lambda r: (order.index(r["family"]), r["method"]))
     Path(args.out).write_text(json.dumps({**meta, "runs": rows}, indent=1))
     print(f"wrote {args.out}")
 
