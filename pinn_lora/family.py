@@ -152,6 +152,7 @@ class Family:
         from pinn_lora.schema import family_card_schema, validate
 
         path = Path(path)
+        _check_out(path)
         card = {**self.card, "kind": FAMILY_KIND}
         validate({**card, "weights_sha256": "0" * 64}, family_card_schema(), f"family card in {path}")
         tensors = {k: v.cpu().contiguous() for k, v in self.tensors().items()}
@@ -306,6 +307,12 @@ def _check_range(problem: Any, over: str | None, low: float, high: float) -> tup
     return spec, low, high
 
 
+def _check_out(out: str | Path | None) -> None:
+    """A family is never written over another one (refused before any training)."""
+    if out is not None and any((Path(out) / name).exists() for name in ("family.json", "family.safetensors")):
+        raise FamilyError(f"out={out}: it already holds a family (family.json); choose another directory")
+
+
 def _midpoint(spec: Any, a: float, b: float) -> float:
     return spec.from_coordinate(0.5 * (spec.coordinate(a) + spec.coordinate(b)))
 
@@ -323,6 +330,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
 
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
+    _check_out(out)
     if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 2:
         raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
@@ -420,6 +428,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
 
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
+    _check_out(out)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = resolve_base(problem.name if base is None else base, problem, dt, dev)
     if not hasattr(base_net, "architecture"):

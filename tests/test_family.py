@@ -87,6 +87,17 @@ def test_a_saved_family_answers_bit_identically_and_its_card_is_checked(family, 
         load_family(copy)
 
 
+def test_a_family_is_never_written_over_another(family, tiny_base):
+    fam, out = family
+    before = (out / "family.safetensors").read_bytes()
+    with pytest.raises(FamilyError, match="already holds a family"):
+        fam.save(out)
+    with pytest.raises(FamilyError, match="already holds a family"):
+        build_family(pinn_lora.get_problem("burgers"), "nu", 0.002, 0.02, "lora", base=tiny_base, out=out,
+                     device="cpu", progress=False, **FAST)
+    assert (out / "family.safetensors").read_bytes() == before
+
+
 @pytest.mark.parametrize("value, match", [(0.0019, "outside the family's range"), (0.03, "outside"),
                                           (float("nan"), "give a number"), ("0.01", "give a number")])
 def test_a_query_outside_the_range_is_refused(family, value, match):
