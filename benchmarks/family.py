@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--builder", choices=("bank", "hyper"), default="bank")
     ap.add_argument("--steps", type=int, default=60, help="hyper: Levenberg-Marquardt steps")
     ap.add_argument("--n-points", type=int, default=500, help="hyper: points per coefficient per step")
+    ap.add_argument("--save", default=None, help="save the family here (default: a folder under the system's "
+                    "temporary directory, printed), to evaluate it again later")
     ap.add_argument("--report", action="store_true", help="merge the bank and hyper results: summary + figure")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -78,6 +80,12 @@ def main() -> None:
     else:
         fam = build_hyper_family(problem, over, low, high, steps=args.steps, n_points=args.n_points, device="cpu")
     build_s = time.perf_counter() - t0
+    import tempfile
+
+    save = Path(args.save or Path(tempfile.gettempdir()) / "pinn_lora_families" /
+                f"{args.problem}_{args.builder}_{time.strftime('%Y%m%d-%H%M%S')}")
+    fam.save(save)
+    print(f"family saved: {save}", flush=True)
     values = held_out(fam.spec, low, high)
     qt = []
     for i in range(200):
@@ -89,6 +97,10 @@ def main() -> None:
     for v in values:
         target = fam.problem_at(v)
         row = {"value": v, "family_error": target.relative_l2(fam(v)), "base_error": target.relative_l2(base)}
+        if args.builder == "bank":  # the same anchors, their solutions blended instead of their weights
+            fam.interpolate = "solution"
+            row["family_error_solution"] = target.relative_l2(fam(v))
+            fam.interpolate = "weights"
         if not args.no_per_coefficient:
             t = time.perf_counter()
             res = pinn_lora.adapt_to(args.problem, target, args.method, device="cpu", progress=False, plots=False,
@@ -127,10 +139,12 @@ def report(problem: str, results: Path) -> None:
     x = [r["value"] for r in rows]
     ax.semilogy(x, [r["base_error"] for r in rows], "k:", label="base (unadapted)")
     ax.semilogy(x, adapted, "s--", label=f"{bank['method']} adapted at each coefficient")
-    for name, res in (("bank", bank), ("hyper", hyper)):
-        if res is None:
+    builds = [("bank", bank, "family_error"), ("bank_solution", bank, "family_error_solution"),
+              ("hyper", hyper, "family_error")]
+    for name, res, key in builds:
+        if res is None or key not in res["rows"][0]:
             continue
-        errs = [r["family_error"] for r in res["rows"]]
+        errs = [r[key] for r in res["rows"]]
         assert [r["value"] for r in res["rows"]] == x, "the builds were evaluated at other coefficients"
         ratios = [e / a for e, a in zip(errs, adapted)]
         far = [(e, r["base_error"]) for e, r in zip(errs, res["rows"]) if r["base_error"] > 1e-2]
@@ -139,7 +153,9 @@ def report(problem: str, results: Path) -> None:
                                "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
                                "goal_median_2x": statistics.median(ratios) <= 2, "goal_worst_5x": max(ratios) <= 5,
                                "goal_5x_below_base": all(e * 5 <= b for e, b in far)}
-        label = (f"bank, {len(res['card']['anchors'])} anchors" if name == "bank" else "coefficient-conditioned")
+        label = {"bank": f"bank, {len(res['card']['anchors'])} anchors, weights interpolated",
+                 "bank_solution": "the same anchors, solutions blended",
+                 "hyper": "coefficient-conditioned adapter"}[name]
         ax.semilogy(x, errs, "o-", label=f"family: {label} (query)")
     for a in bank["card"]["anchors"]:
         ax.axvline(a["value"], color="0.85", lw=0.8, zorder=0)
