@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-per-coefficient", action="store_true", help="skip the per-coefficient adaptations")
     ap.add_argument("--builder", choices=("bank", "hyper"), default="bank")
+    ap.add_argument("--reuse", default=None, help="a results file whose per-coefficient adaptations (same values, "
+                    "same method and defaults) are taken instead of running them again")
     ap.add_argument("--steps", type=int, default=60, help="hyper: Levenberg-Marquardt steps")
     ap.add_argument("--n-points", type=int, default=500, help="hyper: points per coefficient per step")
     ap.add_argument("--save", default=None, help="save the family here (default: a folder under the system's "
@@ -93,6 +95,8 @@ def main() -> None:
         fam(values[i % HELD_OUT])
         qt.append(time.perf_counter() - t)
     base, card, _ = pinn_lora.load_base(args.problem)
+    reused = json.loads(Path(args.reuse).read_text())["rows"] if args.reuse else []
+    assert not reused or [r["value"] for r in reused] == values, "--reuse: other coefficients"
     rows = []
     for v in values:
         target = fam.problem_at(v)
@@ -101,7 +105,9 @@ def main() -> None:
             fam.interpolate = "solution"
             row["family_error_solution"] = target.relative_l2(fam(v))
             fam.interpolate = "weights"
-        if not args.no_per_coefficient:
+        if reused:
+            row.update({k: v for k, v in reused.pop(0).items() if k.startswith("adapted_")})
+        elif not args.no_per_coefficient:
             t = time.perf_counter()
             res = pinn_lora.adapt_to(args.problem, target, args.method, device="cpu", progress=False, plots=False,
                                      eval_every=10_000)
@@ -113,7 +119,7 @@ def main() -> None:
     fam_err = [r["family_error"] for r in rows]
     summary = {"build_s": round(build_s, 1), "anchors": fam.anchors, "query_ms_median": 1e3 * statistics.median(qt),
                "family_error_median": statistics.median(fam_err), "family_error_max": max(fam_err)}
-    if not args.no_per_coefficient:
+    if "adapted_error" in rows[0]:
         ratios = [r["family_error"] / r["adapted_error"] for r in rows]
         summary.update(adapted_error_median=statistics.median(r["adapted_error"] for r in rows),
                        ratio_median=statistics.median(ratios), ratio_max=max(ratios),
