@@ -9,8 +9,9 @@ adapted network is merged into plain weights W_k = W0 + ΔW_k, where the low-ran
 anchors can be compared: raw B and A are defined only up to an invertible r×r matrix (BA = BM·M⁻¹A), so
 interpolating them would mean nothing, while ΔW = sBA is unique. The first anchors are the range's ends
 (and its middle); then, until ``anchors`` are placed or the worst midpoint is below ``tol``, the next
-anchor goes to the middle of the segment whose interpolated network has the largest residual on the
-problem's fixed reference-free validation set (:mod:`pinn_lora.validation`) at that midpoint. No
+anchor goes to the middle of the segment whose interpolated network's residual on the problem's fixed
+reference-free validation set (:mod:`pinn_lora.validation`) at that midpoint is the most times larger than
+its two anchors' own (their geometric mean; the residual's scale varies across a range). No
 reference solution and no held-out coefficient is used.
 
 **Query.** ``family(c)`` (or :meth:`Family.query`) interpolates linearly between the two neighbouring
@@ -375,17 +376,23 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
     checks: list[dict[str, Any]] = []
     while True:
+        # each segment's midpoint: its residual, and how many times worse it is than its two anchors' own
+        # (geometric mean): the residual's scale varies across a range (a sharper solution has a larger one
+        # even when adapted), so the segment whose interpolation loses most gets the next anchor
+        own = {r["value"]: max(r["validation_residual"], 1e-300) for r in rows}
         worst = None
         for a, b in zip(fam.anchors[:-1], fam.anchors[1:]):
             mid = _midpoint(spec, a, b)
             target = fam.problem_at(mid)
             r = validation_residual(target, fam.query(mid), validation_points(target, dtype=dt, device=dev))
-            checks.append({"value": mid, "anchors": len(fam.anchors), "validation_residual": r})
-            if worst is None or r > worst[1]:
-                worst = (mid, r)
-        if worst is None or worst[1] <= tol or len(values) >= anchors:
+            score = r / math.sqrt(own[a] * own[b])
+            checks.append({"value": mid, "anchors": len(fam.anchors), "validation_residual": r, "score": score})
+            if worst is None or score > worst[2]:
+                worst = (mid, r, score)
+        if worst is None or max(c["validation_residual"] for c in checks[-(len(fam.anchors) - 1):]) <= tol \
+                or len(values) >= anchors:
             break
-        add(worst[0], f"largest midpoint residual {worst[1]:.3e}")
+        add(worst[0], f"midpoint residual {worst[1]:.3e}, {worst[2]:.3g}x its anchors'")
         fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
     statuses = [r["status"] for r in rows]
     card = {

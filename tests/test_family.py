@@ -41,9 +41,15 @@ def test_anchors_are_the_ends_the_middle_then_the_worst_midpoint(family):
     assert any(abs(a - math.exp(0.5 * (lo + hi))) < 1e-15 for a in fam.anchors)  # the middle, in log nu
     checks = fam.card["midpoint_checks"]
     first = [c for c in checks if c["anchors"] == 3]  # the two segments' midpoints before the fourth anchor
-    worst = max(first, key=lambda c: c["validation_residual"])
-    assert any(abs(a - worst["value"]) < 1e-15 for a in fam.anchors)
-    added = [a for a in fam.card["anchors"] if a["reason"].startswith("largest midpoint residual")]
+    own = {a["value"]: a["validation_residual"] for a in fam.card["anchors"]}
+    ends = sorted(own)[:1] + [sorted(own)[-1]]
+    for c in first:  # the score: the midpoint's residual over its two anchors' geometric mean
+        left = max(v for v in own if v < c["value"])
+        right = min(v for v in own if v > c["value"])
+        assert c["score"] == pytest.approx(c["validation_residual"] / math.sqrt(own[left] * own[right]), rel=1e-12)
+    worst = max(first, key=lambda c: c["score"])
+    assert ends == [0.002, 0.02] and any(abs(a - worst["value"]) < 1e-15 for a in fam.anchors)
+    added = [a for a in fam.card["anchors"] if a["reason"].startswith("midpoint residual")]
     assert len(added) == 1 and added[0]["value"] == pytest.approx(worst["value"], rel=1e-15)
 
 
