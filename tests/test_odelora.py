@@ -163,3 +163,43 @@ def test_rmsprop_metric_floor_keeps_rk4_stable():
     assert status == "diverged" or max(bare) > 2 * bare[0]
     with pytest.raises(ValueError, match="metric_floor"):
         pinn_lora.get_method("odelora", metric_floor=-1.0)
+
+
+def test_sync_free_rebalance_follows_the_same_weights_and_stays_balanced():
+    """The matrix-product rebalance (what CUDA graphs can hold, issue 17): over 100 ODELoRA steps on a
+    tiny PINN, W after every step equals the QR/SVD rebalance's to 1e-10 and ‖BᵀB − AAᵀ‖/‖BᵀB‖ <= 1e-10."""
+    import copy
+
+    from pinn_lora.adapters import adapter_layers
+    from pinn_lora.dynamics.odelora import rebalance_sync_free
+
+    from tiny import make_closure, setup
+
+    prob, _, model, meth, pts = setup("burgers", "odelora")
+    twin = copy.deepcopy(model)
+    runs = []
+    for m in (model, twin):
+        dyn = meth.dynamics(m)
+        runs.append((m, dyn, make_closure(prob, m, pts)))
+    runs[1][1].sync_free = True
+    worst_w = worst_balance = 0.0
+    for _ in range(100):
+        for m, dyn, closure in runs:
+            dyn.step(closure)
+        for (_, la), (_, lb) in zip(adapter_layers(runs[0][0]), adapter_layers(runs[1][0])):
+            wa, wb = la.weight().detach(), lb.weight().detach()
+            worst_w = max(worst_w, float((wa - wb).abs().max() / wa.abs().max()))
+            b, a = (t.detach() for t in lb.factors())
+            bb = b.T @ b
+            worst_balance = max(worst_balance, float(torch.linalg.norm(bb - a @ a.T) / torch.linalg.norm(bb)))
+    assert worst_w <= 1e-10 and worst_balance <= 1e-10, (worst_w, worst_balance)
+    rotated = max(float((la.factors()[0] - lb.factors()[0]).abs().max())
+                  for (_, la), (_, lb) in zip(adapter_layers(runs[0][0]), adapter_layers(runs[1][0])))
+    assert rotated > 1e-6  # the two rebalances ran: their factors differ by an r×r rotation, the weights do not
+    # and the factors it gives are balanced with the same product for an unbalanced pair (the check has teeth)
+    b, a = _balanced(10, 8, 3, seed=4)
+    b1, a1 = b @ torch.diag(torch.tensor([3.0, 0.5, 1.0], dtype=torch.float64)), \
+        torch.diag(torch.tensor([1 / 3.0, 2.0, 1.0], dtype=torch.float64)) @ a
+    assert torch.linalg.norm(b1.T @ b1 - a1 @ a1.T) > 1e-1
+    b2, a2 = rebalance_sync_free(b1, a1)
+    assert torch.allclose(b2.T @ b2, a2 @ a2.T, atol=1e-12, rtol=0) and torch.allclose(b2 @ a2, b1 @ a1, atol=1e-12)

@@ -89,6 +89,41 @@ def rebalance(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
             torch.where(ok, ((root[:, None] * vh) @ qa.T).to(a.dtype), a))
 
 
+def _roots(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Z^(1/2), Z^(-1/2)) of a symmetric positive definite r×r matrix by the coupled Newton–Schulz
+    iteration Y ← Y·T, W ← T·W, T = (3I − W·Y)/2 from Y = Z/c, W = I (c = ‖Z‖_F, so the spectrum of Z/c
+    lies in (0, 1] and the iteration converges, quadratically near the end): matrix products only."""
+    eye = torch.eye(z.shape[0], dtype=z.dtype, device=z.device)
+    c = torch.linalg.matrix_norm(z)
+    y, w = z / c, eye
+    for _ in range(iters):
+        t = 1.5 * eye - 0.5 * (w @ y)
+        y, w = y @ t, t @ w
+    return y * c.sqrt(), w / c.sqrt()
+
+
+SYNC_FREE_ITERS = 60  # Newton–Schulz iterations: enough for a condition number of BᵀB up to about 1e8
+
+
+def rebalance_sync_free(b: torch.Tensor, a: torch.Tensor, iters: int = SYNC_FREE_ITERS
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rebalance` by matrix products only (no QR, SVD or host read, so a CUDA graph can hold
+    it): with P = BᵀB and Q = AAᵀ, G = P^(-1/2)(P^(1/2) Q P^(1/2))^(1/2) P^(-1/2) solves G P G = Q, and
+    B' = B G^(1/2), A' = G^(-1/2) A have B'ᵀB' = A'A'ᵀ and B'A' = BA. The result differs from
+    :func:`rebalance`'s by an r×r rotation (B'Ω, ΩᵀA'), which the ODELoRA field is invariant to, so
+    the weights' trajectory is the same. Factors that are not finite, or whose P is singular, come
+    back unchanged."""
+    bd, ad = b.double(), a.double()
+    p_half, p_inv_half = _roots(bd.T @ bd, iters)
+    mid, _ = _roots(p_half @ (ad @ ad.T) @ p_half, iters)
+    g = p_inv_half @ mid @ p_inv_half
+    g = 0.5 * (g + g.T)
+    g_half, g_inv_half = _roots(g, iters)
+    nb, na = bd @ g_half, g_inv_half @ ad
+    ok = torch.isfinite(nb).all() & torch.isfinite(na).all()
+    return torch.where(ok, nb.to(b.dtype), b), torch.where(ok, na.to(a.dtype), a)
+
+
 def balanced_factors(kind: str, weight0: torch.Tensor, grad: torch.Tensor | None, rank: int, scale: float,
                      init_scale: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced initial factors (B0, A0) for one layer.
@@ -157,6 +192,7 @@ class ODELoRADynamics(Dynamics):
         self.layers = list(layers)
         self.tableau = get_tableau(scheme)
         self.damping, self.rebalance = float(damping), bool(rebalance)
+        self.sync_free = False  # True: the matrix-product rebalance on any device (always on CUDA)
         self.evaluations_per_step = self.tableau.stages
         if precondition not in PRECONDITIONERS:
             raise ValueError(f"odelora: precondition={precondition!r}; choose one of {', '.join(PRECONDITIONERS)}")
@@ -261,7 +297,9 @@ class ODELoRADynamics(Dynamics):
         if self.rebalance:  # without a host read: the rebalanced factors only where all are finite
             finite = torch.stack([torch.isfinite(t).all() for t in y1]).all()
             safe = [torch.where(finite, t, torch.zeros_like(t)) for t in y1]
-            balanced = [t for i in range(0, len(safe), 2) for t in rebalance(safe[i], safe[i + 1])]
+            # on CUDA by matrix products only (QR and SVD read the host there, so a graph could not hold them)
+            how = rebalance_sync_free if y1[0].device.type == "cuda" or self.sync_free else rebalance
+            balanced = [t for i in range(0, len(safe), 2) for t in how(safe[i], safe[i + 1])]
             y1 = [torch.where(finite, b, t) for b, t in zip(balanced, y1)]
         self._load(y1)
         return loss0
