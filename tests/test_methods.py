@@ -186,3 +186,25 @@ def test_lbfgs_finish_after_preconditioned_odelora():
                                                                   progress=False)).run()
     assert [r["phase"] for r in hist.records] == ["train"] * 3 + ["lbfgs"] * 2  # 10 + 2 iterations
     assert hist.records[-1]["loss"] < hist.records[3]["loss"]
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_the_materialised_forward_equals_the_factored_one(method):
+    """Issue 17 item 0: a batch of points runs F.linear(x, W0 + ΔW) (one product), a single point the
+    factored W0·x + delta(x); both give the same outputs to 1e-12, for every method's layers."""
+    prob, _, model, meth, pts = _setup("burgers", method)
+    with torch.no_grad():  # move every trainable parameter off its start so ΔW is not zero
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.dtype))
+    x = torch.rand(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    batch = model(x).detach()
+    one_by_one = torch.cat([model(x[i:i + 1]) for i in range(x.shape[0])]).detach()
+    assert float((batch - one_by_one).abs().max()) <= 1e-12 * float(batch.abs().max())
+    for _, lay in adapter_layers(model):
+        h = torch.randn(50, lay.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        y = lay(h)
+        if type(lay).__name__ == "DoRALinear":  # its own forward is F.linear(x, weight()) already
+            continue
+        factored = torch.nn.functional.linear(h, lay.weight0, lay.bias0) + lay.delta(h)
+        assert float((y - factored).abs().max()) <= 1e-12 * float(y.abs().max()), type(lay).__name__

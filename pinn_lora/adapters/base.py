@@ -34,7 +34,14 @@ class AdapterLinear(nn.Module):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.delta_weight())
 
+    materialise = True  # False: always the factored W0·x + delta(x) (a selector's column gather, say)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[:-1].numel()
+        if self.materialise and rows * (self.in_features + self.out_features) >= self.in_features * self.out_features:
+            # W = W0 + ΔW once, then one product: cheaper than W0·x beside the factored delta(x) whenever
+            # the rows outnumber in·out/(in + out) (32 for a 64×64 layer), i.e. for every PINN batch
+            return F.linear(x, self.weight(), self.bias0)
         return F.linear(x, self.weight0, self.bias0) + self.delta(x)
 
     def merged(self) -> nn.Linear:

@@ -43,6 +43,8 @@ def n_windows(rank: int, n: int) -> int:
 class SelectorLinear(AdapterLinear):
     """``y = W0 x + b + s·B·x[cols]`` with a fixed column selector ``cols`` (a buffer)."""
 
+    materialise = False  # the column gather x[cols] is what defines cLA: never a product with a dense A
+
     def __init__(self, base: nn.Linear, rank: int, scale: float, cols: torch.Tensor) -> None:
         super().__init__(base)
         self.rank = selector_rank(rank, base)
@@ -86,6 +88,8 @@ class SelectorLinear(AdapterLinear):
 class PaCALinear(AdapterLinear):
     """``y = W0' x + b + P x[cols]``: the columns ``cols`` of W0 are the trainable ``P``
     (initialised to W0[:, cols]); W0' is W0 with those columns zeroed."""
+
+    materialise = False  # a column gather, as the selectors
 
     def __init__(self, base: nn.Linear, rank: int, cols: torch.Tensor) -> None:
         super().__init__(base)
