@@ -101,10 +101,12 @@ def main() -> None:
     for v in values:
         target = fam.problem_at(v)
         row = {"value": v, "family_error": target.relative_l2(fam(v)), "base_error": target.relative_l2(base)}
-        if args.builder == "bank":  # the same anchors, their solutions blended instead of their weights
-            fam.interpolate = "solution"
-            row["family_error_solution"] = target.relative_l2(fam(v))
-            fam.interpolate = "weights"
+        if args.builder == "bank":  # the same anchors, their weights interpolated and their solutions blended
+            built = fam.interpolate
+            for mode in ("weights", "solution"):
+                fam.interpolate = mode
+                row[f"family_error_{mode}"] = target.relative_l2(fam(v))
+            fam.interpolate = built
         if reused:
             row.update({k: v for k, v in reused.pop(0).items() if k.startswith("adapted_")})
         elif not args.no_per_coefficient:
@@ -145,7 +147,7 @@ def report(problem: str, results: Path) -> None:
     x = [r["value"] for r in rows]
     ax.semilogy(x, [r["base_error"] for r in rows], "k:", label="base (unadapted)")
     ax.semilogy(x, adapted, "s--", label=f"{bank['method']} adapted at each coefficient")
-    builds = [("bank", bank, "family_error"), ("bank_solution", bank, "family_error_solution"),
+    builds = [("bank_solution", bank, "family_error_solution"), ("bank_weights", bank, "family_error_weights"),
               ("hyper", hyper, "family_error")]
     for name, res, key in builds:
         if res is None or key not in res["rows"][0]:
@@ -159,8 +161,8 @@ def report(problem: str, results: Path) -> None:
                                "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
                                "goal_median_2x": statistics.median(ratios) <= 2, "goal_worst_5x": max(ratios) <= 5,
                                "goal_5x_below_base": all(e * 5 <= b for e, b in far)}
-        label = {"bank": f"bank, {len(res['card']['anchors'])} anchors, weights interpolated",
-                 "bank_solution": "the same anchors, solutions blended",
+        label = {"bank_solution": f"bank, {len(res['card']['anchors'])} anchors, solutions blended",
+                 "bank_weights": "the same anchors, weights interpolated",
                  "hyper": "coefficient-conditioned adapter"}[name]
         ax.semilogy(x, errs, "o-", label=f"family: {label} (query)")
     for a in bank["card"]["anchors"]:

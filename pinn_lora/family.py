@@ -9,9 +9,8 @@ adapted network is merged into plain weights W_k = W0 + ΔW_k, where the low-ran
 anchors can be compared: raw B and A are defined only up to an invertible r×r matrix (BA = BM·M⁻¹A), so
 interpolating them would mean nothing, while ΔW = sBA is unique. The first anchors are the range's ends
 (and its middle); then, until ``anchors`` are placed or the worst midpoint is below ``tol``, the next
-anchor goes to the middle of the segment whose interpolated network's residual on the problem's fixed
-reference-free validation set (:mod:`pinn_lora.validation`) at that midpoint is the most times larger than
-its two anchors' own (their geometric mean; the residual's scale varies across a range). No
+anchor goes to the middle of the segment whose interpolated answer has the largest residual on the
+problem's fixed reference-free validation set (:mod:`pinn_lora.validation`) at that midpoint. No
 reference solution and no held-out coefficient is used.
 
 **Query.** ``family(c)`` (or :meth:`Family.query`) interpolates linearly between the two neighbouring
@@ -319,7 +318,7 @@ def _midpoint(spec: Any, a: float, b: float) -> float:
 
 
 def build_family(problem: Any, over: str | None, low: float, high: float, method: str = "lora", *,
-                 base: Any = None, anchors: int = 5, tol: float = 0.0, interpolate: str = "weights", seed: int = 0,
+                 base: Any = None, anchors: int = 5, tol: float = 0.0, interpolate: str = "solution", seed: int = 0,
                  device: str | torch.device = "cpu", dtype: str = "float64", progress: bool = True,
                  out: str | Path | None = None, **adapt_options: Any) -> Family:
     """Adapt ``base`` (default: the problem's shipped base) at up to ``anchors`` coefficients of ``over``
@@ -376,23 +375,17 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
     checks: list[dict[str, Any]] = []
     while True:
-        # each segment's midpoint: its residual, and how many times worse it is than its two anchors' own
-        # (geometric mean): the residual's scale varies across a range (a sharper solution has a larger one
-        # even when adapted), so the segment whose interpolation loses most gets the next anchor
-        own = {r["value"]: max(r["validation_residual"], 1e-300) for r in rows}
         worst = None
         for a, b in zip(fam.anchors[:-1], fam.anchors[1:]):
             mid = _midpoint(spec, a, b)
             target = fam.problem_at(mid)
             r = validation_residual(target, fam.query(mid), validation_points(target, dtype=dt, device=dev))
-            score = r / math.sqrt(own[a] * own[b])
-            checks.append({"value": mid, "anchors": len(fam.anchors), "validation_residual": r, "score": score})
-            if worst is None or score > worst[2]:
-                worst = (mid, r, score)
-        if worst is None or max(c["validation_residual"] for c in checks[-(len(fam.anchors) - 1):]) <= tol \
-                or len(values) >= anchors:
+            checks.append({"value": mid, "anchors": len(fam.anchors), "validation_residual": r})
+            if worst is None or r > worst[1]:
+                worst = (mid, r)
+        if worst is None or worst[1] <= tol or len(values) >= anchors:
             break
-        add(worst[0], f"midpoint residual {worst[1]:.3e}, {worst[2]:.3g}x its anchors'")
+        add(worst[0], f"largest midpoint residual {worst[1]:.3e}")
         fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
     statuses = [r["status"] for r in rows]
     card = {
@@ -593,7 +586,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
     with rundir.claim(run_dir):
         return build_family(problem, cfg.get("over"), cfg["low"], cfg["high"], mcfg["name"],
                             anchors=cfg.get("anchors", 5), tol=cfg.get("tol", 0.0),
-                            interpolate=cfg.get("interpolate", "weights"),
+                            interpolate=cfg.get("interpolate", "solution"),
                             recommended=pcfg.get("adapt") or {}, **common, **given, **options)
 
 
