@@ -161,7 +161,7 @@ def report(problem: str, results: Path) -> None:
                                "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
                                "goal_median_2x": statistics.median(ratios) <= 2, "goal_worst_5x": max(ratios) <= 5,
                                "goal_5x_below_base": all(e * 5 <= b for e, b in far)}
-        label = {"bank_solution": f"bank, {len(res['card']['anchors'])} anchors, solutions blended",
+        label = {"bank_solution": f"bank, {len(res['card'].get('anchors', []))} anchors, solutions blended",
                  "bank_weights": "the same anchors, weights interpolated",
                  "hyper": "coefficient-conditioned adapter"}[name]
         ax.semilogy(x, errs, "o-", label=f"family: {label} (query)")
