@@ -313,6 +313,14 @@ def _check_out(out: str | Path | None) -> None:
         raise FamilyError(f"out={out}: it already holds a family (family.json); choose another directory")
 
 
+def spread(spec: Any, low: float, high: float, n: int) -> list[float]:
+    """``n`` values from ``low`` to ``high`` evenly spaced in the coefficient's coordinate, the ends exact
+    (exp(log(low)) can round below low) and every value inside [low, high]."""
+    a, b = spec.coordinate(low), spec.coordinate(high)
+    inner = [min(max(spec.from_coordinate(a + (b - a) * i / (n - 1)), low), high) for i in range(1, n - 1)]
+    return [low, *inner, high]
+
+
 def _midpoint(spec: Any, a: float, b: float) -> float:
     return spec.from_coordinate(0.5 * (spec.coordinate(a) + spec.coordinate(b)))
 
@@ -483,8 +491,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
                   f"[{batch[0][0].coefficients[over]:.4g}, {batch[-1][0].coefficients[over]:.4g}]",
                   file=sys.stderr, flush=True)
     checks = []
-    for i in range(9):  # reference-free: the validation residual across the range
-        value = spec.from_coordinate(spec.coordinate(low) + i / 8 * (spec.coordinate(high) - spec.coordinate(low)))
+    for value in spread(spec, low, high, 9):  # reference-free: the validation residual across the range
         target = fam.problem_at(value)
         checks.append({"value": value, "validation_residual": validation_residual(
             target, fam.query(value), validation_points(target, n=4096, dtype=dt, device=dev))})
@@ -532,8 +539,7 @@ def plot_family(fam: Family, path: Path, points: int = 17) -> None:
     from matplotlib.figure import Figure
 
     spec = fam.spec
-    lo, hi = spec.coordinate(fam.low), spec.coordinate(fam.high)
-    values = sorted({spec.from_coordinate(lo + (hi - lo) * i / (points - 1)) for i in range(points)} | set(fam.anchors))
+    values = sorted(set(spread(spec, fam.low, fam.high, points)) | set(fam.anchors))
     rows = scan(fam, values)
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()

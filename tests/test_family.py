@@ -187,3 +187,13 @@ def test_solution_interpolation_blends_the_neighbouring_anchors(family):
         assert not torch.allclose(fam(mid)(x), 0.5 * (ua + ub), rtol=0, atol=1e-10)  # weights: another answer
     finally:
         fam.interpolate = "solution"
+
+
+def test_values_spread_over_a_range_stay_inside_it():
+    from pinn_lora.family import spread
+
+    spec = next(c for c in pinn_lora.get_problem("burgers").coefficient_specs if c.name == "nu")
+    low, high = 0.005 / math.pi, 0.05 / math.pi
+    values = spread(spec, low, high, 9)
+    assert values[0] == low and values[-1] == high and all(low <= v <= high for v in values)
+    assert values == sorted(values) and len(set(values)) == 9
