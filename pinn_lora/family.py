@@ -328,10 +328,10 @@ def _midpoint(spec: Any, a: float, b: float) -> float:
 def build_family(problem: Any, over: str | None, low: float, high: float, method: str = "lora", *,
                  base: Any = None, anchors: int = 5, tol: float = 0.0, interpolate: str = "solution", seed: int = 0,
                  device: str | torch.device = "cpu", dtype: str = "float64", progress: bool = True,
-                 out: str | Path | None = None, **adapt_options: Any) -> Family:
+                 out: str | Path | None = None, plots: bool = True, **adapt_options: Any) -> Family:
     """Adapt ``base`` (default: the problem's shipped base) at up to ``anchors`` coefficients of ``over``
     in [``low``, ``high``] (the other coefficients: ``problem``'s) and return the :class:`Family`; with
-    ``out`` it is saved there (family.* and plots/family.png). ``adapt_options`` go to every
+    ``out`` it is saved there (family.* and, with ``plots``, plots/family.png). ``adapt_options`` go to every
     :func:`~pinn_lora.session.adapt_to` call (steps, solver, method options ...)."""
     from pinn_lora.session import ConfigError, adapt_to, resolve_base, resolve_device, resolve_dtype
     from pinn_lora.validation import validation_points, validation_residual
@@ -411,7 +411,8 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     fam = Family(problem, over, low, high, values, states, base_net, card)
     if out is not None:
         fam.save(out)
-        plot_family(fam, Path(out) / "plots" / "family.png")
+        if plots:
+            plot_family(fam, Path(out) / "plots" / "family.png")
     return fam
 
 

@@ -12,7 +12,6 @@ states it may keep on 1024 points of its own: the same construction with another
 from __future__ import annotations
 
 import zlib
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -28,14 +27,20 @@ def validation_points(problem: Any, n: int = VALIDATION_POINTS, dtype: torch.dty
     and ``purpose`` (another purpose, another set: the verdict's points are never the Guard's).
     Drawn once per problem, ``n`` and purpose (20 000 Halton points take about a second); each call
     gets its own copy."""
-    try:
+    # the points depend on the family and its domain, not on the coefficients: one draw serves them all
+    key = (type(problem), problem.name, tuple(problem.lower), tuple(problem.upper), int(n), purpose)
+    points = _CACHE.get(key)
+    if points is None:
         points = _halton_points(problem, n, purpose)
-    except TypeError:  # coefficients that cannot be hashed: no cache
-        points = _halton_points.__wrapped__(problem, n, purpose)
+        if len(_CACHE) >= 32:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = points
     return torch.tensor(points, dtype=dtype, device=device)
 
 
-@lru_cache(maxsize=32)
+_CACHE: dict[tuple, np.ndarray] = {}
+
+
 def _halton_points(problem: Any, n: int, purpose: str = "validation") -> np.ndarray:
     seed = zlib.crc32(f"pinn_lora {purpose} {problem.name}".encode())
     points = np.asarray(problem.sample(n, seed=seed, sampler="Halton"))

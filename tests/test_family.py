@@ -1,5 +1,6 @@
 """Families over a coefficient range (pinn_lora.family): the adapter bank's interpolation, its anchors,
-its files and its refusals, on a tiny base (a few steps per anchor)."""
+its files and its refusals, on a tiny Helmholtz base (a few steps per anchor; its reference is a sum of modes,
+so the many coefficients cost no reference solves)."""
 import json
 import math
 
@@ -18,27 +19,26 @@ FAST = dict(steps=1, n_points=32, continuation="off", eval_every=1)
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    prob = pinn_lora.get_problem("burgers")
+    prob = pinn_lora.get_problem("helmholtz")
     path = tmp_path_factory.mktemp("base") / "tiny"
-    pinn_lora.pretrain_base(prob, layers=[2, 12, 12, 1], activation="tanh",
+    pinn_lora.pretrain_base(prob, layers=[2, 12, 12, 1], activation="sin",
                             train=TrainConfig(steps=20, n_points=64, progress=False, eval_every=20), lr=1e-2, out=path)
     return path
 
 
 @pytest.fixture(scope="module")
 def family(tiny_base, tmp_path_factory):
-    prob = pinn_lora.get_problem("burgers")
+    prob = pinn_lora.get_problem("helmholtz")
     out = tmp_path_factory.mktemp("fam") / "f"
-    fam = build_family(prob, "nu", 0.002, 0.02, "lora", base=tiny_base, anchors=4, device="cpu", progress=False,
-                       out=out, **FAST)
+    fam = build_family(prob, "k", 0.5, 2.0, "lora", base=tiny_base, anchors=4, device="cpu", progress=False,
+                       out=out, plots=False, **FAST)
     return fam, out
 
 
 def test_anchors_are_the_ends_the_middle_then_the_worst_midpoint(family):
     fam, _ = family
-    lo, hi = math.log(0.002), math.log(0.02)
-    assert len(fam.anchors) == 4 and fam.anchors[0] == 0.002 and fam.anchors[-1] == 0.02
-    assert any(abs(a - math.exp(0.5 * (lo + hi))) < 1e-15 for a in fam.anchors)  # the middle, in log nu
+    assert len(fam.anchors) == 4 and fam.anchors[0] == 0.5 and fam.anchors[-1] == 2.0
+    assert any(abs(a - math.sqrt(0.5 * (0.5**2 + 2.0**2))) < 1e-15 for a in fam.anchors)  # the middle, in k^2
     checks = fam.card["midpoint_checks"]
     first = [c for c in checks if c["anchors"] == 3]  # the two segments' midpoints before the fourth anchor
     worst = max(first, key=lambda c: c["validation_residual"])
@@ -50,7 +50,7 @@ def test_anchors_are_the_ends_the_middle_then_the_worst_midpoint(family):
 def test_exact_at_anchors_and_linear_in_the_coefficients_coordinate_between(family, tiny_base):
     fam, _ = family
     a = fam.anchors[1]
-    same = pinn_lora.adapt_to(tiny_base, pinn_lora.get_problem("burgers", nu=a), "lora", device="cpu", plots=False,
+    same = pinn_lora.adapt_to(tiny_base, pinn_lora.get_problem("helmholtz", k=a), "lora", device="cpu", plots=False,
                               progress=False, **FAST)
     x = torch.rand(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ref = same.model(x)
@@ -58,7 +58,7 @@ def test_exact_at_anchors_and_linear_in_the_coefficients_coordinate_between(fami
     want = merged_state(same.model)
     assert all(torch.equal(fam.weights(a)[k], want[k]) for k in want)
     b = fam.anchors[2]
-    mid = math.exp(0.5 * (math.log(a) + math.log(b)))
+    mid = math.sqrt(0.5 * (a * a + b * b))
     wa, wb, wm = fam.weights(a), fam.weights(b), fam.weights(mid)
     for k in wa:
         assert torch.allclose(wm[k], 0.5 * (wa[k] + wb[k]), rtol=0, atol=1e-14)
@@ -68,16 +68,16 @@ def test_a_saved_family_answers_bit_identically_and_its_card_is_checked(family, 
     fam, out = family
     loaded = load_family(out)
     x = torch.rand(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for v in (0.002, 0.0031, fam.anchors[1], 0.0177, 0.02):
+    for v in (0.5, 0.71, fam.anchors[1], 1.9, 2.0):
         assert torch.equal(loaded(v)(x), fam(v)(x))
     card = json.loads((out / "family.json").read_text())
-    assert card["kind"] == "pinn_lora.family" and card["method"]["name"] == "lora" and card["range"] == [0.002, 0.02]
+    assert card["kind"] == "pinn_lora.family" and card["method"]["name"] == "lora" and card["range"] == [0.5, 2.0]
     # an edited card (a wider range) no longer matches its weights
     import shutil
 
     copy = tmp_path / "edited"
     shutil.copytree(out, copy)
-    card["range"] = [0.001, 0.02]
+    card["range"] = [0.4, 2.0]
     (copy / "family.json").write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="range"):
         load_family(copy)
@@ -93,26 +93,26 @@ def test_a_family_is_never_written_over_another(family, tiny_base):
     with pytest.raises(FamilyError, match="already holds a family"):
         fam.save(out)
     with pytest.raises(FamilyError, match="already holds a family"):
-        build_family(pinn_lora.get_problem("burgers"), "nu", 0.002, 0.02, "lora", base=tiny_base, out=out,
+        build_family(pinn_lora.get_problem("helmholtz"), "k", 0.5, 2.0, "lora", base=tiny_base, out=out,
                      device="cpu", progress=False, **FAST)
     assert (out / "family.safetensors").read_bytes() == before
 
 
-@pytest.mark.parametrize("value, match", [(0.0019, "outside the family's range"), (0.03, "outside"),
-                                          (float("nan"), "give a number"), ("0.01", "give a number")])
+@pytest.mark.parametrize("value, match", [(0.49, "outside the family's range"), (2.1, "outside"),
+                                          (float("nan"), "give a number"), ("1.0", "give a number")])
 def test_a_query_outside_the_range_is_refused(family, value, match):
     with pytest.raises(FamilyError, match=match):
         family[0](value)
 
 
-@pytest.mark.parametrize("kw, match", [(dict(over="nu", low=0.02, high=0.002), "low < high"),
-                                       (dict(over="k", low=0.002, high=0.02), "coefficients nu"),
-                                       (dict(over="nu", low=0.002, high=0.02, anchors=1), "at least 2 anchors"),
-                                       (dict(over="nu", low=-1.0, high=0.02), "nu")])
+@pytest.mark.parametrize("kw, match", [(dict(over="k", low=2.0, high=0.5), "low < high"),
+                                       (dict(over="nu", low=0.5, high=2.0), "coefficients k"),
+                                       (dict(over="k", low=0.5, high=2.0, anchors=1), "at least 2 anchors"),
+                                       (dict(over="k", low=-1.0, high=2.0), "k")])
 def test_bad_ranges_are_refused_before_any_training(tiny_base, kw, match):
     kw = {"anchors": 3, **kw}
     with pytest.raises(ValueError, match=match):
-        build_family(pinn_lora.get_problem("burgers"), kw.pop("over"), kw.pop("low"), kw.pop("high"), "lora",
+        build_family(pinn_lora.get_problem("helmholtz"), kw.pop("over"), kw.pop("low"), kw.pop("high"), "lora",
                      base=tiny_base, device="cpu", progress=False, **kw, **FAST)
 
 
@@ -121,14 +121,14 @@ def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
     from pinn_lora.cli import hydra_context
 
     with hydra_context("family"):
-        cfg = OmegaConf.to_container(compose("family", ["problem=burgers", "method=lora", "over=nu", "low=0.004",
-                                                        "high=0.008", "anchors=2", "steps=1", "n_points=32",
+        cfg = OmegaConf.to_container(compose("family", ["problem=helmholtz", "method=lora", "over=k", "low=0.8",
+                                                        "high=1.2", "anchors=2", "steps=1", "n_points=32",
                                                         f"base={tiny_base}", "device=cpu", "progress=false"]),
                                      resolve=False)
     cfg.pop("hydra", None), cfg.pop("out", None)
     fam = command.run_config(cfg, tmp_path / "f")
-    assert fam.anchors == [0.004, 0.008] and (tmp_path / "f" / "plots" / "family.png").is_file()
-    assert load_family(tmp_path / "f")(0.006) is not None
+    assert fam.anchors == [0.8, 1.2] and (tmp_path / "f" / "plots" / "family.png").is_file()
+    assert load_family(tmp_path / "f")(1.1) is not None
     cfg["low"] = None
     with pytest.raises(ValueError, match="low is required"):
         command.run_config(cfg, tmp_path / "g")
@@ -140,7 +140,7 @@ def hyper(tiny_base, tmp_path_factory):
     from pinn_lora.family import build_hyper_family
 
     out = tmp_path_factory.mktemp("hyper") / "h"
-    fam = build_hyper_family(pinn_lora.get_problem("burgers"), "nu", 0.002, 0.02, base=tiny_base, rank=3, width=8,
+    fam = build_hyper_family(pinn_lora.get_problem("helmholtz"), "k", 0.5, 2.0, base=tiny_base, rank=3, width=8,
                              steps=3, n_points=24, per_step=2, resample_every=2, device="cpu", progress=False, out=out)
     return fam, out
 
@@ -148,9 +148,9 @@ def hyper(tiny_base, tmp_path_factory):
 def test_the_hyper_adapter_at_a_coefficient_is_the_lora_adapter_it_produces(hyper, tiny_base):
     """Query at c = the base with LoRA attached normally (rank 3, scale 1), B_l = B·diag(g_l(ξ(c))), A_l = A."""
     fam, _ = hyper
-    value = 0.0071
+    value = 1.37
     net, card, _ = pinn_lora.load_base(tiny_base)
-    model = pinn_lora.attach(net, "lora", pinn_lora.get_problem("burgers", nu=value), rank=3, alpha=3.0)
+    model = pinn_lora.attach(net, "lora", pinn_lora.get_problem("helmholtz", k=value), rank=3, alpha=3.0)
     cond = fam.conditioned
     with torch.no_grad():
         for (_, lay), b, a, g in zip(pinn_lora.adapters.adapter_layers(model), cond.B, cond.A,
@@ -167,16 +167,16 @@ def test_a_saved_hyper_family_answers_bit_identically(hyper):
     fam, out = hyper
     loaded = load_family(out)
     x = torch.rand(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    for v in (0.002, 0.0043, 0.02):
+    for v in (0.5, 0.93, 2.0):
         assert torch.equal(loaded(v)(x), fam(v)(x))
     with pytest.raises(FamilyError, match="outside"):
-        loaded(0.021)
+        loaded(2.01)
 
 
 def test_solution_interpolation_blends_the_neighbouring_anchors(family):
     fam, _ = family
     a, b = fam.anchors[0], fam.anchors[1]
-    mid = math.exp(0.5 * (math.log(a) + math.log(b)))
+    mid = math.sqrt(0.5 * (a * a + b * b))  # the middle in k^2
     x = torch.rand(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     ua, ub = fam(a)(x), fam(b)(x)
     assert fam.interpolate == "solution" and fam.card["interpolate"] == "solution"  # the default
