@@ -581,6 +581,13 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
     if builder not in ("bank", "hyper"):
         raise ConfigError(f"builder={builder!r}; choose bank (adapters at anchors, interpolated) or hyper "
                           "(one coefficient-conditioned adapter trained over the range)")
+    # the whole input is checked before the run directory is claimed: bad input leaves nothing behind
+    _check_range(problem, cfg.get("over"), cfg["low"], cfg["high"])
+    tol = cfg.get("tol", 0.0)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise FamilyError(f"tol={tol!r} must be a number >= 0")
+    if cfg.get("interpolate", "solution") not in INTERPOLATIONS:
+        raise FamilyError(f"interpolate={cfg.get('interpolate')!r}; choose solution or weights")
     common = dict(base=cfg.get("base"), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
                   dtype=cfg.get("dtype", "float64"), progress=bool(cfg.get("progress", True)), out=run_dir)
     given = {k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}

@@ -129,10 +129,12 @@ def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
     fam = command.run_config(cfg, tmp_path / "f")
     assert fam.anchors == [0.8, 1.2] and (tmp_path / "f" / "plots" / "family.png").is_file()
     assert load_family(tmp_path / "f")(1.1) is not None
-    cfg["low"] = None
-    with pytest.raises(ValueError, match="low is required"):
-        command.run_config(cfg, tmp_path / "g")
-    assert not (tmp_path / "g").exists()
+    for key, value, match in (("low", None, "low is required"), ("low", 2.0, "low < high"),
+                              ("tol", -1, "tol=-1 must be"), ("interpolate", "cubic", "interpolate='cubic'")):
+        bad = {**cfg, key: value}
+        with pytest.raises(ValueError, match=match):
+            command.run_config(bad, tmp_path / "g")
+        assert not (tmp_path / "g").exists()  # refused before the run directory is claimed
 
 
 @pytest.fixture(scope="module")
