@@ -326,7 +326,7 @@ def _midpoint(spec: Any, a: float, b: float) -> float:
 
 
 def build_family(problem: Any, over: str | None, low: float, high: float, method: str = "lora", *,
-                 base: Any = None, anchors: int = 5, tol: float = 0.0, interpolate: str = "solution", seed: int = 0,
+                 base: Any = None, anchors: int = 5, tol: float = 0.0, interpolate: str = "auto", seed: int = 0,
                  device: str | torch.device = "cpu", dtype: str = "float64", progress: bool = True,
                  out: str | Path | None = None, plots: bool = True, **adapt_options: Any) -> Family:
     """Adapt ``base`` (default: the problem's shipped base) at up to ``anchors`` coefficients of ``over``
@@ -343,9 +343,10 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise FamilyError(f"tol={tol!r} must be a number >= 0")
-    if interpolate not in INTERPOLATIONS:
-        raise FamilyError(f"interpolate={interpolate!r}; choose weights (W0 + dW interpolated) or solution "
+    if interpolate not in ("auto", *INTERPOLATIONS):
+        raise FamilyError(f"interpolate={interpolate!r}; choose auto, weights (W0 + dW interpolated) or solution "
                           "(the neighbouring anchors' solutions blended)")
+    mode = "solution" if interpolate == "auto" else interpolate  # the anchors are placed with blended solutions
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = resolve_base(problem.name if base is None else base, problem, dt, dev)
     if not hasattr(base_net, "architecture"):
@@ -380,7 +381,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
 
     for v in start:
         add(v, "range end" if v in (low, high) else "middle")
-    fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
+    fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": mode})
     checks: list[dict[str, Any]] = []
     while True:
         worst = None
@@ -394,11 +395,21 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         if worst is None or worst[1] <= tol or len(values) >= anchors:
             break
         add(worst[0], f"largest midpoint residual {worst[1]:.3e}")
-        fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": interpolate})
+        fam = Family(problem, over, low, high, values, states, base_net, {"interpolate": mode})
+    choice = None
+    if interpolate == "auto":  # the answer whose worst final midpoint residual is smaller (reference-free)
+        final = checks[-(len(fam.anchors) - 1):]
+        fam.interpolate = "weights"
+        other = [validation_residual(fam.problem_at(c["value"]), fam.query(c["value"]),
+                                     validation_points(fam.problem_at(c["value"]), dtype=dt, device=dev))
+                 for c in final]
+        choice = {"solution": max(c["validation_residual"] for c in final), "weights": max(other)}
+        mode = "weights" if choice["weights"] < choice["solution"] else "solution"
     statuses = [r["status"] for r in rows]
     card = {
         "problem": problem.name, "coefficients": dict(problem.coefficients), "over": over, "range": [low, high],
-        "coordinate": spec.scale, "builder": "bank", "interpolate": interpolate, "method": used["method"],
+        "coordinate": spec.scale, "builder": "bank", "interpolate": mode, "method": used["method"],
+        **({"interpolate_choice": choice} if choice else {}),
         "base": {"problem": base_card.get("problem"), "coefficients": base_card.get("coefficients"),
                  "weights_sha256": base_card.get("weights_sha256")},
         "network": base_net.architecture(),
@@ -586,8 +597,8 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
     tol = cfg.get("tol", 0.0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise FamilyError(f"tol={tol!r} must be a number >= 0")
-    if cfg.get("interpolate", "solution") not in INTERPOLATIONS:
-        raise FamilyError(f"interpolate={cfg.get('interpolate')!r}; choose solution or weights")
+    if cfg.get("interpolate", "auto") not in ("auto", *INTERPOLATIONS):
+        raise FamilyError(f"interpolate={cfg.get('interpolate')!r}; choose auto, solution or weights")
     common = dict(base=cfg.get("base"), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
                   dtype=cfg.get("dtype", "float64"), progress=bool(cfg.get("progress", True)), out=run_dir)
     given = {k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}
@@ -600,7 +611,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
     with rundir.claim(run_dir):
         return build_family(problem, cfg.get("over"), cfg["low"], cfg["high"], mcfg["name"],
                             anchors=cfg.get("anchors", 5), tol=cfg.get("tol", 0.0),
-                            interpolate=cfg.get("interpolate", "solution"),
+                            interpolate=cfg.get("interpolate", "auto"),
                             recommended=pcfg.get("adapt") or {}, **common, **given, **options)
 
 
