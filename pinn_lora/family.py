@@ -13,11 +13,14 @@ anchor goes to the middle of the segment whose interpolated answer has the large
 problem's fixed reference-free validation set (:mod:`pinn_lora.validation`) at that midpoint. No
 reference solution and no held-out coefficient is used.
 
-**Query.** ``family(c)`` (or :meth:`Family.query`) interpolates linearly between the two neighbouring
-anchors in the coefficient's own coordinate (log ν, γ, d, k²; the one continuation uses) and returns a
-plain network (a copy of the base architecture with the interpolated weights and the problem's output
-transform at c): a few small tensor operations, no training. At an anchor it returns that anchor's
-weights exactly. A coefficient outside [low, high] is refused.
+**Query.** ``family(c)`` (or :meth:`Family.query`) answers from the two neighbouring anchors, t the
+position of c between them in the coefficient's own coordinate (log ν, γ, d, k²; the one continuation
+uses): ``interpolate="solution"`` blends their networks, (1 − t)·u_a + t·u_b (:class:`Blend`);
+``"weights"`` returns one plain network with the interpolated weights W0 + ΔW. The build's default,
+``"auto"``, keeps whichever has the smaller worst validation residual at the final segments' midpoints. A
+few small tensor operations, no training; at an anchor, that anchor's network exactly; a coefficient
+outside [low, high] is refused. The second build, :func:`build_hyper_family`, trains one
+coefficient-conditioned adapter (:class:`Conditioned`) instead.
 
 A family is saved as ``family.safetensors`` (every anchor's weights) + ``family.json`` (its card: range,
 method, base hash, anchors with their validation residuals, how it was built), bound to each other like
