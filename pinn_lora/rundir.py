@@ -124,6 +124,9 @@ def _refusal(path: Path, *, resume: bool, kind: str, key: str | None) -> str | N
         names = sorted(p.name for p in path.iterdir())
         if not names:
             return None
+        if all(n.startswith((f".{MARKER}.", f"{MARKER}.")) for n in names):
+            # only another run's marker on its way in (its temp file, or one set aside while taken over)
+            return f"{where} was claimed a moment ago by another run (its marker is being written); choose {other}"
         if resume and kind == "run" and LEGACY_RESUMABLE in names:
             return None  # a run of an earlier pinn_lora (before markers): its checkpoint says so
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")

@@ -194,3 +194,18 @@ def test_early_death_leaves_a_directory_marked_with_how_to_start_over(tmp_path, 
     assert json.loads((d / MARKER).read_text())["status"] == "failed"
     with pytest.raises(CheckpointError, match="nothing to resume: no checkpoint .*stopped before its first checkpoint"):
         pinn_lora.adapt_to("helmholtz", prob, "lora", run_dir=d, resume=True, **{**TINY, "checkpoint_every": 1})
+
+
+def test_a_marker_on_its_way_in_is_another_runs_claim(tmp_path):
+    """The race CI met (two runs given one out= at once): the first run's marker is still its temp file when
+    the second looks; that is a claim a moment ago, not a directory pinn_lora did not create."""
+    from pinn_lora import rundir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".{rundir.MARKER}.k2j4x9.tmp").write_text("{}")
+    with pytest.raises(rundir.RunDirError, match="was claimed a moment ago by another run"):
+        rundir.check(out)
+    (out / "notes.txt").write_text("mine")  # anything else: not pinn_lora's directory
+    with pytest.raises(rundir.RunDirError, match="was not created by pinn_lora"):
+        rundir.check(out)
