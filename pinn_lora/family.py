@@ -631,6 +631,13 @@ def _task(cfg: Any) -> None:
           f"{worst:.3e}; {card['status']}")
     print(f"family written: {run_dir / 'family.safetensors'} + family.json, plots/family.png "
           f"(use it: pinn_lora.load_family({str(run_dir)!r})(value))")
+    failed = [a for a in card.get("anchors", []) if a.get("status") != "completed"]
+    if failed:  # an anchor that did not improve on the base (or diverged): the family is not one to trust there
+        from pinn_lora.cli import EXIT_NO_IMPROVEMENT
+
+        print(f"warning: {len(failed)} anchor(s) did not improve on the base: "
+              + ", ".join(f"{card['over']}={a['value']:.6g} ({a['status']})" for a in failed), file=sys.stderr)
+        raise SystemExit(EXIT_NO_IMPROVEMENT)
 
 
 def main() -> None:
