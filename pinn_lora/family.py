@@ -142,7 +142,7 @@ class Family:
         """A network for ``over`` = ``value``, no training: with ``interpolate="weights"`` a plain network
         with the interpolated weights; with ``"solution"`` the blend (1 − t)·u_i + t·u_j of the two
         neighbouring anchors' networks (:class:`Blend`). At an anchor, that anchor's network."""
-        if getattr(self, "interpolate", "weights") == "solution" and self.states:
+        if self.interpolate == "solution" and self.states:
             i, j, t = self._neighbours(value)
             if i != j:
                 return Blend(self._network(self.states[i], value), self._network(self.states[j], value), t)
@@ -212,15 +212,8 @@ class Conditioned(nn.Module):
         return out
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        w = self.weights(self.xi)
-        x = inputs
-        n = len(self.template.linears)
-        for l in range(n):
-            x = torch.nn.functional.linear(x, w[f"linears.{l}.weight"], w[f"linears.{l}.bias"])
-            if l < n - 1:
-                x = self.template.activation(x)
-        transform = self.template._output_transform
-        return transform(inputs, x) if transform is not None else x
+        """The base network's own forward (activations, output transform) with W(ξ) in its layers."""
+        return torch.func.functional_call(self.template, self.weights(self.xi), (inputs,))
 
 
 class HyperFamily(Family):
@@ -228,16 +221,18 @@ class HyperFamily(Family):
 
     def __init__(self, problem: Any, over: str, low: float, high: float, conditioned: Conditioned,
                  card: Mapping[str, Any]) -> None:
-        self.problem, self.over, self.low, self.high = problem, over, float(low), float(high)
-        self.spec = _spec(problem, over)
-        self.anchors, self.states, self._coords = [], [], []
+        super().__init__(problem, over, low, high, [], [], conditioned.template, card)
         self.conditioned = conditioned
-        self.template = copy.deepcopy(conditioned.template)
-        self.card = dict(card)
 
     def xi(self, value: float) -> float:
+        """The coefficient ``value``'s coordinate mapped onto [−1, 1] (:meth:`value_at` inverts it)."""
         a, b = self.spec.coordinate(self.low), self.spec.coordinate(self.high)
         return 2.0 * (self.spec.coordinate(float(value)) - a) / (b - a) - 1.0
+
+    def value_at(self, xi: float) -> float:
+        """The coefficient at ``xi`` ∈ [−1, 1], kept inside [low, high] (the coordinate's round trip may round)."""
+        a, b = self.spec.coordinate(self.low), self.spec.coordinate(self.high)
+        return min(max(self.spec.from_coordinate(a + (xi + 1) / 2 * (b - a)), self.low), self.high)
 
     def weights(self, value: float) -> dict[str, torch.Tensor]:
         self._check(value)
@@ -310,6 +305,31 @@ def _check_range(problem: Any, over: str | None, low: float, high: float) -> tup
     return spec, low, high
 
 
+def _check_bank_options(anchors: int, tol: float, interpolate: str) -> None:
+    if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 2:
+        raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise FamilyError(f"tol={tol!r} must be a number >= 0")
+    if interpolate not in ("auto", *INTERPOLATIONS):
+        raise FamilyError(f"interpolate={interpolate!r}; choose auto, weights (W0 + dW interpolated) or solution "
+                          "(the neighbouring anchors' solutions blended)")
+
+
+def _resolve_pinn_base(problem: Any, base: Any, dt: torch.dtype, dev: torch.device, who: str):
+    """(a copy of the base network, its card): the problem's shipped base, or ``base``; a pinn_lora PINN only."""
+    from pinn_lora.session import ConfigError, resolve_base
+
+    net, card = resolve_base(problem.name if base is None else base, problem, dt, dev)
+    if not hasattr(net, "architecture"):
+        raise ConfigError(f"{who} needs a pinn_lora base model (a shipped name or a saved base), not a bare network")
+    return net, card
+
+
+def _base_entry(card: Mapping[str, Any]) -> dict[str, Any]:
+    """What a family's card says of its base."""
+    return {k: card.get(k) for k in ("problem", "coefficients", "weights_sha256")}
+
+
 def _check_out(out: str | Path | None) -> None:
     """A family is never written over another one (refused before any training)."""
     if out is not None and any((Path(out) / name).exists() for name in ("family.json", "family.safetensors")):
@@ -336,25 +356,16 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     in [``low``, ``high``] (the other coefficients: ``problem``'s) and return the :class:`Family`; with
     ``out`` it is saved there (family.* and, with ``plots``, plots/family.png). ``adapt_options`` go to every
     :func:`~pinn_lora.session.adapt_to` call (steps, solver, method options ...)."""
-    from pinn_lora.session import ConfigError, adapt_to, resolve_base, resolve_device, resolve_dtype
+    from pinn_lora.session import adapt_to, resolve_device, resolve_dtype
     from pinn_lora.validation import validation_points, validation_residual
 
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
     _check_out(out)
-    if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 2:
-        raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise FamilyError(f"tol={tol!r} must be a number >= 0")
-    if interpolate not in ("auto", *INTERPOLATIONS):
-        raise FamilyError(f"interpolate={interpolate!r}; choose auto, weights (W0 + dW interpolated) or solution "
-                          "(the neighbouring anchors' solutions blended)")
+    _check_bank_options(anchors, tol, interpolate)
     mode = "solution" if interpolate == "auto" else interpolate  # the anchors are placed with blended solutions
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    base_net, base_card = resolve_base(problem.name if base is None else base, problem, dt, dev)
-    if not hasattr(base_net, "architecture"):
-        raise ConfigError("build_family needs a pinn_lora base model (a shipped name or a saved base), "
-                          "not a bare network")
+    base_net, base_card = _resolve_pinn_base(problem, base, dt, dev, "build_family")
     t0 = time.perf_counter()
     start = [low, high] + ([_midpoint(spec, low, high)] if anchors >= 3 else [])
     values: list[float] = []
@@ -413,8 +424,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         "problem": problem.name, "coefficients": dict(problem.coefficients), "over": over, "range": [low, high],
         "coordinate": spec.scale, "builder": "bank", "interpolate": mode, "method": used["method"],
         **({"interpolate_choice": choice} if choice else {}),
-        "base": {"problem": base_card.get("problem"), "coefficients": base_card.get("coefficients"),
-                 "weights_sha256": base_card.get("weights_sha256")},
+        "base": _base_entry(base_card),
         "network": base_net.architecture(),
         "anchors": sorted(rows, key=lambda r: r["value"]),
         "midpoint_checks": checks, "tol": tol, "max_anchors": anchors,
@@ -446,16 +456,14 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
 
     from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
     from pinn_lora.jacobian import residual_jacobian, residual_vector
-    from pinn_lora.session import ConfigError, resolve_base, resolve_device, resolve_dtype
+    from pinn_lora.session import resolve_device, resolve_dtype
     from pinn_lora.validation import validation_points, validation_residual
 
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
     _check_out(out)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    base_net, base_card = resolve_base(problem.name if base is None else base, problem, dt, dev)
-    if not hasattr(base_net, "architecture"):
-        raise ConfigError("build_hyper_family needs a pinn_lora base model (a shipped name or a saved base)")
+    base_net, base_card = _resolve_pinn_base(problem, base, dt, dev, "build_hyper_family")
     t0 = time.perf_counter()
     cond = Conditioned(copy.deepcopy(base_net), rank=rank, width=width, seed=seed)
     fam = HyperFamily(problem, over, low, high, cond, {})
@@ -474,9 +482,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
             xis = lo_xi + (hi_xi - lo_xi) * (np.arange(per_step) + rng.random(per_step)) / per_step
             batch = []
             for x in xis:
-                value = spec.from_coordinate(spec.coordinate(low) + (x + 1) / 2 * (spec.coordinate(high)
-                                                                                  - spec.coordinate(low)))
-                target = fam.problem_at(min(max(value, low), high))
+                target = fam.problem_at(fam.value_at(x))
                 pts = torch.as_tensor(target.sample(n_points, seed=int(rng.integers(2**31))), dtype=dt, device=dev)
                 batch.append((target, float(x), pts))
 
@@ -514,8 +520,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
         "problem": problem.name, "coefficients": dict(problem.coefficients), "over": over, "range": [low, high],
         "coordinate": spec.scale, "builder": "hyper", "method": {"name": "hyper_lora", "rank": rank},
         "hyper": {"rank": rank, "width": width},
-        "base": {"problem": base_card.get("problem"), "coefficients": base_card.get("coefficients"),
-                 "weights_sha256": base_card.get("weights_sha256")},
+        "base": _base_entry(base_card),
         "network": base_net.architecture(), "checks": checks,
         "build": {"seed": seed, "dtype": dtype, "device": str(dev), "steps": steps, "n_points": n_points,
                   "per_step": per_step, "resample_every": resample_every, "lm_mu": lm_mu,
@@ -587,8 +592,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
             raise ConfigError(f"{key} is required: the family spans over in [low, high], e.g. low=0.0016 high=0.016")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{key}={v!r} must be a number")
-    check_ints({"anchors": cfg.get("anchors", 5), "seed": cfg.get("seed", 0),
-                **{k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}}, bounds={"anchors": 2})
+    check_ints({"seed": cfg.get("seed", 0), **{k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}})
     pcfg, mcfg = cfg["problem"], cfg["method"]
     problem = problem_from_config(pcfg, "adapt")
     builder = cfg.get("builder", "bank")
@@ -597,11 +601,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
                           "(one coefficient-conditioned adapter trained over the range)")
     # the whole input is checked before the run directory is claimed: bad input leaves nothing behind
     _check_range(problem, cfg.get("over"), cfg["low"], cfg["high"])
-    tol = cfg.get("tol", 0.0)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise FamilyError(f"tol={tol!r} must be a number >= 0")
-    if cfg.get("interpolate", "auto") not in ("auto", *INTERPOLATIONS):
-        raise FamilyError(f"interpolate={cfg.get('interpolate')!r}; choose auto, solution or weights")
+    _check_bank_options(cfg.get("anchors", 5), cfg.get("tol", 0.0), cfg.get("interpolate", "auto"))
     common = dict(base=cfg.get("base"), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),
                   dtype=cfg.get("dtype", "float64"), progress=bool(cfg.get("progress", True)), out=run_dir)
     given = {k: cfg[k] for k in ("steps", "n_points") if cfg.get(k) is not None}

@@ -25,8 +25,8 @@ def validation_points(problem: Any, n: int = VALIDATION_POINTS, dtype: torch.dty
                       device: torch.device | str = "cpu", purpose: str = "validation") -> torch.Tensor:
     """``n`` Halton points of the problem's domain, shifted by a rotation seeded by the family's name
     and ``purpose`` (another purpose, another set: the verdict's points are never the Guard's).
-    Drawn once per problem, ``n`` and purpose (20 000 Halton points take about a second); each call
-    gets its own copy."""
+    Drawn once per family, domain, ``n`` and purpose, whatever the coefficients (20 000 Halton points
+    take about a second); each call gets its own copy."""
     # the points depend on the family and its domain, not on the coefficients: one draw serves them all
     key = (type(problem), problem.name, tuple(problem.lower), tuple(problem.upper), int(n), purpose)
     points = _CACHE.get(key)
