@@ -31,6 +31,16 @@ from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
 from pinn_lora.validation import judge, validation_points, validation_residual
 
 
+def row_problem(problems: Sequence[Any], n: int, dtype: torch.dtype, device: torch.device) -> Any:
+    """A copy of ``problems[0]`` whose coefficients are per-row tensors of shape (K·n, 1): rows k·n … (k+1)·n − 1
+    hold problem k's values, so one residual evaluation over K copies' stacked rows uses each copy's own
+    coefficients (the families' residuals are written with broadcasting operations)."""
+    row = copy.copy(problems[0])
+    row.coefficients = {name: torch.tensor([p.coefficients[name] for p in problems], dtype=dtype, device=device)
+                        .repeat_interleave(n).unsqueeze(1) for name in problems[0].coefficients}
+    return row
+
+
 class Stacked(nn.Module):
     """K adapted networks; ``linears`` lists every copy's layers in order, so a method's
     dynamics (which scans ``model.linears``) covers all copies."""
@@ -64,22 +74,74 @@ class BatchTrainer(Trainer):
         self.plan = _plan(self.names, self.problem.variables)  # (first, second) derivative variables
         self.member_params = [[p for p in m.parameters() if p.requires_grad] for m in self.members]
         self.errors: list[float] = []
+        self._rows: tuple = (None, None, None)  # (points' shape/dtype/device, row problem, scales) of the last pass
+        self.why_not_flat = self._can_flatten() if len(self.members) > 1 else "one copy"
+        self.flattened = not self.why_not_flat
 
     def _loss_terms(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every term (``pde`` …) as one value per copy, from one stacked jet pass; the loss is their sum."""
-        weights = []
+        """Every term (``pde`` …) as one value per copy, from one stacked jet pass; the loss is their sum.
+        Flattened (:attr:`flattened`): the K copies' rows go through the output transform and the residual
+        once, with per-row coefficients; otherwise copy by copy."""
+        jets = mlp_jets(self._weights(), self.model.activation_name, points.detach(), *self.plan)
+        if self.flattened:
+            return self._flat_terms(jets, points)
+        return self._copy_terms(jets, points)
+
+    def _weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Every layer's K weights and biases, stacked: (K, out, in) and (K, out)."""
+        out = []
         for i in range(len(self.members[0].linears)):
             pairs = [layer_weight(m.linears[i]) for m in self.members]
-            w = torch.stack([wb[0] for wb in pairs])
-            b = None if pairs[0][1] is None else torch.stack([wb[1] for wb in pairs])
-            weights.append((w, b))
-        jets = mlp_jets(weights, self.model.activation_name, points.detach(), *self.plan)
+            out.append((torch.stack([wb[0] for wb in pairs]),
+                        None if pairs[0][1] is None else torch.stack([wb[1] for wb in pairs])))
+        return out
+
+    def _copy_terms(self, jets: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
         per: list[dict[str, torch.Tensor]] = []
         for k, (prob, m) in enumerate(zip(self.problems, self.members)):
             d = JetDerivatives(None, points, prob.variables, self.names, stacked=jets[k:k + 1],
                                transform=getattr(m, "_output_transform", None))
             per.append(residual_terms(prob, d, points, self.cfg.causal_eps, self.cfg.causal_bins))
         return {name: torch.stack([terms[name] for terms in per]) for name in per[0]}
+
+    def _flat_terms(self, jets: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        key = (points.shape[0], points.dtype, points.device)
+        if self._rows[0] != key:  # built outside a graph capture (the warm-up steps come first)
+            self._rows = (key, row_problem(self.problems, points.shape[0], points.dtype, points.device),
+                          torch.tensor([p.residual_scale() for p in self.problems], dtype=points.dtype,
+                                       device=points.device).unsqueeze(1))
+        _, prob, scale = self._rows
+        d = JetDerivatives(None, points, prob.variables, self.names, stacked=jets,
+                           transform=getattr(self.members[0], "_output_transform", None))
+        return residual_terms(prob, d, points, self.cfg.causal_eps, self.cfg.causal_bins, copies=len(self.members),
+                              scale=scale)
+
+    def _can_flatten(self) -> str:
+        """Why the copies' residuals cannot run as one set of kernels over K·N rows, or ''. They can when every
+        problem is the same family with the same settings besides its coefficients and the family's output
+        transform and residual broadcast over per-row coefficient tensors: checked once, on a
+        few points, against the copy-by-copy terms (a residual that needs a Python number, e.g.
+        ``math.sqrt(self.k)``, fails the check and the batch runs copy by copy)."""
+        first = self.problems[0]
+        rest = {k: v for k, v in vars(first).items() if k != "coefficients"}
+        if any(type(p) is not type(first) or {k: v for k, v in vars(p).items() if k != "coefficients"} != rest
+               for p in self.problems[1:]):
+            return "the problems differ in more than their coefficients"
+        like = self.member_params[0][0] if self.member_params[0] else next(self.model.parameters())
+        probe = torch.as_tensor(first.sample(8, seed=0), dtype=like.dtype, device=like.device)
+        with torch.no_grad():
+            jets = mlp_jets(self._weights(), self.model.activation_name, probe, *self.plan)
+        each = self._copy_terms(jets, probe)
+        try:
+            self._rows = (None, None, None)
+            flat = self._flat_terms(jets, probe)
+        except Exception as exc:  # noqa: BLE001 - any failure means: not broadcastable
+            return f"the residual does not broadcast over per-row coefficients ({type(exc).__name__}: {exc})"
+        for name, v in each.items():
+            if name not in flat or flat[name].shape != v.shape or not torch.allclose(flat[name], v, rtol=1e-10,
+                                                                                      atol=0.0):
+                return f"the residual over per-row coefficients differs from the copy-by-copy one ({name})"
+        return ""
 
     def _gradient_stats(self, stash: dict[str, Any]) -> None:
         """Each copy's gradient norm and the total."""
@@ -207,7 +269,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
                               "batch": {"index": k, "size": len(problems)}, "seed": seed,
                               "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
                                            "eval_every": eval_every, "derivatives": "jets",
-                                           "cuda_graph": trainer.graph_captured, "dtype": dtype}},
+                                           "cuda_graph": trainer.graph_captured, "dtype": dtype,
+                                           "flattened": trainer.flattened or trainer.why_not_flat}},
                           validation_base=val_base[k], validation=val)
         if run_dir is not None:
             label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())

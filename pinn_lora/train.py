@@ -106,25 +106,33 @@ def residual_losses(problem: Any, net: nn.Module, points: torch.Tensor, causal_e
 
 
 def residual_terms(problem: Any, d: Any, points: torch.Tensor, causal_eps: float = 0.0,
-                   causal_bins: int = 32) -> dict[str, torch.Tensor]:
-    """:func:`residual_losses` from a derivative provider ``d`` already built on ``points``."""
-    scale = problem.residual_scale()
+                   causal_bins: int = 32, copies: int = 0, scale: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """:func:`residual_losses` from a derivative provider ``d`` already built on ``points``.
+
+    ``copies`` = K > 0: ``d`` holds K networks' values at the same ``points`` (network k owns rows
+    k·N … (k+1)·N − 1; :class:`pinn_lora.derivatives.JetDerivatives` ``stacked``), ``problem``'s
+    coefficients may be per-row tensors (:func:`pinn_lora.batch.row_problem`) and ``scale`` holds the
+    K residual scales, shape (K, 1); every term is then K values, one per network."""
+    k = max(copies, 1)
+    scale = problem.residual_scale() if scale is None else scale
     out = {}
     for name, r in problem.residuals(d).items():
-        sq = r.reshape(-1) ** 2 / scale
+        sq = r.reshape(k, -1) ** 2 / scale  # (K, N)
         if causal_eps > 0 and "t" in problem.variables:
             t = points[:, problem.variables.index("t")]
             lo, hi = problem.lower[problem.variables.index("t")], problem.upper[problem.variables.index("t")]
             idx = ((t - lo) / (hi - lo) * causal_bins).long().clamp(0, causal_bins - 1)
-            sums = torch.zeros(causal_bins, dtype=sq.dtype, device=sq.device).index_add_(0, idx, sq)
+            sums = torch.zeros(k, causal_bins, dtype=sq.dtype, device=sq.device).index_add_(1, idx, sq)
             counts = torch.zeros(causal_bins, dtype=sq.dtype, device=sq.device).index_add_(
-                0, idx, torch.ones_like(sq)).clamp_min(1)
+                0, idx, torch.ones_like(t, dtype=sq.dtype)).clamp_min(1)
             per_bin = sums / counts
-            before = torch.cumsum(per_bin.detach(), 0) - per_bin.detach()
+            before = torch.cumsum(per_bin.detach(), 1) - per_bin.detach()
             w = torch.exp(-causal_eps * before)
-            out[name] = (w * per_bin).mean()
+            term = (w * per_bin).mean(1)
         else:
-            out[name] = sq.mean()
+            term = sq.mean(1)
+        out[name] = term if copies else term[0]
     return out
 
 
