@@ -1,6 +1,6 @@
 """Error against wall time on the default targets, four routes side by side in one run:
 
-    python benchmarks/time_to_accuracy.py [--cap 600] [--only burgers] [--routes defaults deepxde ...]
+    python benchmarks/time_to_accuracy.py [--cap 600] [--only burgers] [--routes defaults deepxde ...] [--device cuda]
 
 * ``defaults``: ``python -m pinn_lora.adapt`` as shipped (``pinn_lora.adapt_to`` with the problem's
   recommendations: today Levenberg–Marquardt, RAD points and continuation), ``method=odelora``;
@@ -45,7 +45,7 @@ class _Cap(Exception):
     pass
 
 
-def ours(family: str, route: str, cap: float) -> list[tuple[float, float]]:
+def ours(family: str, route: str, cap: float, device: str = "cpu") -> list[tuple[float, float]]:
     """(seconds, error) of one of our routes; stops at ``cap`` seconds (the curve up to there)."""
     from pinn_lora.train import Monitor
 
@@ -64,14 +64,15 @@ def ours(family: str, route: str, cap: float) -> list[tuple[float, float]]:
           "scratch": dict(solver="method", eval_every=25)}[route]
     method = "scratch" if route == "scratch" else "odelora"
     try:
-        res = adapt_to(family, prob, method, progress=False, plots=False, device="cpu", monitors=[Clock()], **kw)
+        res = adapt_to(family, prob, method, progress=False, plots=False, device=device, monitors=[Clock()], **kw)
         curve.append((time.perf_counter() - t0, res.error))
     except _Cap:
         pass
     return curve
 
 
-def deepxde_route(family: str, cap: float, adam: int = 20000, lbfgs: int = 20000) -> list[tuple[float, float]]:
+def deepxde_route(family: str, cap: float, adam: int = 20000, lbfgs: int = 20000,
+                  device: str = "cpu") -> list[tuple[float, float]]:
     from pinn_lora._dde import deepxde
     from pinn_lora.interop.deepxde import deepxde_pde
     from pinn_lora.network import to_deepxde
@@ -79,7 +80,9 @@ def deepxde_route(family: str, cap: float, adam: int = 20000, lbfgs: int = 20000
     dde = deepxde()
     dde.config.set_default_float("float64")
     prob = get_problem(family).default_target()
-    net, _, _ = load_base(family, dtype=torch.float64, device=torch.device("cpu"))
+    if device != "cpu":  # DeepXDE's torch backend puts its tensors on torch's default device
+        torch.set_default_device(device)
+    net, _, _ = load_base(family, dtype=torch.float64, device=torch.device(device))
     n_points = recommendations(family).get("n_points", 4000)
     data = dde.data.PDE(prob.geometry(), deepxde_pde(prob), [], num_domain=n_points, num_boundary=0,
                         train_distribution="pseudo")
@@ -144,6 +147,7 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=600.0, help="seconds per route and target")
     ap.add_argument("--only", default=None, choices=FAMILIES)
     ap.add_argument("--routes", nargs="+", default=list(ROUTES), choices=ROUTES)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the whole adaptation on it, capture included)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--add", default=None, help="a results file whose runs (other routes) are kept in --out")
     args = ap.parse_args()
@@ -151,8 +155,9 @@ def main() -> None:
         plot(json.loads(Path(args.plot).read_text()), Path(args.plot).with_suffix(".png"))
         return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    out = Path(args.out or Path(__file__).parent / "results" / "time_to_accuracy_cpu.json")
-    meta = {"device": device_name(torch.device("cpu")), "cpu": platform.processor() or platform.machine(),
+    dev = torch.device(args.device)
+    out = Path(args.out or Path(__file__).parent / "results" / f"time_to_accuracy_{dev.type}.json")
+    meta = {"device": device_name(dev), "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d"), "cap_s": args.cap}
     rows = []
@@ -164,7 +169,8 @@ def main() -> None:
         if args.only and family != args.only:
             continue
         for route in args.routes:
-            curve = deepxde_route(family, args.cap) if route == "deepxde" else ours(family, route, args.cap)
+            curve = (deepxde_route(family, args.cap, device=args.device) if route == "deepxde"
+                     else ours(family, route, args.cap, args.device))
             row = {"family": family, "route": route, "cap_s": args.cap, "final_error": curve[-1][1] if curve else None,
                    "seconds": curve[-1][0] if curve else None, "curve": curve}
             for level in LEVELS:

@@ -138,8 +138,8 @@ def _capture(t: Trainer, step_fn: Callable[[], None]) -> Any:
         with torch.cuda.graph(graph):
             step_fn()
     except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager
-        _say_once(f"cuda_graph: capture failed, eager steps from here ({type(exc).__name__}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else ''})")
+        t.graph_why = f"capture failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        _say_once(f"cuda_graph: {t.graph_why}, eager steps from here")
         torch.cuda.synchronize(t.device)
         return None
     t.graph_captured = True

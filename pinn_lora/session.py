@@ -382,6 +382,8 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
              # the loop settings, so a run directory describes itself without Hydra's config
              "settings": pick({**run, "cuda_graph": trainer.graph_captured,
                                "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}, "recorded")}
+    if trainer.graph_why:
+        extra["cuda_graph_why"] = trainer.graph_why  # why a CUDA run took eager steps
     if stages:
         extra["continuation"] = stage_summary(stages + [problem], history.records)
     elif continuation == "auto" and card.get("coefficients"):

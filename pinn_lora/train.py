@@ -515,6 +515,7 @@ class Trainer:
         self.history = History()
         self.stop: int | None = None  # the signal (SIGINT/SIGTERM) that asked the run to stop
         self.graph_captured = False  # set when the steps ran from a CUDA graph
+        self.graph_why = ""  # on CUDA: why the steps were not captured (unsafe for a graph, or the capture failed)
         self.recorder = Recorder(self.history, monitors, cfg.eval_every, cfg.progress)
         self.guard = Guard(self._state_tensors, cfg.divergence_factor, self.history, self.recorder.monitors,
                            self._guard_score if self.scored else None)
@@ -722,6 +723,7 @@ class Trainer:
         if want is not False and not why:
             return True
         if want == "auto" and self.device.type == "cuda":
+            self.graph_why = why
             _say_once(f"cuda_graph: eager steps ({why})")
         if self.cfg.sync_every and not self._static_unsafe_reason():
             return False

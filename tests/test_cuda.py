@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
     ("lora", {}, True), ("full", {}, True), ("riemannian", {}, True),
     ("odelora", {"precondition": "rmsprop", "lr": 1e-3, "rebalance": False}, True),
     ("odelora", {"scheme": "rk4", "rebalance": False}, True),
-    # the rebalance's r×r QR/SVD go through the host on CUDA: capture fails, eager steps follow
-    ("odelora", {"precondition": "rmsprop", "lr": 1e-3}, False)])
+    # the default rebalance: on CUDA the Newton–Schulz form (issue 17 item 2), matrix products only: captured
+    ("odelora", {"precondition": "rmsprop", "lr": 1e-3}, True)])
 def test_graph_equals_static_eager_on_cuda(method, opts, captured):
     """The captured graph replays exactly the steps of the same static loop run without capture."""
     prob = get_problem("helmholtz", k=3.0)
@@ -62,3 +62,20 @@ def test_a_checkpoint_resumes_on_the_other_device(first, then, tmp_path):
     ref = adapt_to("helmholtz", prob, "odelora", device=first, **kw)
     assert res.history.steps == 6 and res.history.status == ref.history.status
     assert res.error == pytest.approx(ref.error, rel=1e-6)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_flattened_batch_equals_separate_runs_on_cuda(graph):
+    """Issue 17 item 1 on the device: K coefficients as K·N rows (captured or not) follow K separate runs."""
+    from pinn_lora.batch import adapt_many
+
+    probs = [get_problem("burgers", nu=nu) for nu in (0.003, 0.006, 0.012)]
+    kw = dict(steps=20, n_points=512, resample_every=10**6, eval_every=10, lbfgs_steps=0, device="cuda",
+              progress=False, plots=False, sync_every=10)
+    batch = adapt_many("burgers", probs, "lora", cuda_graph=graph, **kw)
+    assert batch[0].extra["settings"]["flattened"] is True
+    assert batch[0].extra["settings"]["cuda_graph"] is graph
+    for prob, res in zip(probs, batch):
+        alone = adapt_to("burgers", prob, "lora", derivatives="jets", solver="method", cuda_graph=False,
+                         continuation="off", **kw)
+        assert abs(alone.error - res.error) <= 1e-8 * alone.error
