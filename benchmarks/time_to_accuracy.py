@@ -45,11 +45,13 @@ class _Cap(Exception):
     pass
 
 
-def ours(family: str, route: str, cap: float, device: str = "cpu") -> list[tuple[float, float]]:
-    """(seconds, error) of one of our routes; stops at ``cap`` seconds (the curve up to there)."""
+def ours(family: str, route: str, cap: float, device: str = "cpu", problem=None,
+         **overrides) -> list[tuple[float, float]]:
+    """(seconds, error) of one of our routes; stops at ``cap`` seconds (the curve up to there). ``problem``:
+    another target than the default; ``overrides``: ``adapt_to`` keywords on top of the route's."""
     from pinn_lora.train import Monitor
 
-    prob = get_problem(family).default_target()
+    prob = problem or get_problem(family).default_target()
     curve: list[tuple[float, float]] = []
     t0 = time.perf_counter()
 
@@ -63,6 +65,7 @@ def ours(family: str, route: str, cap: float, device: str = "cpu") -> list[tuple
     kw = {"defaults": dict(eval_every=1), "first_order": dict(solver="method", eval_every=25),
           "scratch": dict(solver="method", eval_every=25)}[route]
     method = "scratch" if route == "scratch" else "odelora"
+    kw.update(overrides)
     try:
         res = adapt_to(family, prob, method, progress=False, plots=False, device=device, monitors=[Clock()], **kw)
         curve.append((time.perf_counter() - t0, res.error))
