@@ -74,7 +74,9 @@ def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: Tr
         "eval_grid": {"points": list(problem.eval_points), "lower": list(problem.lower),
                       "upper": list(problem.upper)},
         "status": hist.status,
-        "recipe": {"optimizer": "levenberg-marquardt" if train.solver == "lm" else "adam", "lr": lr, "schedule": schedule, "final_ratio": final_ratio,
+        # the step's own settings: Adam's learning rate and schedule, or (solver=lm) the damping in asdict(train)
+        "recipe": {**({"optimizer": "levenberg-marquardt"} if train.solver == "lm" else
+                      {"optimizer": "adam", "lr": lr, "schedule": schedule, "final_ratio": final_ratio}),
                    **asdict(train)},
         "steps": train.steps + train.lbfgs_steps,
         "wall_time_s": round(hist.wall_time, 1),

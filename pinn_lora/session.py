@@ -451,6 +451,8 @@ def check_ints(values: Mapping[str, Any], bounds: Mapping[str, int] | None = Non
     out = {}
     for key, val in values.items():
         low = (bounds or {}).get(key, MINIMUM.get(key))  # another command's own keys: their bounds given
+        if low is None:
+            raise ValueError(f"check_ints: no lower bound for {key!r} (give it in bounds or config.MINIMUM)")
         if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < low:
             raise ConfigError(f"{key}={val!r} must be an integer >= {low}")
         if key == "seed" and val >= SEED_LIMIT:
