@@ -2,6 +2,7 @@
 
     python benchmarks/family.py --problem burgers [--method lora] [--anchors 6] [--threads 1]
     python benchmarks/family.py --problem burgers --builder hyper --no-per-coefficient [--steps 60]
+    python benchmarks/family.py --problem burgers --load DIR --reuse FILE  # a saved family evaluated again
     python benchmarks/family.py --problem burgers --report     # both builds side by side: summary + figure
 
 For each family's range (Burgers nu*pi in [0.005, 0.05], Allen-Cahn gamma in [2, 7] at d = 1e-3,
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 import pinn_lora
-from pinn_lora.family import build_family, build_hyper_family
+from pinn_lora.family import INTERPOLATIONS, build_family, build_hyper_family, load_family
 from pinn_lora.runtime import device_name
 
 RANGES = {"burgers": ("nu", 0.005 / math.pi, 0.05 / math.pi, {}),
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--n-points", type=int, default=500, help="hyper: points per coefficient per step")
     ap.add_argument("--save", default=None, help="save the family here (default: a folder under the system's "
                     "temporary directory, printed), to evaluate it again later")
+    ap.add_argument("--load", default=None, help="evaluate a family saved before (by --save) instead of building one")
     ap.add_argument("--report", action="store_true", help="merge the bank and hyper results: summary + figure")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -77,17 +79,22 @@ def main() -> None:
             "problem": args.problem, "over": over, "range": [low, high], "fixed": fixed, "builder": args.builder,
             "method": args.method if args.builder == "bank" else "hyper_lora"}
     t0 = time.perf_counter()
-    if args.builder == "bank":
+    if args.load:  # a family built before: evaluated again (its build time from its card)
+        fam = load_family(args.load)
+    elif args.builder == "bank":
         fam = build_family(problem, over, low, high, args.method, anchors=args.anchors, device="cpu", progress=True)
     else:
         fam = build_hyper_family(problem, over, low, high, steps=args.steps, n_points=args.n_points, device="cpu")
-    build_s = time.perf_counter() - t0
+    build_s = fam.card["build"]["wall_time_s"] if args.load else time.perf_counter() - t0
     import tempfile
 
-    save = Path(args.save or Path(tempfile.gettempdir()) / "pinn_lora_families" /
-                f"{args.problem}_{args.builder}_{time.strftime('%Y%m%d-%H%M%S')}")
-    fam.save(save)
-    print(f"family saved: {save}", flush=True)
+    if not args.load:
+        save = Path(args.save or Path(tempfile.gettempdir()) / "pinn_lora_families" /
+                    f"{args.problem}_{args.builder}_{time.strftime('%Y%m%d-%H%M%S')}")
+        fam.save(save)
+        print(f"family saved: {save}", flush=True)
+    else:
+        meta["loaded"] = {"from": Path(args.load).name, "note": "a family built before, evaluated again"}
     values = held_out(fam.spec, low, high)
     qt = []
     for i in range(200):
@@ -101,9 +108,9 @@ def main() -> None:
     for v in values:
         target = fam.problem_at(v)
         row = {"value": v, "family_error": target.relative_l2(fam(v)), "base_error": target.relative_l2(base)}
-        if args.builder == "bank":  # the same anchors, their weights interpolated and their solutions blended
+        if args.builder == "bank":  # the same anchors: weights interpolated, solutions blended (two or four)
             built = fam.interpolate
-            for mode in ("weights", "solution"):
+            for mode in INTERPOLATIONS:
                 fam.interpolate = mode
                 row[f"family_error_{mode}"] = target.relative_l2(fam(v))
             fam.interpolate = built
@@ -148,7 +155,7 @@ def report(problem: str, results: Path) -> None:
     ax.semilogy(x, [r["base_error"] for r in rows], "k:", label="base (unadapted)")
     ax.semilogy(x, adapted, "s--", label=f"{bank['method']} adapted at each coefficient")
     builds = [("bank_solution", bank, "family_error_solution"), ("bank_weights", bank, "family_error_weights"),
-              ("hyper", hyper, "family_error")]
+              ("bank_cubic", bank, "family_error_cubic"), ("hyper", hyper, "family_error")]
     for name, res, key in builds:
         if res is None or key not in res["rows"][0]:
             continue
@@ -163,6 +170,7 @@ def report(problem: str, results: Path) -> None:
                                "goal_5x_below_base": all(e * 5 <= b for e, b in far)}
         label = {"bank_solution": f"bank, {len(res['card'].get('anchors', []))} anchors, solutions blended",
                  "bank_weights": "the same anchors, weights interpolated",
+                 "bank_cubic": "the same anchors, four solutions blended (cubic)",
                  "hyper": "coefficient-conditioned adapter"}[name]
         ax.semilogy(x, errs, "o-", label=f"family: {label} (query)")
     for a in bank["card"]["anchors"]:

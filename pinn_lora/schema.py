@@ -242,7 +242,7 @@ def family_card_schema() -> dict[str, Any]:
                    "additional": METHOD_OPTION},
         "anchors": {"type": "array", "min_items": 2, "items": {
             "type": "object", "required": ["value"], "properties": {"value": number}}},
-        "builder": {"enum": ["bank", "hyper"]}, "interpolate": {"enum": ["weights", "solution"]},
+        "builder": {"enum": ["bank", "hyper"]}, "interpolate": {"enum": ["weights", "solution", "cubic"]},
         "hyper": {"type": "object", "required": ["rank", "width"], "properties": {
             "rank": {"type": "integer", "minimum": 1}, "width": {"type": "integer", "minimum": 1}}},
         "weights_sha256": SHA256, "status": {"type": "string"}}}
@@ -299,7 +299,7 @@ FAMILY_CONFIG = {"type": "object", "additional": False, "required": [
     "defaults", "over", "low", "high", "anchors", "tol", "seed", "device", "dtype", "base", "progress", "out", "hydra"],
     "properties": {
         "defaults": _DEFAULTS, "builder": {"enum": ["bank", "hyper"]}, "rank": {"type": "integer", "minimum": 1},
-        "interpolate": {"enum": ["auto", "weights", "solution"]}, "over": _OPT_STR, "low": _OPT_NUMBER, "high": _OPT_NUMBER,
+        "interpolate": {"enum": ["auto", "weights", "solution", "cubic"]}, "over": _OPT_STR, "low": _OPT_NUMBER, "high": _OPT_NUMBER,
         "anchors": {"type": "integer", "minimum": 2}, "tol": {"type": "number", "minimum": 0},
         "steps": _OPT_COUNT, "n_points": {"type": ("integer", "null"), "minimum": 1}, "seed": COUNT,
         "device": _STR, "dtype": {"enum": ["float64", "float32"]}, "base": _OPT_STR, "debug": _BOOL,

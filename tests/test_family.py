@@ -130,7 +130,7 @@ def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
     assert fam.anchors == [0.8, 1.2] and (tmp_path / "f" / "plots" / "family.png").is_file()
     assert load_family(tmp_path / "f")(1.1) is not None
     for key, value, match in (("low", None, "low is required"), ("low", 2.0, "low < high"),
-                              ("tol", -1, "tol=-1 must be"), ("interpolate", "cubic", "interpolate='cubic'")):
+                              ("tol", -1, "tol=-1 must be"), ("interpolate", "quintic", "interpolate='quintic'")):
         bad = {**cfg, key: value}
         with pytest.raises(ValueError, match=match):
             command.run_config(bad, tmp_path / "g")
@@ -192,6 +192,32 @@ def test_solution_interpolation_blends_the_neighbouring_anchors(family):
         assert not torch.allclose(fam(mid)(x), 0.5 * (ua + ub), rtol=0, atol=1e-10)  # weights: another answer
     finally:
         fam.interpolate = built
+
+
+def test_cubic_interpolation_is_the_lagrange_polynomial_of_four_anchors(family):
+    """interpolate=cubic: exact at every anchor (1e-12), and between anchors Σ w_k u_k with the Lagrange weights of
+    the four anchors around the value in the coordinate (k² here), which reproduce any cubic in k² exactly."""
+    from pinn_lora.family import lagrange_weights
+
+    fam, _ = family
+    x = torch.rand(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    built = fam.interpolate
+    try:
+        fam.interpolate = "cubic"
+        for a, state in zip(fam.anchors, fam.states):
+            ref = fam._network(state, a)(x)
+            assert float((fam(a)(x) - ref).abs().max()) <= 1e-12 * float(ref.abs().max())
+        value = 0.5 * (fam.anchors[0] + fam.anchors[1])
+        idx, w = fam.stencil(value)
+        assert idx == [0, 1, 2, 3] and abs(sum(w) - 1) <= 1e-14
+        c = [fam.spec.coordinate(fam.anchors[k]) for k in idx]
+        poly = lambda z: 2 - 3 * z + 0.5 * z**2 - 0.25 * z**3  # noqa: E731
+        assert abs(sum(wk * poly(ck) for wk, ck in zip(w, c)) - poly(value**2)) <= 1e-12
+        us = [fam._network(fam.states[k], value)(x) for k in idx]
+        assert torch.allclose(fam(value)(x), sum(wk * u for wk, u in zip(w, us)), rtol=0, atol=1e-13)
+    finally:
+        fam.interpolate = built
+    assert lagrange_weights([0.0, 1.0], 0.25) == [0.75, 0.25]
 
 
 def test_values_spread_over_a_range_stay_inside_it():
