@@ -31,6 +31,22 @@ from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
 from pinn_lora.validation import judge, validation_points, validation_residual
 
 
+def _call_weight(module: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``module.weight()`` computed with ``tensors`` in place of its own parameters and buffers."""
+    return torch.func.functional_call(_WeightOf(module), {f"m.{k}": v for k, v in tensors.items()}, ())
+
+
+class _WeightOf(nn.Module):
+    """A module whose forward is ``m.weight()`` (so functional_call can swap ``m``'s tensors)."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self) -> torch.Tensor:
+        return self.m.weight()
+
+
 def row_problem(problems: Sequence[Any], n: int, dtype: torch.dtype, device: torch.device) -> Any:
     """A copy of ``problems[0]`` whose coefficients are per-row tensors of shape (K·n, 1): rows k·n … (k+1)·n − 1
     hold problem k's values, so one residual evaluation over K copies' stacked rows uses each copy's own
@@ -75,6 +91,7 @@ class BatchTrainer(Trainer):
         self.member_params = [[p for p in m.parameters() if p.requires_grad] for m in self.members]
         self.errors: list[float] = []
         self._rows: tuple = (None, None, None)  # (points' shape/dtype/device, row problem, scales) of the last pass
+        self._vmapped = [self._can_vmap(i) for i in range(len(self.members[0].linears))]
         self.why_not_flat = self._can_flatten() if len(self.members) > 1 else "one copy"
         self.flattened = not self.why_not_flat
 
@@ -88,13 +105,49 @@ class BatchTrainer(Trainer):
         return self._copy_terms(jets, points)
 
     def _weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Every layer's K weights and biases, stacked: (K, out, in) and (K, out)."""
+        """Every layer's K weights and biases, stacked: (K, out, in) and (K, out). A layer whose K copies are
+        one adapter class is assembled by one vmapped call of its ``weight()`` over the copies' stacked
+        parameters and buffers (a fixed number of kernels whatever K; :meth:`_can_vmap`), else copy by copy."""
         out = []
-        for i in range(len(self.members[0].linears)):
-            pairs = [layer_weight(m.linears[i]) for m in self.members]
+        for i, vm in enumerate(self._vmapped):
+            mods = [m.linears[i] for m in self.members]
+            if vm is not None:
+                stacked = {name: torch.stack([getattr(mod, name) for mod in mods]) for name in vm[1]}
+                out.append((vm[0](stacked), stacked.get("bias0")))
+                continue
+            pairs = [layer_weight(mod) for mod in mods]
             out.append((torch.stack([wb[0] for wb in pairs]),
                         None if pairs[0][1] is None else torch.stack([wb[1] for wb in pairs])))
         return out
+
+    def _can_vmap(self, i: int) -> tuple[Callable, list[str]] | None:
+        """For layer ``i``: (vmapped weight function, tensor names) when its K copies' weights can be assembled
+        in one vmapped call, else None: plain ``nn.Linear`` layers, layers whose dynamics hook dL/dW
+        (``capture_weight_grad``), classes whose ``weight()`` does not vmap, or whose vmapped result differs
+        from the copy-by-copy one (checked here, once) are assembled copy by copy."""
+        from pinn_lora.adapters.base import AdapterLinear
+
+        mods = [m.linears[i] for m in self.members]
+        first = mods[0]
+        if (not isinstance(first, AdapterLinear) or any(type(m) is not type(first) for m in mods)
+                or any(getattr(m, "capture_weight_grad", False) for m in mods)):
+            return None
+        names = [n for n, _ in first.named_parameters(recurse=False)] + [n for n, _ in first.named_buffers(recurse=False)]
+        if any(dict(m.named_children()) for m in mods) or any(
+                [n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]
+                != names or any(getattr(m, n).shape != getattr(first, n).shape for n in names) for m in mods):
+            return None
+
+        fn = torch.func.vmap(lambda tensors: _call_weight(first, tensors))
+        try:
+            with torch.no_grad():
+                got = fn({n: torch.stack([getattr(m, n) for m in mods]) for n in names})
+                want = torch.stack([m.weight() for m in mods])
+        except Exception:  # noqa: BLE001 - any failure: this class's weight() does not vmap
+            return None
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-12, atol=1e-14):
+            return None
+        return fn, names
 
     def _copy_terms(self, jets: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
         per: list[dict[str, torch.Tensor]] = []

@@ -66,23 +66,25 @@ def test_batch_errors():
         adapt_many("burgers", [get_problem("burgers")], "lora", **{**COMMON, "lbfgs_steps": 5})
 
 
-def _trainer(problems, net, causal_eps=0.0):
-    """A BatchTrainer over ``problems`` with rank-2 LoRA copies whose B factors differ (so the copies differ)."""
+def _trainer(problems, net, causal_eps=0.0, method="lora"):
+    """A BatchTrainer over ``problems`` with rank-2 ``method`` copies whose trainable tensors differ (so the
+    copies differ)."""
     import copy
 
     import torch
 
     from pinn_lora.batch import BatchTrainer, Stacked
     from pinn_lora.methods import AttachContext, get_method
-    from pinn_lora.train import TrainConfig
+    from pinn_lora.train import TrainConfig, residual_loss
 
     models, meths = [], []
     for i, prob in enumerate(problems):
         torch.manual_seed(i)
-        meth = get_method("lora", rank=2)
+        meth = get_method(method, **({} if method in ("full", "scratch") else {"rank": 2}))
         m = copy.deepcopy(net)
         m.apply_output_transform(prob.output_transform)
-        models.append(meth.attach(m, AttachContext(prob, None, 0)))
+        x = torch.as_tensor(prob.sample(32, seed=2))
+        models.append(meth.attach(m, AttachContext(prob, lambda mm, p=prob, x=x: residual_loss(p, mm, x), 0)))
         meths.append(meth)
         with torch.no_grad():
             for q in models[-1].parameters():
@@ -140,3 +142,38 @@ def test_a_residual_that_does_not_broadcast_runs_copy_by_copy():
         assert abs(alone.error - res.error) <= 1e-8 * alone.error
     ok = adapt_many(base, [get_problem("burgers", nu=nu) for nu in (0.005, 0.02)], "lora", **COMMON)
     assert ok[0].extra["settings"]["flattened"] is True
+
+
+@pytest.mark.parametrize("method", sorted(set(__import__("pinn_lora.registry", fromlist=["METHODS"]).METHODS.names())
+                                          - {"full", "scratch"}))
+def test_vmapped_weight_assembly_equals_copy_by_copy(method):
+    """Issue 17 item 1: a layer's K weights W0 + ΔW come from one vmapped weight() over the copies' stacked
+    tensors where the class allows it; weights and their gradients equal the copy-by-copy assembly (1e-12)."""
+    import torch
+
+    from pinn_lora.derivatives import layer_weight
+
+    probs = [get_problem("burgers", nu=nu) for nu in (0.003, 0.01, 0.03)]
+    net = build_network([2, 8, 8, 1], "tanh", seed=0).double()
+    tr = _trainer(probs, net, method=method)
+    if method in ("lora", "dora", "pissa", "cla"):
+        assert all(v is not None for v in tr._vmapped), method  # the common adapters are vmapped
+    got = tr._weights()
+    want = [(torch.stack([layer_weight(m.linears[i])[0] for m in tr.members]),
+             None if layer_weight(tr.members[0].linears[i])[1] is None else
+             torch.stack([layer_weight(m.linears[i])[1] for m in tr.members])) for i in range(len(got))]
+    params = [q for ps in tr.member_params for q in ps]
+    seed = torch.Generator().manual_seed(3)
+    probe = [torch.randn(w.shape, generator=seed, dtype=w.dtype) for w, _ in want]
+
+    def grads(pairs):
+        total = sum((w * c).sum() + (0 if b is None else b.sum()) for (w, b), c in zip(pairs, probe))
+        return torch.autograd.grad(total, params, allow_unused=True)
+
+    for (w1, b1), (w2, b2) in zip(got, want):
+        assert float((w1 - w2).abs().max().detach()) <= 1e-12 * float(w2.abs().max().detach())
+        assert (b1 is None) == (b2 is None) and (b1 is None or torch.equal(b1, b2))
+    for g1, g2 in zip(grads(got), grads(want)):
+        assert (g1 is None) == (g2 is None)
+        if g1 is not None:
+            assert float((g1 - g2).abs().max()) <= 1e-12 * max(float(g2.abs().max()), 1e-300)
