@@ -309,6 +309,8 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
         for meth, m in zip(methods, models):
             meth.after_step(step, m, dyn)
 
+    after_step.in_place = methods[0].hook_in_place  # type: ignore[attr-defined]
+
     trainer = BatchTrainer(problems, stacked, dynamics, cfg, after_step=after_step if hooked else None)
     claim = rundir.claim(run_dir) if run_dir is not None else rundir.UNCLAIMED
     claim.guard(trainer.run)

@@ -107,6 +107,8 @@ class StaticLoop:
                     torch.cuda.current_stream(t.device).wait_stream(side)
                 else:
                     step_fn()
+                if t.after_step is not None:  # an in-place hook (Method.hook_in_place), between replays
+                    t.after_step(step, t.model, t.dynamics)
             rows = ring[0][:n].tolist()  # the one host sync of the block
             cursor.zero_()
             for i, row in enumerate(rows):

@@ -146,10 +146,22 @@ class Method:
             return "method"
         return requested
 
+    # True: ``after_step`` changes tensors only in place (``+=``, ``copy_``, ``zero_``, optimiser moments zeroed)
+    # and never the forward's structure, so the static step (and its CUDA graph) stays valid across it; the
+    # hook then runs between graph replays
+    hook_in_place: ClassVar[bool] = False
+
     def step_hook(self) -> Callable[[int, nn.Module, Dynamics], None] | None:
         """``after_step`` when this method overrides it, else None (no hook: the step can be a
-        static, graph-captured one)."""
-        return self.after_step if type(self).after_step is not Method.after_step else None
+        static, graph-captured one). The hook's ``in_place`` is :attr:`hook_in_place`."""
+        if type(self).after_step is Method.after_step:
+            return None
+
+        def hook(step: int, model: nn.Module, dynamics: Dynamics) -> None:
+            self.after_step(step, model, dynamics)
+
+        hook.in_place = self.hook_in_place  # type: ignore[attr-defined]
+        return hook
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}
@@ -303,6 +315,8 @@ class Chained:
     """Mixin of the chained methods: every ``chain_every`` steps each adapted layer
     takes its chain step (merge into W0 and restart), then the optimiser's
     moments are reset. The network's function is unchanged by a chain step."""
+
+    hook_in_place = True  # merges and restarts write W0, B, A and the selector's columns in place
 
     def chain_step(self, index: int, layer: AdapterLinear) -> None:
         layer.restart(self.generator)
@@ -514,6 +528,7 @@ class ODLoRA(LoRA):
     summary = ("OD-LoRA (ICLR 2026 sub. 3878 / SDS-LoRA): LoRA warm-up, then W0 + s(Q_B A + B Q_A^T) with "
                "orthonormal bases refreshed on a growing schedule, Adam")
     defaults = {**LoRA.defaults, "warmup": 10, "refresh_every": 100, "refresh_growth": 2.0}
+    hook_in_place = True  # the split and refreshes write the bases, factors and W0 in place
 
     def _check(self, key: str, value: Any) -> Any:
         value = super()._check(key, value)

@@ -734,7 +734,7 @@ class Trainer:
             return "sampling=rar_d grows the point set (a static step needs a fixed one)"
         if self.stages:
             return "continuation changes the residual between stages"
-        if self.after_step is not None:
+        if self.after_step is not None and not getattr(self.after_step, "in_place", False):
             return "the method changes the model between steps (merges, restarts or basis refreshes)"
         return self.dynamics.graph_unsafe_reason()
 

@@ -13,6 +13,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
     ("lora", {}, True), ("full", {}, True), ("riemannian", {}, True),
     ("odelora", {"precondition": "rmsprop", "lr": 1e-3, "rebalance": False}, True),
     ("odelora", {"scheme": "rk4", "rebalance": False}, True),
+    # chain merges and restarts in place, between replays (issue 17 item 3)
+    ("cola", {"chain_every": 7}, True), ("c3la", {"chain_every": 7}, True),
+    ("odlora", {"warmup": 5, "refresh_every": 8}, True),
     # the default rebalance: on CUDA the Newton–Schulz form (issue 17 item 2), matrix products only: captured
     ("odelora", {"precondition": "rmsprop", "lr": 1e-3}, True)])
 def test_graph_equals_static_eager_on_cuda(method, opts, captured):

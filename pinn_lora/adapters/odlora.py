@@ -95,9 +95,11 @@ class ODLoRALinear(AdapterLinear):
 
     # -- ΔW -------------------------------------------------------------------------
     def delta_weight(self) -> torch.Tensor:
-        if self.split_done:
-            return self.scale * (self.Q_B @ self.lora_A + self.lora_B @ self.Q_A.T)
-        return self.scale * (self.lora_B @ self.lora_A)
+        """s(Q_B·A + B·Q_Aᵀ) after the split, s·B·A before it, without reading the mode flag on the host (so
+        the step can be captured in a CUDA graph): before the split Q_A = Q_B = 0 and the LoRA term has weight 1,
+        after it weight 0; each form is then computed exactly (adding zeros)."""
+        lora = (~self.is_split).to(self.lora_B.dtype) * (self.lora_B @ self.lora_A)
+        return self.scale * (self.Q_B @ self.lora_A + self.lora_B @ self.Q_A.T + lora)
 
     def point_gradients(self, delta: torch.Tensor, h: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
         """Before the split (ΔW = s·B·A) as LoRA's; after it (ΔW = s(Q_B·A + B·Q_Aᵀ)):

@@ -127,6 +127,15 @@ class GradientDynamics(Dynamics):
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=device)
 
     def reset_state(self) -> None:
+        """Adam's moments and step counts are zeroed in place: what a fresh state holds, so the next step is
+        the same as after dropping it, and a captured graph that reads these tensors stays valid. Other
+        optimisers' state is dropped (SGD's momentum starts from the gradient, not from zero)."""
+        if self._cls is torch.optim.Adam:
+            for state in self.optimizer.state.values():
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        value.zero_()
+            return
         self.optimizer.state.clear()
 
     def state_dict(self) -> dict[str, Any]:
