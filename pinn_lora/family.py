@@ -387,12 +387,15 @@ def _midpoint(spec: Any, a: float, b: float) -> float:
 
 def build_family(problem: Any, over: str | None, low: float, high: float, method: str = "lora", *,
                  base: Any = None, anchors: int = 5, tol: float = 0.0, interpolate: str = "auto", seed: int = 0,
-                 device: str | torch.device = "cpu", dtype: str = "float64", progress: bool = True,
-                 out: str | Path | None = None, plots: bool = True, **adapt_options: Any) -> Family:
+                 warm_start: bool = False, device: str | torch.device = "cpu", dtype: str = "float64",
+                 progress: bool = True, out: str | Path | None = None, plots: bool = True,
+                 **adapt_options: Any) -> Family:
     """Adapt ``base`` (default: the problem's shipped base) at up to ``anchors`` coefficients of ``over``
     in [``low``, ``high``] (the other coefficients: ``problem``'s) and return the :class:`Family`; with
     ``out`` it is saved there (family.* and, with ``plots``, plots/family.png). ``adapt_options`` go to every
-    :func:`~pinn_lora.session.adapt_to` call (steps, solver, method options ...)."""
+    :func:`~pinn_lora.session.adapt_to` call (steps, solver, method options ...). ``warm_start``: every anchor
+    after the first is adapted from the nearest anchor already placed (its merged network, as the base of
+    that run) instead of from the base, so neighbouring anchors' weights stay close."""
     from pinn_lora.session import adapt_to, resolve_device, resolve_dtype
     from pinn_lora.validation import validation_points, validation_residual
 
@@ -414,16 +417,27 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         if progress:
             print(f"family: {msg}", file=sys.stderr, flush=True)
 
+    def start_of(value: float) -> tuple[tuple[nn.Module, dict[str, Any]], float | None]:
+        """The base of the adaptation at ``value``: the base, or (warm_start) the nearest anchor's network."""
+        if not warm_start or not values:
+            return (base_net, base_card), None
+        c = spec.coordinate(value)
+        k = min(range(len(values)), key=lambda i: abs(spec.coordinate(values[i]) - c))
+        net = copy.deepcopy(base_net)
+        net.load_state_dict(states[k])
+        return (net, {**base_card, "coefficients": {**base_card.get("coefficients", {}), over: values[k]}}), values[k]
+
     def add(value: float, reason: str) -> None:
         target = problem.with_coefficients(**{over: value})
         t = time.perf_counter()
-        res = adapt_to((base_net, base_card), target, method, seed=seed, device=dev, dtype=dtype, progress=False,
-                       plots=False, **adapt_options)
+        start, source = start_of(value)
+        res = adapt_to(start, target, method, seed=seed, device=dev, dtype=dtype, progress=False, plots=False,
+                       **adapt_options)
         s = res.summary()
         used.setdefault("method", _json_safe(res.method.describe()))
         values.append(value)
         states.append(merged_state(res.model))
-        rows.append({"value": value, "reason": reason, "status": s["status"],
+        rows.append({"value": value, "reason": reason, "status": s["status"], "from": source,
                      "validation_residual": s["validation_residual"],
                      "validation_residual_base": s["validation_residual_base"],
                      "wall_s": round(time.perf_counter() - t, 2)})
@@ -467,6 +481,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         "anchors": sorted(rows, key=lambda r: r["value"]),
         "midpoint_checks": checks, "tol": tol, "max_anchors": anchors,
         "build": {"seed": seed, "dtype": dtype, "device": str(dev), "adapt_options": _json_safe(adapt_options),
+                  "warm_start": bool(warm_start),
                   "wall_time_s": round(time.perf_counter() - t0, 1)},
         "status": "completed" if all(s == "completed" for s in statuses) else "some_anchors_failed",
     }
@@ -652,6 +667,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
     with rundir.claim(run_dir):
         return build_family(problem, cfg.get("over"), cfg["low"], cfg["high"], mcfg["name"],
                             anchors=cfg.get("anchors", 5), tol=cfg.get("tol", 0.0),
+                            warm_start=bool(cfg.get("warm_start", False)),
                             interpolate=cfg.get("interpolate", "auto"),
                             recommended=pcfg.get("adapt") or {}, **common, **given, **options)
 

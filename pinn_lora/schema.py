@@ -301,7 +301,7 @@ FAMILY_CONFIG = {"type": "object", "additional": False, "required": [
         "defaults": _DEFAULTS, "builder": {"enum": ["bank", "hyper"]}, "rank": {"type": "integer", "minimum": 1},
         "interpolate": {"enum": ["auto", "weights", "solution", "cubic"]}, "over": _OPT_STR, "low": _OPT_NUMBER, "high": _OPT_NUMBER,
         "anchors": {"type": "integer", "minimum": 2}, "tol": {"type": "number", "minimum": 0},
-        "steps": _OPT_COUNT, "n_points": {"type": ("integer", "null"), "minimum": 1}, "seed": COUNT,
+        "warm_start": _BOOL, "steps": _OPT_COUNT, "n_points": {"type": ("integer", "null"), "minimum": 1}, "seed": COUNT,
         "device": _STR, "dtype": {"enum": ["float64", "float32"]}, "base": _OPT_STR, "debug": _BOOL,
         "progress": _BOOL, "out": NONEMPTY, "hydra": {"type": "object", "required": ["run"]}}}
 

@@ -220,6 +220,30 @@ def test_cubic_interpolation_is_the_lagrange_polynomial_of_four_anchors(family):
     assert lagrange_weights([0.0, 1.0], 0.25) == [0.75, 0.25]
 
 
+def test_warm_started_anchors_start_from_their_nearest_neighbour(tiny_base):
+    """warm_start: each anchor after the first is adapted from the nearest anchor already placed: the high end's
+    weights are exactly those of an adaptation started from the low anchor's network."""
+    prob = pinn_lora.get_problem("helmholtz")
+    kw = dict(base=tiny_base, anchors=3, device="cpu", progress=False, plots=False, **FAST)
+    warm = build_family(prob, "k", 0.5, 2.0, "lora", warm_start=True, **kw)
+    cold = build_family(prob, "k", 0.5, 2.0, "lora", **kw)
+    rows = {r["value"]: r for r in warm.card["anchors"]}
+    assert rows[0.5]["from"] is None and rows[2.0]["from"] == 0.5
+    middle = next(r for v, r in rows.items() if v not in (0.5, 2.0))
+    assert middle["from"] == 0.5  # equally far from both ends in k²: the first placed
+    assert warm.card["build"]["warm_start"] is True and cold.card["build"]["warm_start"] is False
+    assert all(torch.equal(warm.states[0][k], cold.states[0][k]) for k in warm.states[0])  # the first: from the base
+    from pinn_lora.session import resolve_base
+
+    _, card = resolve_base(str(tiny_base), prob, torch.float64, torch.device("cpu"))
+    low = warm.query(0.5)  # a plain network with the low anchor's weights
+    again = pinn_lora.adapt_to((low, {**card, "coefficients": {"k": 0.5}}), prob.with_coefficients(k=2.0), "lora",
+                               device="cpu", progress=False, plots=False, **FAST)
+    want = merged_state(again.model)
+    assert all(torch.equal(warm.states[-1][k], want[k]) for k in want)
+    assert not all(torch.equal(warm.states[-1][k], cold.states[-1][k]) for k in want)  # not the cold start
+
+
 def test_values_spread_over_a_range_stay_inside_it():
     from pinn_lora.family import spread
 
