@@ -132,10 +132,11 @@ class BatchTrainer(Trainer):
         if (not isinstance(first, AdapterLinear) or any(type(m) is not type(first) for m in mods)
                 or any(getattr(m, "capture_weight_grad", False) for m in mods)):
             return None
-        names = [n for n, _ in first.named_parameters(recurse=False)] + [n for n, _ in first.named_buffers(recurse=False)]
-        if any(dict(m.named_children()) for m in mods) or any(
-                [n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]
-                != names or any(getattr(m, n).shape != getattr(first, n).shape for n in names) for m in mods):
+        def own(m: nn.Module) -> list[tuple[str, torch.Size]]:  # the layer's own tensors (no submodules)
+            return [(n, t.shape) for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
+
+        names = [n for n, _ in own(first)]
+        if any(dict(m.named_children()) or own(m) != own(first) for m in mods):
             return None
 
         fn = torch.func.vmap(lambda tensors: _call_weight(first, tensors))
