@@ -497,6 +497,24 @@ def time_to_accuracy(data: dict) -> list[str]:
                                   f"cap {cap:.0f} s per route (a row's own cap where it says so)", load_note(data))]
 
 
+def scratch_same_time(data: dict) -> list[str]:
+    """Per held-out target: scratch given the adapters' wall time against their final errors."""
+    rows = []
+    for r in data["runs"]:
+        worst = max(r[f"{m}_final_error"] for m in ("odelora", "lora"))
+        rows.append([target_label(r["family"], r["coefficients"], default_mark=True),
+                     f"{sci(r['odelora_final_error'])} ({r['odelora_wall_s']:.0f} s)",
+                     f"{sci(r['lora_final_error'])} ({r['lora_wall_s']:.0f} s)",
+                     f"{sci(r['scratch_final_error'])} ({r['scratch_seconds']:.0f} s of {r['wall_cap_s']:.0f} s)",
+                     f"{r['scratch_final_error'] / worst:,.0f}×".replace(",", " "),
+                     "yes" if r["adapters_better"] else "**no**"])
+    header = ["target", "`odelora` (wall)", "`lora` (wall)", "`scratch` (ran of its cap)",
+              "scratch ÷ the worse adapter", "both adapters better"]
+    return table(header, rows) + ["", source_line("scratch_same_time_cpu.json", data.get("device"), torch_version(data),
+                                              data.get("date"), "the adapters' walls from adapt_targets_cpu.json",
+                                              load_note(data))]
+
+
 # name -> (results files, function of their JSON)
 TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "adapt_best": (("adapt_targets_cpu.json",), adapt_best),
@@ -513,7 +531,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
 # placed once their results files exist (benchmarks/headline.py, sampling.py, time_to_accuracy.py)
 PENDING = {"headline": (("headline_cpu.json",), headline), "sampling": (("sampling_cpu.json",), sampling),
            "defaults": (("defaults_cpu.json",), defaults),
-           "time_to_accuracy": (("time_to_accuracy_cpu.json",), time_to_accuracy)}
+           "time_to_accuracy": (("time_to_accuracy_cpu.json",), time_to_accuracy),
+           "scratch_same_time": (("scratch_same_time_cpu.json",), scratch_same_time)}
 TABLES.update({k: v for k, v in PENDING.items() if (RESULTS / v[0][0]).is_file()})
 
 
