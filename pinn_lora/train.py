@@ -707,6 +707,8 @@ class Trainer:
         from pinn_lora.loops import EagerLoop, SecondOrderLoop, StaticLoop
 
         if isinstance(self.dynamics, LevenbergMarquardt):
+            if self.device.type == "cuda" and self.cfg.cuda_graph is not False:
+                self.graph_why = "the second-order step (solver=lm) accepts or rejects each proposal on the host"
             return SecondOrderLoop(self)
         static = self._static_mode()
         return EagerLoop(self) if static is None else StaticLoop(self, capture=static)
