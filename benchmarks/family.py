@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--n-points", type=int, default=500, help="hyper: points per coefficient per step")
     ap.add_argument("--save", default=None, help="save the family here (default: a folder under the system's "
                     "temporary directory, printed), to evaluate it again later")
+    ap.add_argument("--interpolate", default="auto", help="bank: auto (anchors placed by the two-anchor blend), "
+                    "or the answer that also places them: solution, weights, cubic")
     ap.add_argument("--warm-start", action="store_true", help="bank: each anchor from its nearest neighbour")
     ap.add_argument("--load", default=None, help="evaluate a family saved before (by --save) instead of building one")
     ap.add_argument("--report", action="store_true", help="merge the bank and hyper results: summary + figure")
@@ -78,13 +80,13 @@ def main() -> None:
             "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
             "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d"),
             "problem": args.problem, "over": over, "range": [low, high], "fixed": fixed, "builder": args.builder,
-            "method": args.method if args.builder == "bank" else "hyper_lora", "warm_start": args.warm_start}
+            "method": args.method if args.builder == "bank" else "hyper_lora", "warm_start": args.warm_start, "interpolate": args.interpolate}
     t0 = time.perf_counter()
     if args.load:  # a family built before: evaluated again (its build time from its card)
         fam = load_family(args.load)
     elif args.builder == "bank":
         fam = build_family(problem, over, low, high, args.method, anchors=args.anchors, device="cpu", progress=True,
-                           warm_start=args.warm_start)
+                           warm_start=args.warm_start, interpolate=args.interpolate)
     else:
         fam = build_hyper_family(problem, over, low, high, steps=args.steps, n_points=args.n_points, device="cpu")
     build_s = fam.card["build"]["wall_time_s"] if args.load else time.perf_counter() - t0
