@@ -26,25 +26,10 @@ from torch import nn
 
 from pinn_lora.config import DEFAULTS
 from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
+from pinn_lora.jacobian import weight_with
 from pinn_lora.runtime import own_rng
 from pinn_lora.train import History, Trainer, TrainConfig, _norm, residual_terms
 from pinn_lora.validation import judge, validation_points, validation_residual
-
-
-def _call_weight(module: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``module.weight()`` computed with ``tensors`` in place of its own parameters and buffers."""
-    return torch.func.functional_call(_WeightOf(module), {f"m.{k}": v for k, v in tensors.items()}, ())
-
-
-class _WeightOf(nn.Module):
-    """A module whose forward is ``m.weight()`` (so functional_call can swap ``m``'s tensors)."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self) -> torch.Tensor:
-        return self.m.weight()
 
 
 def row_problem(problems: Sequence[Any], n: int, dtype: torch.dtype, device: torch.device) -> Any:
@@ -139,7 +124,7 @@ class BatchTrainer(Trainer):
         if any(dict(m.named_children()) or own(m) != own(first) for m in mods):
             return None
 
-        fn = torch.func.vmap(lambda tensors: _call_weight(first, tensors))
+        fn = torch.func.vmap(lambda tensors: weight_with(first, tensors))
         try:
             with torch.no_grad():
                 got = fn({n: torch.stack([getattr(m, n) for m in mods]) for n in names})

@@ -174,6 +174,11 @@ class _Weight(nn.Module):
         return self.lin.weight()
 
 
+def weight_with(lin: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``lin.weight()`` computed with ``tensors`` (its own parameter and buffer names) in place of its own."""
+    return functional_call(_Weight(lin), {f"lin.{k}": v for k, v in tensors.items()}, ())
+
+
 def structured_jacobian(problem: Any, model: nn.Module, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unnormalised (r (terms, N), J (terms, N, P)) from one Taylor-mode pass and one reverse
     pass per term.
@@ -241,7 +246,7 @@ def _layer_columns(lin: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> list
     if isinstance(lin, nn.Linear):
         got = {"weight": full, "bias": delta[0]}
         return [got[k] for k, _ in own]
-    params = {f"lin.{k}": p.detach() for k, p in own}
+    params = {k: p.detach() for k, p in own}
     with _plain_forward(lin):
-        phi = jacrev(lambda ps: functional_call(_Weight(lin), ps, ()))(params)  # name: (m, n, *shape)
-    return [full @ phi[f"lin.{k}"].reshape(full.shape[1], -1) for k, _ in own]
+        phi = jacrev(lambda ps: weight_with(lin, ps))(params)  # name: (m, n, *shape)
+    return [full @ phi[k].reshape(full.shape[1], -1) for k, _ in own]
