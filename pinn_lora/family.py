@@ -367,6 +367,16 @@ def _base_entry(card: Mapping[str, Any]) -> dict[str, Any]:
     return {k: card.get(k) for k in ("problem", "coefficients", "weights_sha256")}
 
 
+def answer_residual(fam: Family, value: float, n: int | None = None) -> float:
+    """The validation residual (:mod:`pinn_lora.validation`, ``n`` points; default its full set) of the family's
+    answer at ``value``: reference-free."""
+    from pinn_lora.validation import VALIDATION_POINTS, validation_points, validation_residual
+
+    target, ref = fam.problem_at(value), next(fam.template.parameters())
+    pts = validation_points(target, n=n or VALIDATION_POINTS, dtype=ref.dtype, device=ref.device)
+    return validation_residual(target, fam.query(value), pts)
+
+
 def _check_out(out: str | Path | None) -> None:
     """A family is never written over another one (refused before any training)."""
     if out is not None and any((Path(out) / name).exists() for name in ("family.json", "family.safetensors")):
@@ -397,7 +407,6 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     after the first is adapted from the nearest anchor already placed (its merged network, as the base of
     that run) instead of from the base, so neighbouring anchors' weights stay close."""
     from pinn_lora.session import adapt_to, resolve_device, resolve_dtype
-    from pinn_lora.validation import validation_points, validation_residual
 
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
@@ -452,8 +461,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         worst = None
         for a, b in zip(fam.anchors[:-1], fam.anchors[1:]):
             mid = _midpoint(spec, a, b)
-            target = fam.problem_at(mid)
-            r = validation_residual(target, fam.query(mid), validation_points(target, dtype=dt, device=dev))
+            r = answer_residual(fam, mid)
             checks.append({"value": mid, "anchors": len(fam.anchors), "validation_residual": r})
             if worst is None or r > worst[1]:
                 worst = (mid, r)
@@ -467,9 +475,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
         choice = {"solution": max(c["validation_residual"] for c in final)}
         for other in ("weights", "cubic"):
             fam.interpolate = other
-            choice[other] = max(validation_residual(fam.problem_at(c["value"]), fam.query(c["value"]),
-                                                    validation_points(fam.problem_at(c["value"]), dtype=dt,
-                                                                      device=dev)) for c in final)
+            choice[other] = max(answer_residual(fam, c["value"]) for c in final)
         mode = min(choice, key=choice.get)
     statuses = [r["status"] for r in rows]
     card = {
@@ -510,7 +516,6 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
     from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
     from pinn_lora.jacobian import residual_jacobian, residual_vector
     from pinn_lora.session import resolve_device, resolve_dtype
-    from pinn_lora.validation import validation_points, validation_residual
 
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
@@ -566,9 +571,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
                   file=sys.stderr, flush=True)
     checks = []
     for value in spread(spec, low, high, 9):  # reference-free: the validation residual across the range
-        target = fam.problem_at(value)
-        checks.append({"value": value, "validation_residual": validation_residual(
-            target, fam.query(value), validation_points(target, n=4096, dtype=dt, device=dev))})
+        checks.append({"value": value, "validation_residual": answer_residual(fam, value, n=4096)})
     card = {
         "problem": problem.name, "coefficients": dict(problem.coefficients), "over": over, "range": [low, high],
         "coordinate": spec.scale, "builder": "hyper", "method": {"name": "hyper_lora", "rank": rank},
@@ -596,15 +599,7 @@ def _json_safe(value: Any) -> Any:
 
 def scan(fam: Family, values: Sequence[float]) -> list[dict[str, Any]]:
     """The reference-free validation residual of the family's answer at each of ``values``."""
-    from pinn_lora.validation import validation_points, validation_residual
-
-    out = []
-    for v in values:
-        target = fam.problem_at(v)
-        pts = validation_points(target, n=4096, dtype=next(fam.template.parameters()).dtype,
-                                device=next(fam.template.parameters()).device)
-        out.append({"value": float(v), "validation_residual": validation_residual(target, fam.query(v), pts)})
-    return out
+    return [{"value": float(v), "validation_residual": answer_residual(fam, v, n=4096)} for v in values]
 
 
 def plot_family(fam: Family, path: Path, points: int = 17) -> None:
