@@ -58,8 +58,8 @@ def count_ops(tr: BatchTrainer, n_points: int, device: torch.device) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         loss = sum(v.sum() for v in tr._loss_terms(x).values())
         loss.backward()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None
-               or e.name.startswith("aten::") and not e.cpu_parent.name.startswith("aten::"))
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")  # top-level operators only
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
 
 
 def main() -> None:

@@ -117,6 +117,7 @@ class BatchTrainer(Trainer):
         if (not isinstance(first, AdapterLinear) or any(type(m) is not type(first) for m in mods)
                 or any(getattr(m, "capture_weight_grad", False) for m in mods)):
             return None
+
         def own(m: nn.Module) -> list[tuple[str, torch.Size]]:  # the layer's own tensors (no submodules)
             return [(n, t.shape) for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]]
 
