@@ -23,9 +23,9 @@ import torch
 from hydra import compose
 from omegaconf import OmegaConf
 
-from pinn_lora.cli import hydra_context
-from pinn_lora.pretrain import device_name
-from pinn_lora.session import run_config
+from pinn_lora.cli.common import hydra_context
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.runs.from_config import run_config
 
 
 def commit() -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from pinn_lora import adapt_to
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
 
 PI = math.pi
 TARGETS = ([("burgers", {"nu": v / PI}) for v in (0.005, 0.0075, 0.015, 0.02, 0.03, 0.05)]

@@ -4,7 +4,7 @@ against K separate runs.
     python benchmarks/batch_step.py [--ks 1 8 32] [--points 2000] [--steps 300] [--device cuda|cpu] [--both]
 
 LoRA (rank 4) on the shipped Burgers base, float64, points fixed. The batched run is
-``pinn_lora.batch.BatchTrainer`` (one stacked jet pass, CUDA graph on a GPU); its time per step
+``pinn_lora.runs.many.BatchTrainer`` (one stacked jet pass, CUDA graph on a GPU); its time per step
 is measured between the records of step 99 and the last (steady state, ``sync_every`` 100). The K copies'
 rows go through the output transform and the residual once (flattened, per-row coefficients);
 ``--both`` also times the copy-by-copy residual for K > 1.
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from pinn_lora.batch import BatchTrainer, Stacked
+from pinn_lora.runs.many import BatchTrainer, Stacked
 from pinn_lora.methods import AttachContext, get_method
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
-from pinn_lora.train import TrainConfig, residual_loss
-from pinn_lora.zoo import load_base
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
+from pinn_lora.training.trainer import TrainConfig, residual_loss
+from pinn_lora.store.zoo import load_base
 
 
 def time_batch(k: int, n_points: int, steps: int, device: torch.device, flatten: bool = True) -> dict:

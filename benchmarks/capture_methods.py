@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from pinn_lora import adapt_to
-from pinn_lora.registry import METHODS, get_problem
-from pinn_lora.runtime import device_name
+from pinn_lora.core.registry import METHODS, get_problem
+from pinn_lora.core.runtime import device_name
 
 
 def one(method: str, points: int, steps: int, device: str) -> dict:

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 import pinn_lora
-from pinn_lora.family import INTERPOLATIONS, build_family, build_hyper_family, load_family
-from pinn_lora.runtime import device_name
+from pinn_lora.runs.ranges import INTERPOLATIONS, build_family, build_hyper_family, load_family
+from pinn_lora.core.runtime import device_name
 
 RANGES = {"burgers": ("nu", 0.005 / math.pi, 0.05 / math.pi, {}),
           "allen_cahn": ("gamma", 2.0, 7.0, {"d": 1e-3}),

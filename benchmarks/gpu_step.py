@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from pinn_lora.methods import AttachContext, get_method
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
-from pinn_lora.session import method_recommendation, recommendations
-from pinn_lora.train import TrainConfig, Trainer, residual_loss
-from pinn_lora.zoo import load_base
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
+from pinn_lora.runs.adapt import method_recommendation, recommendations
+from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
+from pinn_lora.store.zoo import load_base
 
 VARIANTS = {"eager-autograd": dict(derivatives="autograd", cuda_graph=False),
             "eager-jets": dict(derivatives="jets", cuda_graph=False),
@@ -100,7 +100,7 @@ def main() -> None:
     out = Path(args.out or Path(__file__).parent / "results" / "gpu_step.json")
     dde = None
     try:
-        from pinn_lora._dde import deepxde
+        from pinn_lora.core.dde import deepxde
         dde = deepxde().__version__
     except Exception:  # noqa: BLE001
         pass

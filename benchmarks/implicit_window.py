@@ -4,7 +4,7 @@
 
 For each default target and h in {1e-3, 1e-2, …, 1e3}: ``pinn_lora.adapt_to`` with ``method=odelora``,
 ``solver=lm`` (ODELoRA's implicit scheme: linearly implicit Euler on the Gauss–Newton linearised
-flow, :func:`pinn_lora.dynamics.odelora.implicit_dynamics`), ``lm_mu = 1/h``, ``lm_adaptive=false``
+flow, :func:`pinn_lora.methods.dynamics.odelora.implicit_dynamics`), ``lm_mu = 1/h``, ``lm_adaptive=false``
 (every proposal is taken, none is checked), RAD points, no continuation, ``--steps`` steps. Records
 the status (diverged or not), the final error and the largest loss seen, beside the explicit
 schemes' learning-rate windows in ``docs/results/lr_window``. Writes
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from pinn_lora import adapt_to
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
 
 FAMILIES = ("burgers", "allen_cahn", "helmholtz")
 HS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)

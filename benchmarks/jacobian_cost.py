@@ -3,7 +3,7 @@ item 2: goal ≤ 10× for rank-4 LoRA at 4 000 points on the 2-core CPU).
 
 Each method is attached to the shipped Burgers base at its default target (float64); on the same
 4 000 points the script times, alternately, the training loss with its backward pass and
-:func:`pinn_lora.jacobian.residual_jacobian` (J: points × trainable parameters), and records the
+:func:`pinn_lora.model.jacobian.residual_jacobian` (J: points × trainable parameters), and records the
 median of each, their ratio and which engine built J (``structured``: the jet pass with the
 adapter's factors; ``transform``: per-point ``torch.func`` transforms) and, for the structured
 engine, how many layers gave their per-point gradients by their own formula
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from pinn_lora.jacobian import _own_formula, residual_jacobian, structured_unsupported
+from pinn_lora.model.jacobian import _own_formula, residual_jacobian, structured_unsupported
 from pinn_lora.methods import AttachContext, get_method
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import METHODS, get_problem
-from pinn_lora.train import residual_loss
-from pinn_lora.zoo import load_base
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import METHODS, get_problem
+from pinn_lora.training.trainer import residual_loss
+from pinn_lora.store.zoo import load_base
 
 
 def timed(fn) -> float:

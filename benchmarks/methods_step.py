@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from pinn_lora.methods import AttachContext, get_method, trainable_parameters
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import METHODS, get_problem
-from pinn_lora.session import method_recommendation, recommendations
-from pinn_lora.train import TrainConfig, Trainer, residual_loss
-from pinn_lora.zoo import load_base
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import METHODS, get_problem
+from pinn_lora.runs.adapt import method_recommendation, recommendations
+from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
+from pinn_lora.store.zoo import load_base
 
 
 def saved_bytes(loss_fn) -> int:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from pinn_lora.curvature import top_hessian_eigenvalue
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
-from pinn_lora.train import residual_loss
-from pinn_lora.zoo import load_base
+from pinn_lora.model.curvature import top_hessian_eigenvalue
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
+from pinn_lora.training.trainer import residual_loss
+from pinn_lora.store.zoo import load_base
 
 
 def main(names: list[str]) -> None:

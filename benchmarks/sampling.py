@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from pinn_lora import adapt_to
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
 
 
 def main() -> None:

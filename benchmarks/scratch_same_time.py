@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from pinn_lora.registry import get_problem
-from pinn_lora.runtime import device_name
-from pinn_lora.session import recommendations
+from pinn_lora.core.registry import get_problem
+from pinn_lora.core.runtime import device_name
+from pinn_lora.runs.adapt import recommendations
 from time_to_accuracy import ours
 
 RESULTS = Path(__file__).parent / "results"

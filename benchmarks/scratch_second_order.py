@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import pinn_lora
-from pinn_lora.runtime import device_name
+from pinn_lora.core.runtime import device_name
 
 
 def one(family: str, steps: int) -> dict:

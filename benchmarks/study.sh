@@ -23,4 +23,4 @@ done
 $PY -m pinn_lora.compare $STUDY/main --out $REPORT/study
 $PY -m pinn_lora.compare $STUDY/lr --out $REPORT/lr_window --no-solutions
 $PY benchmarks/study_tables.py $STUDY $REPORT
-$PY -m pinn_lora.sensing --plot $REPORT/sensing.png > $REPORT/sensing.txt
+$PY -m pinn_lora.methods.sensing --plot $REPORT/sensing.png > $REPORT/sensing.txt

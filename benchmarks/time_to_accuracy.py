@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from pinn_lora import adapt_to
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
-from pinn_lora.session import recommendations
-from pinn_lora.zoo import load_base
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
+from pinn_lora.runs.adapt import recommendations
+from pinn_lora.store.zoo import load_base
 
 FAMILIES = ("burgers", "allen_cahn", "helmholtz")
 ROUTES = ("defaults", "first_order", "scratch", "deepxde")
@@ -49,7 +49,7 @@ def ours(family: str, route: str, cap: float, device: str = "cpu", problem=None,
          **overrides) -> list[tuple[float, float]]:
     """(seconds, error) of one of our routes; stops at ``cap`` seconds (the curve up to there). ``problem``:
     another target than the default; ``overrides``: ``adapt_to`` keywords on top of the route's."""
-    from pinn_lora.train import Monitor
+    from pinn_lora.training.trainer import Monitor
 
     prob = problem or get_problem(family).default_target()
     curve: list[tuple[float, float]] = []
@@ -76,9 +76,9 @@ def ours(family: str, route: str, cap: float, device: str = "cpu", problem=None,
 
 def deepxde_route(family: str, cap: float, adam: int = 20000, lbfgs: int = 20000,
                   device: str = "cpu") -> list[tuple[float, float]]:
-    from pinn_lora._dde import deepxde
+    from pinn_lora.core.dde import deepxde
     from pinn_lora.interop.deepxde import deepxde_pde
-    from pinn_lora.network import to_deepxde
+    from pinn_lora.model.network import to_deepxde
 
     dde = deepxde()
     dde.config.set_default_float("float64")

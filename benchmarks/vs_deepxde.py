@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from pinn_lora._dde import deepxde
+from pinn_lora.core.dde import deepxde
 from pinn_lora.interop.deepxde import deepxde_pde
 from pinn_lora.methods import AttachContext, get_method
-from pinn_lora.network import to_deepxde
-from pinn_lora.pretrain import device_name
-from pinn_lora.registry import get_problem
-from pinn_lora.session import method_recommendation, recommendations
-from pinn_lora.train import TrainConfig, Trainer, residual_loss
-from pinn_lora.zoo import load_base
+from pinn_lora.model.network import to_deepxde
+from pinn_lora.runs.pretrain import device_name
+from pinn_lora.core.registry import get_problem
+from pinn_lora.runs.adapt import method_recommendation, recommendations
+from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
+from pinn_lora.store.zoo import load_base
 
 
 def time_deepxde(net, problem, n_points: int, steps: int) -> float:

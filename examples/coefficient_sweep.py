@@ -3,7 +3,7 @@ base model's and the adapted networks' errors against nu.
 
 Two ways, both LoRA (rank 4):
 
-1. ``pinn_lora.batch.adapt_many``: one batched run, one LoRA copy per viscosity trained side by
+1. ``pinn_lora.runs.many.adapt_many``: one batched run, one LoRA copy per viscosity trained side by
    side (the same trajectories as separate runs). First-order steps only: it has no L-BFGS finish.
 2. ``pinn_lora.adapt_to`` per viscosity, with the L-BFGS finish that Burgers needs (its moving shock
    makes first-order steps slow; see docs/results.md).
@@ -29,8 +29,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from pinn_lora import adapt_to
-    from pinn_lora.batch import adapt_many
-    from pinn_lora.registry import get_problem
+    from pinn_lora.runs.many import adapt_many
+    from pinn_lora.core.registry import get_problem
 
     fast = bool(os.environ.get("PINN_LORA_FAST"))
     # nu * pi; the base model's own viscosity (0.01) is left out: there is nothing to adapt

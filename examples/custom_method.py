@@ -35,9 +35,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pinn_lora import adapt_to
-from pinn_lora.adapters import AdapterLinear, attach_adapters
+from pinn_lora.model.adapters import AdapterLinear, attach_adapters
 from pinn_lora.methods import Method
-from pinn_lora.registry import METHODS, get_problem
+from pinn_lora.core.registry import METHODS, get_problem
 
 
 class VeRALinear(AdapterLinear):

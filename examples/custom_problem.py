@@ -46,7 +46,7 @@ import time
 import numpy as np
 import torch
 
-from pinn_lora.problem import Coefficient, CoefficientError, Problem, geometry_xt
+from pinn_lora.pde.problem import Coefficient, CoefficientError, Problem, geometry_xt
 
 MODES = ((1, 1.0), (3, 0.5))  # (wavenumber m, amplitude) of the initial condition's sine modes
 
@@ -93,9 +93,9 @@ class Heat(Problem):
 
 def main() -> None:
     from pinn_lora import adapt_to, pretrain_base
-    from pinn_lora.registry import PROBLEMS, get_problem
-    from pinn_lora.train import TrainConfig, residual_loss
-    from pinn_lora.zoo import load_base
+    from pinn_lora.core.registry import PROBLEMS, get_problem
+    from pinn_lora.training.trainer import TrainConfig, residual_loss
+    from pinn_lora.store.zoo import load_base
 
     fast = bool(os.environ.get("PINN_LORA_FAST"))
     PROBLEMS.register("heat", Heat)  # by name from now on, like the shipped families

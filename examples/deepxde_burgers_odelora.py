@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 import pinn_lora
-from pinn_lora._dde import deepxde
+from pinn_lora.core.dde import deepxde
 from pinn_lora.interop.deepxde import MonitorCallback, data_loss, optimizer
-from pinn_lora.monitors import MetricsWriter, Stability
+from pinn_lora.training.monitors import MetricsWriter, Stability
 
 dde = deepxde()  # DeepXDE with the PyTorch backend, imported without side effects on torch
 fast = bool(os.environ.get("PINN_LORA_FAST"))

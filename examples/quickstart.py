@@ -10,9 +10,9 @@ import os
 import torch
 
 from pinn_lora import adapt_to
-from pinn_lora.registry import get_problem
-from pinn_lora.train import residual_loss
-from pinn_lora.zoo import load_base
+from pinn_lora.core.registry import get_problem
+from pinn_lora.training.trainer import residual_loss
+from pinn_lora.store.zoo import load_base
 
 fast = bool(os.environ.get("PINN_LORA_FAST"))
 problem = get_problem("burgers", nu=0.02 / math.pi)

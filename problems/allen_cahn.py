@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from pinn_lora.problem import Coefficient, Problem, geometry_xt
+from pinn_lora.pde.problem import Coefficient, Problem, geometry_xt
 
 
 class AllenCahn(Problem):
@@ -46,12 +46,12 @@ class AllenCahn(Problem):
     def reference_grid(self, axes):
         from .reference_solvers import allen_cahn_reference
 
-        from pinn_lora.problem import reference_progress
+        from pinn_lora.pde.problem import reference_progress
 
         return allen_cahn_reference(self.d, self.gamma, axes[0], axes[1], progress=reference_progress())
 
     def validate(self) -> None:
-        from pinn_lora.problem import CoefficientError
+        from pinn_lora.pde.problem import CoefficientError
         from .reference_solvers import MAX_DEGREE, RESOLVED
 
         width, need = math.sqrt(2 * self.d / self.gamma), RESOLVED / MAX_DEGREE

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from pinn_lora.problem import Coefficient, Problem, geometry_xt
+from pinn_lora.pde.problem import Coefficient, Problem, geometry_xt
 
 
 class Burgers(Problem):
@@ -46,6 +46,6 @@ class Burgers(Problem):
     def reference_grid(self, axes):
         from .reference_solvers import burgers_cole_hopf
 
-        from pinn_lora.problem import reference_progress
+        from pinn_lora.pde.problem import reference_progress
 
         return burgers_cole_hopf(self.nu, axes[0], axes[1], progress=reference_progress())

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from pinn_lora.problem import Coefficient, CoefficientError, Problem
+from pinn_lora.pde.problem import Coefficient, CoefficientError, Problem
 
 RESONANCE_MARGIN = 0.05
 
@@ -79,7 +79,7 @@ class Helmholtz(Problem):
         return f"Helmholtz(k={self.k:.6g}, modes={list(self.modes)})"
 
     def geometry(self):
-        from pinn_lora._dde import deepxde
+        from pinn_lora.core.dde import deepxde
 
         return deepxde().geometry.Rectangle(list(self.lower), list(self.upper))
 

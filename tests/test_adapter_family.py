@@ -7,9 +7,9 @@ from tiny import make_closure, setup
 from torch import nn
 from torch.nn import functional as F
 
-from pinn_lora.adapters import adapter_layers
-from pinn_lora.adapters.dora import DoRALinear
-from pinn_lora.adapters.selector import SelectorLinear, n_windows, window
+from pinn_lora.model.adapters import adapter_layers
+from pinn_lora.model.adapters.dora import DoRALinear
+from pinn_lora.model.adapters.selector import SelectorLinear, n_windows, window
 
 
 def _layer(m=6, n=5, seed=0):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import pinn_lora
-from pinn_lora.api import AdapterMismatchError, base_description, fingerprint
-from pinn_lora.checkpoint import CheckpointError
-from pinn_lora.network import build_network, to_deepxde
-from pinn_lora.registry import METHODS, get_problem
+from pinn_lora.runs.adapter_io import AdapterMismatchError, base_description, fingerprint
+from pinn_lora.store.tensors import CheckpointError
+from pinn_lora.model.network import build_network, to_deepxde
+from pinn_lora.core.registry import METHODS, get_problem
 
 HELM = get_problem("helmholtz", k=2.0)
 
@@ -68,7 +68,7 @@ def test_save_load_round_trip_every_method(name, tmp_path):
         assert torch.equal(loaded.model(x), want)
         assert loaded.problem == HELM and loaded.method.name == name
     merged = pinn_lora.merge_adapters(copy.deepcopy(rebuilt.model))
-    assert not list(pinn_lora.adapters.adapter_layers(merged))
+    assert not list(pinn_lora.model.adapters.adapter_layers(merged))
     assert torch.allclose(merged(x), want, atol=1e-12, rtol=0)
 
 

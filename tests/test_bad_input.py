@@ -2,7 +2,7 @@
 the Python API, gives one clear line naming the bad value and what is allowed, exit code 2 (CLI) or
 a specific exception (API), no traceback (unless debug=true), and leaves nothing half-written.
 
-Command-line cases run ``pinn_lora.adapt.main`` in-process (argv patched, SystemExit caught, stderr
+Command-line cases run ``pinn_lora.cli.adapt.main`` in-process (argv patched, SystemExit caught, stderr
 captured): the same code path as ``python -m pinn_lora.adapt`` without ~3 s of interpreter start
 per case. A few cases run in a real subprocess (exit code, traceback with debug=true)."""
 from __future__ import annotations
@@ -20,15 +20,15 @@ import pytest
 import torch
 
 import pinn_lora
-import pinn_lora.adapt as adapt_cli
-import pinn_lora.rundir
-from pinn_lora.api import AdapterMismatchError
-from pinn_lora.checkpoint import CheckpointError
+import pinn_lora.cli.adapt as adapt_cli
+import pinn_lora.store.rundir
+from pinn_lora.runs.adapter_io import AdapterMismatchError
+from pinn_lora.store.tensors import CheckpointError
 from pinn_lora.methods import MethodOptionError
-from pinn_lora.network import build_network
-from pinn_lora.problem import CoefficientError
-from pinn_lora.registry import UnknownNameError
-from pinn_lora.session import ConfigError
+from pinn_lora.model.network import build_network
+from pinn_lora.pde.problem import CoefficientError
+from pinn_lora.core.registry import UnknownNameError
+from pinn_lora.runs.adapt import ConfigError
 
 FAST = ["steps=1", "n_points=16", "lbfgs_steps=0", "eval_every=1", "progress=false", "plots=false", "device=cpu",
         "checkpoint_every=0"]
@@ -168,7 +168,7 @@ def files(tmp_path_factory) -> Files:
     f.a_empty = root / "a_empty"
     f.a_empty.mkdir()
     f.previous_run = root / "previous_run"
-    with pinn_lora.rundir.claim(f.previous_run):
+    with pinn_lora.store.rundir.claim(f.previous_run):
         (f.previous_run / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
     f.foreign = root / "foreign"
     f.foreign.mkdir()
@@ -181,7 +181,7 @@ def rebound(d: Path) -> Path:
     gets the card's hash, the card the file's sha256, so the checks after the binding's are reached."""
     from safetensors.torch import load_file, save
 
-    from pinn_lora.api import CARD_COPY_KEY, CARD_HASH_KEY, canonical_card
+    from pinn_lora.runs.adapter_io import CARD_COPY_KEY, CARD_HASH_KEY, canonical_card
 
     card = json.loads((d / "card.json").read_text())
     bound = canonical_card(card)
@@ -388,7 +388,7 @@ def test_cli_refuses_a_directory_it_did_not_create(tmp_path, monkeypatch, capsys
         assert_one_line(code, err, f"out={notes} is not empty (plots, readme.txt) and was not created by pinn_lora "
                                    "(no .pinn_lora_run.json); nothing is written into it")
         assert snapshot(notes) == before and sorted(p.name for p in notes.iterdir()) == ["plots", "readme.txt"]
-    with pytest.raises(pinn_lora.rundir.RunDirError, match="was not created by pinn_lora"):
+    with pytest.raises(pinn_lora.store.rundir.RunDirError, match="was not created by pinn_lora"):
         pinn_lora.adapt_to("helmholtz", pinn_lora.get_problem("helmholtz", k=3.0), "lora", steps=1, n_points=16,
                            lbfgs_steps=0, device="cpu", progress=False, plots=False, run_dir=notes)
     assert snapshot(notes) == before
@@ -468,7 +468,7 @@ def test_cli_sweep_dir_holding_a_sweep_is_refused(tmp_path, monkeypatch, capsys)
     code, _, err = cli(["-m", *FAST, "method=lora", "seed=0,1", f"hydra.sweep.dir={sweep}"], monkeypatch, capsys,
                        tmp_path)
     assert_one_line(code, err, f"hydra.sweep.dir={sweep} is not empty (helmholtz) and was not created by pinn_lora")
-    pinn_lora.rundir.claim(sweep / "new", kind="sweep").release()
+    pinn_lora.store.rundir.claim(sweep / "new", kind="sweep").release()
     code, _, err = cli(["-m", *FAST, "method=lora", "seed=0,1", f"hydra.sweep.dir={sweep / 'new'}"], monkeypatch,
                        capsys, tmp_path)
     assert_one_line(code, err, f"hydra.sweep.dir={sweep / 'new'} already holds a previous sweep (finished; pid")
@@ -618,10 +618,10 @@ API_CASES = [
     ("device object without CUDA", lambda f: _adapt(device=torch.device("cuda")), ConfigError,
      r"device=device\(type='cuda'\) requested but no CUDA device is available"),
     ("device not a name", lambda f: _adapt(device=3), TypeError, r"device=3: give a string"),
-    ("run_dir a file", lambda f: _adapt(run_dir=f.a_file), pinn_lora.rundir.RunDirError,
+    ("run_dir a file", lambda f: _adapt(run_dir=f.a_file), pinn_lora.store.rundir.RunDirError,
      r"run directory .*a_file is a file; give a directory"),
     ("run_dir not a path", lambda f: _adapt(run_dir=3), TypeError, r"adapt_to: run_dir must be a path"),
-    ("run_dir dangling link", lambda f: _adapt(run_dir=f.dangling), pinn_lora.rundir.RunDirError,  # item 17
+    ("run_dir dangling link", lambda f: _adapt(run_dir=f.dangling), pinn_lora.store.rundir.RunDirError,  # item 17
      r"run directory .*dangling is a symbolic link to .*nowhere, which does not exist; give a directory"),
     ("load_adapter no activation", lambda f: pinn_lora.load_adapter(f.a_no_activation), CheckpointError,  # item 22
      r"card .*a_no_activation/card.json: base.network names no activation, so the base network cannot be rebuilt"),
@@ -634,9 +634,9 @@ API_CASES = [
     pytest.param("cuda", lambda f: _adapt(device="cuda"), ConfigError,
                  r"device='cuda' requested but no CUDA device is available", marks=NO_CUDA),
     ("dtype", lambda f: _adapt(dtype="float16"), ConfigError, r"dtype='float16': choose one of float64, float32"),
-    ("run_dir holds a run", lambda f: _adapt(run_dir=f.previous_run), pinn_lora.rundir.RunDirError,
+    ("run_dir holds a run", lambda f: _adapt(run_dir=f.previous_run), pinn_lora.store.rundir.RunDirError,
      r"run directory .*previous_run already holds a previous run \(finished; pid"),
-    ("run_dir not pinn_lora's", lambda f: _adapt(run_dir=f.foreign), pinn_lora.rundir.RunDirError,
+    ("run_dir not pinn_lora's", lambda f: _adapt(run_dir=f.foreign), pinn_lora.store.rundir.RunDirError,
      r"run directory .*foreign is not empty \(notes.txt\) and was not created by pinn_lora"),
     # base models: load_base and adapt_to(base=<path>)
     ("load_base unknown", lambda f: pinn_lora.load_base("burgerz"), CheckpointError,
@@ -823,16 +823,16 @@ def test_a_base_card_is_bound_to_its_weights(files, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save
 
-    from pinn_lora.checkpoint import CARD_HASH_KEY
+    from pinn_lora.store.tensors import CARD_HASH_KEY
 
-    for name in pinn_lora.zoo.shipped():
-        with safe_open(str(pinn_lora.zoo.ZOO_DIR / f"{name}.safetensors"), "pt") as fh:
+    for name in pinn_lora.store.zoo.shipped():
+        with safe_open(str(pinn_lora.store.zoo.ZOO_DIR / f"{name}.safetensors"), "pt") as fh:
             assert CARD_HASH_KEY in (fh.metadata() or {}), name
     card = json.loads(Path(f"{files.helm}.json").read_text())
     stem = tmp_path / "edited"
     shutil.copy(f"{files.helm}.safetensors", f"{stem}.safetensors")
     Path(f"{stem}.json").write_text(json.dumps({**card, "coefficients": {"k": 2.5}}))
-    with pytest.raises(pinn_lora.checkpoint.CheckpointError,
+    with pytest.raises(pinn_lora.store.tensors.CheckpointError,
                        match=r"edited.json was changed after it was saved with edited.safetensors: coefficients.k "
                              r"is 2.5 \(saved: 1.0\)"):
         pinn_lora.load_base(stem)
@@ -885,8 +885,8 @@ def test_catalogue_size():
 
 
 def test_shipped_cards_and_fresh_cards_pass_the_schema(files, tmp_path):
-    from pinn_lora.api import read_adapter_card
-    from pinn_lora.zoo import shipped
+    from pinn_lora.runs.adapter_io import read_adapter_card
+    from pinn_lora.store.zoo import shipped
 
     for name in shipped():
         pinn_lora.load_base(name)
@@ -896,7 +896,7 @@ def test_shipped_cards_and_fresh_cards_pass_the_schema(files, tmp_path):
 
 
 def test_pretrain_cli_refuses_and_cleans_up_like_adapt(tmp_path, monkeypatch, capsys):
-    from pinn_lora import pretrain
+    from pinn_lora.cli import pretrain
 
     def run(*args):
         monkeypatch.setattr(sys, "argv", ["pinn_lora.pretrain", *map(str, args)])
@@ -914,7 +914,7 @@ def test_pretrain_cli_refuses_and_cleans_up_like_adapt(tmp_path, monkeypatch, ca
     code, err = run("problem=helmholtz", "steps=2", f"out={done}")
     assert_one_line(code, err, f"out={done} is not empty (base.json) and was not created by pinn_lora")
     assert [p.name for p in done.iterdir()] == ["base.json"]
-    pinn_lora.rundir.claim(tmp_path / "mine").release()
+    pinn_lora.store.rundir.claim(tmp_path / "mine").release()
     code, err = run("problem=helmholtz", "steps=2", f"out={tmp_path / 'mine'}")
     assert_one_line(code, err, f"out={tmp_path / 'mine'} already holds a previous run (finished; pid")
     assert err.rstrip().endswith("it is never overwritten: choose another out=..., or resume=true to continue it")
@@ -928,8 +928,8 @@ def test_the_commands_are_modules_and_the_functions_have_their_own_names():
     ``compare_runs``. Asked for before its module is imported, a command's name says where the function is."""
     import importlib
 
-    for command, function, home in (("adapt", "adapt_to", "session"), ("pretrain", "pretrain_base", "pretrain"),
-                                    ("compare", "compare_runs", "compare")):
+    for command, function, home in (("adapt", "adapt_to", "runs.adapt"), ("pretrain", "pretrain_base", "runs.pretrain"),
+                                    ("compare", "compare_runs", "runs.compare")):
         module = importlib.import_module(f"pinn_lora.{command}")
         assert getattr(pinn_lora, command) is module and not callable(module)
         assert getattr(pinn_lora, function) is getattr(importlib.import_module(f"pinn_lora.{home}"), function)

@@ -2,10 +2,10 @@
 import pytest
 
 from pinn_lora import adapt_to
-from pinn_lora.batch import adapt_many
-from pinn_lora.network import build_network
-from pinn_lora.registry import get_problem
-from pinn_lora.session import ConfigError
+from pinn_lora.runs.many import adapt_many
+from pinn_lora.model.network import build_network
+from pinn_lora.core.registry import get_problem
+from pinn_lora.runs.adapt import ConfigError
 
 COMMON = dict(steps=12, n_points=96, resample_every=5, eval_every=6, lbfgs_steps=0, device="cpu", progress=False,
               plots=False)
@@ -73,9 +73,9 @@ def _trainer(problems, net, causal_eps=0.0, method="lora"):
 
     import torch
 
-    from pinn_lora.batch import BatchTrainer, Stacked
+    from pinn_lora.runs.many import BatchTrainer, Stacked
     from pinn_lora.methods import AttachContext, get_method
-    from pinn_lora.train import TrainConfig, residual_loss
+    from pinn_lora.training.trainer import TrainConfig, residual_loss
 
     models, meths = [], []
     for i, prob in enumerate(problems):
@@ -104,7 +104,7 @@ def test_flattened_residual_equals_copy_by_copy(family, values, causal_eps):
     coefficients; every term of every copy equals the copy-by-copy evaluation."""
     import torch
 
-    from pinn_lora.derivatives import mlp_jets
+    from pinn_lora.model.derivatives import mlp_jets
 
     name, vals = next(iter(values.items()))
     probs = [get_problem(family, **{name: v}) for v in vals]
@@ -144,14 +144,14 @@ def test_a_residual_that_does_not_broadcast_runs_copy_by_copy():
     assert ok[0].extra["settings"]["flattened"] is True
 
 
-@pytest.mark.parametrize("method", sorted(set(__import__("pinn_lora.registry", fromlist=["METHODS"]).METHODS.names())
+@pytest.mark.parametrize("method", sorted(set(__import__("pinn_lora.core.registry", fromlist=["METHODS"]).METHODS.names())
                                           - {"full", "scratch"}))
 def test_vmapped_weight_assembly_equals_copy_by_copy(method):
     """Issue 17 item 1: a layer's K weights W0 + ΔW come from one vmapped weight() over the copies' stacked
     tensors where the class allows it; weights and their gradients equal the copy-by-copy assembly (1e-12)."""
     import torch
 
-    from pinn_lora.derivatives import layer_weight
+    from pinn_lora.model.derivatives import layer_weight
 
     probs = [get_problem("burgers", nu=nu) for nu in (0.003, 0.01, 0.03)]
     net = build_network([2, 8, 8, 1], "tanh", seed=0).double()

@@ -11,10 +11,10 @@ import pytest
 from hydra import compose
 from omegaconf import OmegaConf
 
-from pinn_lora.cli import config_dir, group_options, hydra_context
+from pinn_lora.cli.common import config_dir, group_options, hydra_context
 from pinn_lora.methods import get_method
-from pinn_lora.registry import METHODS, PROBLEMS
-from pinn_lora.session import method_recommendation
+from pinn_lora.core.registry import METHODS, PROBLEMS
+from pinn_lora.runs.adapt import method_recommendation
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -115,8 +115,8 @@ def test_adapt_yaml_takes_its_keys_and_defaults_from_the_schema():
     from omegaconf.errors import ConfigKeyError
 
     from pinn_lora import adapt_to
-    from pinn_lora.batch import adapt_many
-    from pinn_lora.config import DEFAULTS, LIBRARY, LOOP_OPTIONS, AdaptConfig
+    from pinn_lora.runs.many import adapt_many
+    from pinn_lora.runs.settings import DEFAULTS, LIBRARY, LOOP_OPTIONS, AdaptConfig
 
     with hydra_context():
         cfg = compose("adapt", [])
@@ -139,7 +139,7 @@ def test_adapt_yaml_takes_its_keys_and_defaults_from_the_schema():
 def test_every_method_runs_from_the_composed_cli_config(problem):
     """What `python -m pinn_lora.adapt problem=P method=M steps=4` runs, for every method (in-process,
     a few steps on few points): each improves the residual loss or at least stays finite and completes."""
-    from pinn_lora.session import run_config
+    from pinn_lora.runs.from_config import run_config
 
     for meth in METHODS.names():
         with hydra_context():
@@ -169,7 +169,7 @@ def test_pretrain_cli_writes_a_loadable_base(tmp_path):
                           "device=cpu", "progress=false", f"out={out}"], cwd=tmp_path, capture_output=True, text=True,
                          env=ENV, timeout=600)
     assert res.returncode == 0, res.stderr
-    from pinn_lora.zoo import load_base
+    from pinn_lora.store.zoo import load_base
 
     net, card, problem = load_base(out / "base")
     assert card["steps"] == 5 and card["coefficients"] == {"k": 1.0}
@@ -186,8 +186,8 @@ def test_pretrain_cli_writes_a_loadable_base(tmp_path):
 def test_pretrain_recipe_takes_second_order_steps_on_adaptive_points(tmp_path):
     """`python -m pinn_lora.pretrain ... solver=lm sampling=rad` (composed in-process): the kernel-form
     Levenberg–Marquardt step on every weight continues a base, and the card says how it was trained."""
-    from pinn_lora import pretrain
-    from pinn_lora.zoo import load_base
+    from pinn_lora.cli import pretrain
+    from pinn_lora.store.zoo import load_base
 
     with hydra_context("pretrain"):
         cfg = OmegaConf.to_container(compose("pretrain", ["problem=helmholtz", "steps=3", "lbfgs_steps=0", "n_points=48",
@@ -238,7 +238,7 @@ def test_a_family_without_a_yaml_gets_its_node_from_the_class():
 
 
 def test_a_family_without_a_shipped_base_asks_for_base(tmp_path, monkeypatch):
-    from pinn_lora.session import ConfigError, adapt_to
+    from pinn_lora.runs.adapt import ConfigError, adapt_to
 
     monkeypatch.chdir(tmp_path)
     heat = _example_family()

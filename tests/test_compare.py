@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pinn_lora import compare
-from pinn_lora.cli import check_group_overrides, check_launcher, config_dir
+from pinn_lora.runs import compare
+from pinn_lora.cli import compare as compare_cli
+from pinn_lora.cli.common import check_group_overrides, check_launcher, config_dir
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 LAUNCHERS = Path(config_dir()) / "hydra" / "launcher"
@@ -50,7 +51,7 @@ def test_slurm_preset_composes_with_the_plugin_schema():
     from hydra import compose
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
-    from pinn_lora.cli import hydra_context
+    from pinn_lora.cli.common import hydra_context
 
     assert {f.name for f in fields(SlurmQueueConf)} == SLURM_KEYS | {"_target_"}
     with hydra_context():
@@ -64,7 +65,7 @@ def test_slurm_preset_composes_with_the_plugin_schema():
 def test_local_preset_composes():
     from hydra import compose
 
-    from pinn_lora.cli import hydra_context
+    from pinn_lora.cli.common import hydra_context
 
     with hydra_context():
         cfg = compose("adapt", ["hydra/launcher=local", "hydra.launcher.n_jobs=3"], return_hydra_config=True)
@@ -235,7 +236,7 @@ def test_report_never_touches_files_it_did_not_write(sweep, tmp_path, capsys):
     (paper / "figures" / "fig1.png").write_bytes(b"my figure")
     (paper / "report.md").write_text("my draft")
     with pytest.raises(SystemExit) as exc:
-        compare.main([str(sweep), "--out", str(paper), "--no-solutions"])
+        compare_cli.main([str(sweep), "--out", str(paper), "--no-solutions"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1
     assert err[0].startswith(f"error: --out={paper} is not empty (figures, report.md) and was not created by pinn_lora")
@@ -254,7 +255,7 @@ def test_report_never_touches_files_it_did_not_write(sweep, tmp_path, capsys):
     assert (mine / "notes.txt").read_text() == "kept"
     run_dir = sweep / "helmholtz" / "lora" / "0"
     with pytest.raises(ValueError, match="holds a run, not a report"):
-        from pinn_lora import rundir
+        from pinn_lora.store import rundir
 
         rundir.claim(run_dir / "x").release()
         compare.compare_runs(sweep, run_dir / "x", solutions=False)
@@ -264,7 +265,7 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for argv in ([str(tmp_path / "empty")], [str(tmp_path / "missing")], [str(tmp_path), "--levels", "0"]):
         with pytest.raises(SystemExit) as exc:
-            compare.main(argv)
+            compare_cli.main(argv)
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), err

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import pinn_lora
-from pinn_lora import session
-from pinn_lora.monitors import read_metrics
-from pinn_lora.problem import CoefficientError
-from pinn_lora.registry import get_problem
-from pinn_lora.train import TrainConfig, Trainer, residual_loss
+from pinn_lora.runs import adapt as session
+from pinn_lora.training.monitors import read_metrics
+from pinn_lora.pde.problem import CoefficientError
+from pinn_lora.core.registry import get_problem
+from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
 
 from tiny import setup
 

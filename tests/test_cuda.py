@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pinn_lora import adapt_to
-from pinn_lora.registry import get_problem
+from pinn_lora.core.registry import get_problem
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -37,8 +37,8 @@ def test_graph_equals_static_eager_on_cuda(method, opts, captured):
 
 
 def test_jets_equal_autograd_on_cuda():
-    from pinn_lora.network import build_network
-    from pinn_lora.train import residual_loss
+    from pinn_lora.model.network import build_network
+    from pinn_lora.training.trainer import residual_loss
 
     prob = get_problem("burgers").default_target()
     net = build_network([2, 32, 32, 1], "tanh", seed=0, output_transform=prob.output_transform, device="cuda")
@@ -70,7 +70,7 @@ def test_a_checkpoint_resumes_on_the_other_device(first, then, tmp_path):
 @pytest.mark.parametrize("graph", [False, True])
 def test_flattened_batch_equals_separate_runs_on_cuda(graph):
     """Issue 17 item 1 on the device: K coefficients as K·N rows (captured or not) follow K separate runs."""
-    from pinn_lora.batch import adapt_many
+    from pinn_lora.runs.many import adapt_many
 
     probs = [get_problem("burgers", nu=nu) for nu in (0.003, 0.006, 0.012)]
     kw = dict(steps=20, n_points=512, resample_every=10**6, eval_every=10, lbfgs_steps=0, device="cuda",

@@ -3,11 +3,11 @@ parameter gradients, on every problem and every registered method."""
 import pytest
 import torch
 
-from pinn_lora.derivatives import (Derivatives, JetDerivatives, jets_supported, mlp_jets, needed_derivatives,
+from pinn_lora.model.derivatives import (Derivatives, JetDerivatives, jets_supported, mlp_jets, needed_derivatives,
                                    provider)
-from pinn_lora.network import build_network
-from pinn_lora.registry import METHODS, PROBLEMS, get_problem
-from pinn_lora.train import TrainConfig, residual_loss
+from pinn_lora.model.network import build_network
+from pinn_lora.core.registry import METHODS, PROBLEMS, get_problem
+from pinn_lora.training.trainer import TrainConfig, residual_loss
 from tests.tiny import setup
 
 torch.set_default_dtype(torch.float64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pinn_lora
-from pinn_lora.registry import METHODS
+from pinn_lora.core.registry import METHODS
 
 PROBLEM = pinn_lora.get_problem("helmholtz").default_target()
 
@@ -48,7 +48,7 @@ GUARD_CASES = [
 def test_guard_keeps_the_best_verified_unflagged_state(losses, scores, spikes, kept, says):
     """Issue 14, item 7: on divergence the Guard restores the verified state with the lowest residual on its
     fixed points, never one whose record the Stability monitor flagged, never one the next loss did not verify."""
-    from pinn_lora.train import Guard, History
+    from pinn_lora.training.trainer import Guard, History
 
     x = torch.zeros(1)
     hist = History()

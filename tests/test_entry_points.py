@@ -41,8 +41,8 @@ def test_problem_family_from_entry_point(tmp_path):
     """)
     res = run_python("""
         import sys
-        from pinn_lora.problem import CoefficientError
-        from pinn_lora.registry import PROBLEMS, get_problem
+        from pinn_lora.pde.problem import CoefficientError
+        from pinn_lora.core.registry import PROBLEMS, get_problem
 
         assert "heat_family" not in sys.modules
         problem = get_problem("heat", kappa=0.3)  # no register call: the entry point imports the module
@@ -62,8 +62,8 @@ def test_problem_family_from_entry_point(tmp_path):
         # the family works end to end: its reference and its residual on an (untrained) network
         import numpy as np
         import torch
-        from pinn_lora.network import build_network
-        from pinn_lora.train import residual_loss
+        from pinn_lora.model.network import build_network
+        from pinn_lora.training.trainer import residual_loss
         ref = problem.reference()
         assert ref.shape == problem.eval_points and np.isfinite(ref).all()
         net = build_network([2, 8, 1], "tanh", 0, output_transform=problem.output_transform)
@@ -95,8 +95,8 @@ def test_method_from_entry_point(tmp_path):
         import torch
         from pinn_lora import adapt_to
         from pinn_lora.methods import LoRA, get_method
-        from pinn_lora.registry import METHODS, get_problem
-        from pinn_lora.zoo import load_base
+        from pinn_lora.core.registry import METHODS, get_problem
+        from pinn_lora.store.zoo import load_base
 
         assert "my_methods" not in sys.modules
         method = get_method("widelora", lr=1e-3)  # no register call
@@ -143,8 +143,8 @@ def test_plugin_family_and_method_on_the_command_line(tmp_path):
     """)
     res = run_python(f"""
         from pinn_lora import pretrain_base
-        from pinn_lora.registry import get_problem
-        from pinn_lora.train import TrainConfig
+        from pinn_lora.core.registry import get_problem
+        from pinn_lora.training.trainer import TrainConfig
 
         train = TrainConfig(steps=5, n_points=64, lbfgs_steps=0, eval_every=5, progress=False)
         pretrain_base(get_problem("heat"), layers=[2, 16, 16, 1], activation="tanh", train=train, lr=2e-3,

@@ -10,9 +10,9 @@ from hydra import compose
 from omegaconf import OmegaConf
 
 import pinn_lora
-from pinn_lora.checkpoint import CheckpointError
-from pinn_lora.family import FamilyError, build_family, load_family, merged_state
-from pinn_lora.train import TrainConfig
+from pinn_lora.store.tensors import CheckpointError
+from pinn_lora.runs.ranges import FamilyError, build_family, load_family, merged_state
+from pinn_lora.training.trainer import TrainConfig
 
 FAST = dict(steps=1, n_points=32, continuation="off", eval_every=1)
 
@@ -117,8 +117,8 @@ def test_bad_ranges_are_refused_before_any_training(tiny_base, kw, match):
 
 
 def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
-    from pinn_lora import family as command
-    from pinn_lora.cli import hydra_context
+    from pinn_lora.cli import family as command
+    from pinn_lora.cli.common import hydra_context
 
     with hydra_context("family"):
         cfg = OmegaConf.to_container(compose("family", ["problem=helmholtz", "method=lora", "over=k", "low=0.8",
@@ -139,7 +139,7 @@ def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
 
 @pytest.fixture(scope="module")
 def hyper(tiny_base, tmp_path_factory):
-    from pinn_lora.family import build_hyper_family
+    from pinn_lora.runs.ranges import build_hyper_family
 
     out = tmp_path_factory.mktemp("hyper") / "h"
     fam = build_hyper_family(pinn_lora.get_problem("helmholtz"), "k", 0.5, 2.0, base=tiny_base, rank=3, width=8,
@@ -155,7 +155,7 @@ def test_the_hyper_adapter_at_a_coefficient_is_the_lora_adapter_it_produces(hype
     model = pinn_lora.attach(net, "lora", pinn_lora.get_problem("helmholtz", k=value), rank=3, alpha=3.0)
     cond = fam.conditioned
     with torch.no_grad():
-        for (_, lay), b, a, g in zip(pinn_lora.adapters.adapter_layers(model), cond.B, cond.A,
+        for (_, lay), b, a, g in zip(pinn_lora.model.adapters.adapter_layers(model), cond.B, cond.A,
                                      cond.gains(fam.xi(value))):
             lay.lora_B.copy_(b * g)
             lay.lora_A.copy_(a)
@@ -197,7 +197,7 @@ def test_solution_interpolation_blends_the_neighbouring_anchors(family):
 def test_cubic_interpolation_is_the_lagrange_polynomial_of_four_anchors(family):
     """interpolate=cubic: exact at every anchor (1e-12), and between anchors Σ w_k u_k with the Lagrange weights of
     the four anchors around the value in the coordinate (k² here), which reproduce any cubic in k² exactly."""
-    from pinn_lora.family import lagrange_weights
+    from pinn_lora.runs.ranges import lagrange_weights
 
     fam, _ = family
     x = torch.rand(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -233,7 +233,7 @@ def test_warm_started_anchors_start_from_their_nearest_neighbour(tiny_base):
     assert middle["from"] == 0.5  # equally far from both ends in k²: the first placed
     assert warm.card["build"]["warm_start"] is True and cold.card["build"]["warm_start"] is False
     assert all(torch.equal(warm.states[0][k], cold.states[0][k]) for k in warm.states[0])  # the first: from the base
-    from pinn_lora.session import resolve_base
+    from pinn_lora.runs.adapt import resolve_base
 
     _, card = resolve_base(str(tiny_base), prob, torch.float64, torch.device("cpu"))
     low = warm.query(0.5)  # a plain network with the low anchor's weights
@@ -245,7 +245,7 @@ def test_warm_started_anchors_start_from_their_nearest_neighbour(tiny_base):
 
 
 def test_values_spread_over_a_range_stay_inside_it():
-    from pinn_lora.family import spread
+    from pinn_lora.runs.ranges import spread
 
     spec = next(c for c in pinn_lora.get_problem("burgers").coefficient_specs if c.name == "nu")
     low, high = 0.005 / math.pi, 0.05 / math.pi

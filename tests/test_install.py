@@ -75,9 +75,9 @@ def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
     (work / "problems").mkdir()  # a user's own package of that name (one that fails on import) is theirs alone
     (work / "problems" / "__init__.py").write_text('raise ImportError("the user\'s own problems package")\n')
     probe = (
-        "import json, sys, importlib.metadata as md, pinn_lora, pinn_lora.cli as cli\n"
+        "import json, sys, importlib.metadata as md, pinn_lora, pinn_lora.cli.common as cli\n"
         "import pinn_lora.problems as problems\n"
-        "from pinn_lora.zoo import ZOO_DIR, load_base, shipped\n"
+        "from pinn_lora.store.zoo import ZOO_DIR, load_base, shipped\n"
         "print(json.dumps({'pinn_lora': pinn_lora.__file__, 'configs': cli.config_dir(), 'problems': problems.__file__,"
         " 'zoo': str(ZOO_DIR), 'shipped': shipped(), 'dist': str(md.distribution('pinn_lora').locate_file('')),"
         " 'problem_names': pinn_lora.PROBLEMS.names(), 'methods': pinn_lora.METHODS.names(),"
@@ -88,8 +88,8 @@ def test_wheel_in_a_fresh_venv_runs_from_elsewhere(tmp_path):
     for key in ("pinn_lora", "configs", "problems", "zoo", "dist"):
         assert Path(found[key]).resolve().is_relative_to(purelib.resolve()), (key, found[key])  # not the checkout
     assert not any("Editable" in f for f in found["finders"]) and found["modules"] == []
-    from pinn_lora.registry import METHODS, PROBLEMS
-    from pinn_lora.zoo import shipped
+    from pinn_lora.core.registry import METHODS, PROBLEMS
+    from pinn_lora.store.zoo import shipped
 
     assert found["shipped"] == shipped() == PROBLEMS.names() and found["base_ok"] == "burgers"
     assert found["problem_names"] == PROBLEMS.names() and found["methods"] == METHODS.names()
@@ -115,7 +115,7 @@ def test_a_problems_package_in_the_working_directory_does_not_shadow_the_familie
     res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    from pinn_lora.registry import PROBLEMS
+    from pinn_lora.core.registry import PROBLEMS
 
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [
         "pinn_lora.problems.burgers", "burgers", PROBLEMS.names(), False]

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from pinn_lora._dde import deepxde
-from pinn_lora.derivatives import Derivatives
+from pinn_lora.core.dde import deepxde
+from pinn_lora.model.derivatives import Derivatives
 from pinn_lora.interop.deepxde import deepxde_pde
-from pinn_lora.network import build_network, to_deepxde
-from pinn_lora.registry import PROBLEMS, get_problem
+from pinn_lora.model.network import build_network, to_deepxde
+from pinn_lora.core.registry import PROBLEMS, get_problem
 
 
 @pytest.mark.parametrize("name", PROBLEMS.names())
@@ -33,7 +33,7 @@ def test_importing_deepxde_leaves_no_torch_function_mode():
     DeviceContext mode that puts a Python call in front of every torch operation (17 % of a CPU step)."""
     from torch.overrides import _get_current_function_mode_stack
 
-    from pinn_lora._dde import deepxde
+    from pinn_lora.core.dde import deepxde
 
     deepxde()
     assert _get_current_function_mode_stack() == []
@@ -46,7 +46,7 @@ import math  # noqa: E402
 
 import pinn_lora  # noqa: E402
 from pinn_lora.interop.deepxde import DynamicsOptimizer, MonitorCallback, data_loss, optimizer  # noqa: E402
-from pinn_lora.monitors import MetricsWriter, Stability, UpdateNorm, read_metrics  # noqa: E402
+from pinn_lora.training.monitors import MetricsWriter, Stability, UpdateNorm, read_metrics  # noqa: E402
 
 
 def burgers_data(nu, n=200):

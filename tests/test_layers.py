@@ -1,38 +1,21 @@
-"""Imports go one way (issue 15, item 1; /work/shared/design.md, "Layers"): every module of the package is
-mapped to a layer, core ← io ← engine ← workflow ← entry, and imports only modules of its own layer or of
-layers before it, with no cycle among modules, lazy (function-level) imports included. The library never
-imports the command line. An AST walk over the sources, so nothing is imported to check it."""
+"""Imports go one way (docs/architecture.md): the package's folders are its layers,
+core → pde → model → methods → store → training → runs → interop → cli, and a module imports only modules of
+its own folder or of folders before it, with no cycle among modules, lazy (function-level) imports included.
+The top-level modules are the ``python -m`` commands (each imports only its ``pinn_lora.cli`` module) and
+``__init__`` (the public surface, imported lazily). The families in ``problems/`` import only the public
+surface a plugin family uses (``pinn_lora``, ``pinn_lora.pde``, ``pinn_lora.core.dde``). An AST walk over the
+sources, so nothing is imported to check it."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pinn_lora"
-LAYERS = ("core", "io", "engine", "workflow", "entry")
-
-LAYER = {  # module (relative to pinn_lora; a subpackage maps all its modules) -> layer
-    # core: the PDE, the network, derivatives, adapters and dynamics; no files, no training loop
-    "_dde": "core", "problem": "core", "network": "core", "derivatives": "core", "jacobian": "core",
-    "adapters": "core", "dynamics": "core", "curvature": "core", "runtime": "core",
-    "memory": "core",  # a lower bound of a run's memory from sizes; imports only torch
-    "registry": "core",  # name -> class lookups through entry points; it imports no module of the package
-    # io: tensors and files, knowing only core
-    "checkpoint": "io", "rundir": "io", "resume": "io", "zoo": "io", "schema": "io",
-    # engine: methods and the training loop
-    "methods": "engine", "train": "engine", "loops": "engine", "monitors": "engine", "validation": "engine",
-    # workflow: a whole adaptation (or pretraining) with its files and figures
-    "api": "workflow", "session": "workflow", "batch": "workflow", "report": "workflow", "interop": "workflow",
-    "config": "workflow",  # AdaptConfig: the settings of one adaptation (their defaults take TrainConfig's)
-    # entry: the command lines (python -m modules) and what only they use
-    "cli": "entry", "adapt": "entry", "compare": "entry", "pretrain": "entry", "family": "entry", "sensing": "entry",
-}
+FAMILIES = PACKAGE.parent / "problems"
+LAYERS = ("core", "pde", "model", "methods", "store", "training", "runs", "interop", "cli")
+COMMANDS = ("adapt", "pretrain", "compare", "family")  # pinn_lora/<name>.py: python -m pinn_lora.<name>
 ROOT_NAMES = {"__version__"}  # what a module may take from the package itself (``import pinn_lora``)
-
-# Cycles not broken yet, each inside one layer; the test fails when one of them is gone, so the list shrinks.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"pinn_lora.session", "pinn_lora.batch"}),  # batch takes session's helpers; run_config calls adapt_many
-    frozenset({"pinn_lora.train", "pinn_lora.loops"}),  # the loops take Trainer's types (item 2 splits the Trainer)
-}
+FAMILY_MAY_IMPORT = ("pinn_lora.pde", "pinn_lora.core.dde")
 
 
 def module_name(path: Path) -> str:
@@ -45,15 +28,15 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def layer_of(module: str) -> str | None:
+    """A module's layer: its folder under ``pinn_lora/`` (a command module at the top: ``cli``)."""
     parts = module.split(".")[1:]
-    for n in range(len(parts), 0, -1):
-        if ".".join(parts[:n]) in LAYER:
-            return LAYER[".".join(parts[:n])]
-    return None
+    if len(parts) == 1 and parts[0] in COMMANDS:
+        return "cli"
+    return parts[0] if parts and parts[0] in LAYERS else None
 
 
 def resolve(target: str) -> str | None:
-    """The package module an imported name lives in (``pinn_lora.cli.config_dir`` -> ``pinn_lora.cli``)."""
+    """The package module an imported name lives in (``pinn_lora.cli.common.config_dir`` -> ``pinn_lora.cli.common``)."""
     while target and target not in MODULES:
         target = target.rpartition(".")[0]
     return target or None
@@ -122,11 +105,29 @@ def cycles() -> list[list[str]]:
 
 
 def test_every_module_has_a_layer():
+    """Every module sits in a layer's folder (or is a command module); no folder outside the list."""
     missing = sorted(m for m in GRAPH if layer_of(m) is None)
-    assert not missing, f"map these modules to a layer in tests/test_layers.py: {missing}"
-    stale = sorted(k for k in LAYER if not any(m == f"pinn_lora.{k}" or m.startswith(f"pinn_lora.{k}.")
-                                             for m in MODULES))
-    assert not stale, f"LAYER names modules that do not exist: {stale}"
+    assert not missing, f"put these modules in a layer's folder (tests/test_layers.py LAYERS): {missing}"
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and any(p.rglob("*.py")))
+    assert set(folders) == set(LAYERS), folders
+
+
+def test_command_modules_only_start_their_command():
+    for name in COMMANDS:
+        assert set(GRAPH[f"pinn_lora.{name}"]) == {f"pinn_lora.cli.{name}"}, GRAPH[f"pinn_lora.{name}"]
+
+
+def test_families_use_only_the_public_surface():
+    """A shipped family is written as a plugin's would be: ``pinn_lora``'s public names and the PDE layer."""
+    bad = []
+    for path in sorted(FAMILIES.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                if name.startswith("pinn_lora.") and not name.startswith(FAMILY_MAY_IMPORT):
+                    bad.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not bad, bad
 
 
 def test_imports_point_down_the_layers():
@@ -137,15 +138,12 @@ def test_imports_point_down_the_layers():
 
 
 def test_the_library_never_imports_the_command_line():
-    entry = {m for m in GRAPH if layer_of(m) == "entry"}
+    entry = {m for m in GRAPH if layer_of(m) == "cli"}
     bad = [f"{m}:{line} imports {dep}" for m, deps in sorted(GRAPH.items()) if m not in entry
-           for dep, line in deps.items() if dep == "pinn_lora.cli"]
+           for dep, line in deps.items() if dep == "pinn_lora.cli.common"]
     assert not bad, bad
 
 
 def test_no_circular_imports():
-    found = {frozenset(c) for c in cycles()}
-    new = [sorted(c) for c in found - KNOWN_CYCLES]
-    assert not new, f"circular imports: {new}"
-    gone = [sorted(c) for c in KNOWN_CYCLES - found]
-    assert not gone, f"these cycles are gone; remove them from KNOWN_CYCLES: {gone}"
+    found = cycles()
+    assert not found, f"circular imports: {found}"

@@ -6,11 +6,11 @@ import torch
 from tiny import make_closure as _closure
 from tiny import setup as _setup
 
-from pinn_lora.adapters import adapter_layers, merge_adapters
+from pinn_lora.model.adapters import adapter_layers, merge_adapters
 from pinn_lora.methods import MethodOptionError, get_method, trainable_parameters
-from pinn_lora.network import build_network
-from pinn_lora.registry import METHODS, PROBLEMS, UnknownNameError, get_problem
-from pinn_lora.train import residual_loss
+from pinn_lora.model.network import build_network
+from pinn_lora.core.registry import METHODS, PROBLEMS, UnknownNameError, get_problem
+from pinn_lora.training.trainer import residual_loss
 
 FAMILIES = PROBLEMS.names()  # every registered family
 ISSUE_METHODS = ["scratch", "full", "lora", "odelora", "odlora", "cla", "rcla", "c3la", "rc3la", "rslora", "loraplus",
@@ -120,7 +120,7 @@ def test_bad_options_are_clear():
 
 def test_lbfgs_finish_reduces_the_loss():
     """The L-BFGS phase takes real steps (a line search with evaluations)."""
-    from pinn_lora.train import TrainConfig, Trainer
+    from pinn_lora.training.trainer import TrainConfig, Trainer
 
     prob = get_problem("helmholtz")
     net = build_network([2, 16, 16, 1], "sin", seed=0, output_transform=prob.output_transform)
@@ -152,7 +152,7 @@ def test_odelora_steps_end_balanced_with_rebalance(scheme):
 def test_odelora_euler_step_moves_w_by_projected_gradient(precondition):
     """One Euler step of size h changes each adapted W by -h·P_T(G̃) up to O(h²), with G̃ = G
     (the paper's flow) or G/(sqrt(v̂)+eps+floor) = G/(|G|+eps+floor) at the first RMSprop step."""
-    from pinn_lora.dynamics.odelora import tangent_projection
+    from pinn_lora.methods.dynamics.odelora import tangent_projection
     from pinn_lora.methods import weight_gradients
 
     prob, _, model, meth, pts = _setup("helmholtz", "odelora", lr=1e-6, rebalance=False, damping=0.0,
@@ -179,7 +179,7 @@ def test_odelora_euler_step_moves_w_by_projected_gradient(precondition):
 def test_lbfgs_finish_after_preconditioned_odelora():
     """The L-BFGS finish runs on any method's parameters (here ODELoRA's factors, whose
     gradients autograd leaves non-contiguous in the preconditioned mode)."""
-    from pinn_lora.train import TrainConfig, Trainer
+    from pinn_lora.training.trainer import TrainConfig, Trainer
 
     prob, _, model, meth, _ = _setup("burgers", "odelora", precondition="rmsprop", lr=1e-3)
     hist = Trainer(prob, model, meth.dynamics(model), TrainConfig(steps=3, lbfgs_steps=12, n_points=128,

@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 
-from pinn_lora.adapters import adapter_layers
-from pinn_lora.monitors import (METRICS_SCHEMA, AdapterState, FeatureChange, Stability, TensorBoardWriter,
+from pinn_lora.model.adapters import adapter_layers
+from pinn_lora.training.monitors import (METRICS_SCHEMA, AdapterState, FeatureChange, Stability, TensorBoardWriter,
                                 UpdateNorm, balance, effective_rank, effective_weight, gram_cond, spectrum_stats)
 from pinn_lora import adapt_to
-from pinn_lora.registry import get_problem
-from pinn_lora.train import History, TrainConfig, Trainer
+from pinn_lora.core.registry import get_problem
+from pinn_lora.training.trainer import History, TrainConfig, Trainer
 from tests.tiny import make_closure, setup
 
 

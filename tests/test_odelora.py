@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pinn_lora.dynamics.odelora import balanced_factors, odelora_field, rebalance, tangent_projection
-from pinn_lora.dynamics.runge_kutta import TABLEAUS, ButcherTableau, rk_step
+from pinn_lora.methods.dynamics.odelora import balanced_factors, odelora_field, rebalance, tangent_projection
+from pinn_lora.methods.dynamics.runge_kutta import TABLEAUS, ButcherTableau, rk_step
 
 
 def _balanced(m, n, r, seed=0):
@@ -122,7 +122,7 @@ def solve_reference():
 
 
 def test_top_hessian_eigenvalue_of_a_quadratic():
-    from pinn_lora.curvature import top_hessian_eigenvalue
+    from pinn_lora.model.curvature import top_hessian_eigenvalue
 
     q = torch.diag(torch.tensor([-50.0, 3.0, 7.0, 0.5], dtype=torch.float64))
     x = torch.ones(4, dtype=torch.float64, requires_grad=True)
@@ -137,7 +137,7 @@ def test_rmsprop_metric_floor_keeps_rk4_stable():
     Allen–Cahn (loss 0.52 -> diverged). The floor (0.1 x the layer's RMS of sqrt(v)) keeps it
     decreasing; Euler, which only uses the first stage, is stable either way."""
     import pinn_lora
-    from pinn_lora.train import residual_loss
+    from pinn_lora.training.trainer import residual_loss
 
     prob = pinn_lora.get_problem("allen_cahn").default_target()
     x = torch.as_tensor(prob.sample(500, seed=0))
@@ -170,8 +170,8 @@ def test_sync_free_rebalance_follows_the_same_weights_and_stays_balanced():
     tiny PINN, W after every step equals the QR/SVD rebalance's to 1e-10 and ‖BᵀB − AAᵀ‖/‖BᵀB‖ <= 1e-10."""
     import copy
 
-    from pinn_lora.adapters import adapter_layers
-    from pinn_lora.dynamics.odelora import rebalance_sync_free
+    from pinn_lora.model.adapters import adapter_layers
+    from pinn_lora.methods.dynamics.odelora import rebalance_sync_free
 
     from tiny import make_closure, setup
 

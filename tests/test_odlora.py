@@ -8,17 +8,17 @@ from tiny import setup
 from torch import nn
 from torch.nn import functional as F
 
-from pinn_lora.adapters import LoRALinear, adapter_layers, merge_adapters
-from pinn_lora.adapters.odlora import ODLoRALinear
-from pinn_lora.dynamics import GradientDynamics
+from pinn_lora.model.adapters import LoRALinear, adapter_layers, merge_adapters
+from pinn_lora.model.adapters.odlora import ODLoRALinear
+from pinn_lora.methods.dynamics import GradientDynamics
 from pinn_lora.methods import (
     MethodOptionError,
     ODLoRA,
     get_method,
     trainable_parameters,
 )
-from pinn_lora.registry import METHODS
-from pinn_lora.train import TrainConfig, Trainer, residual_loss
+from pinn_lora.core.registry import METHODS
+from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
 
 if "odlora" not in METHODS:  # until the entry point is installed
     METHODS.register("odlora", ODLoRA)

@@ -11,12 +11,12 @@ from tiny import setup as tiny_setup
 peft = pytest.importorskip("peft", reason="peft is not installed (optional extra 'peft'): "
                                           "no cross-check against PEFT")
 
-from pinn_lora.adapters import adapter_layers  # noqa: E402
+from pinn_lora.model.adapters import adapter_layers  # noqa: E402
 from pinn_lora.interop.peft import save_peft, to_peft  # noqa: E402
 from pinn_lora.methods import AttachContext, get_method  # noqa: E402
-from pinn_lora.network import build_network  # noqa: E402
-from pinn_lora.registry import get_problem  # noqa: E402
-from pinn_lora.train import residual_loss  # noqa: E402
+from pinn_lora.model.network import build_network  # noqa: E402
+from pinn_lora.core.registry import get_problem  # noqa: E402
+from pinn_lora.training.trainer import residual_loss  # noqa: E402
 
 LAYERS = [2, 16, 16, 1]  # thin input and output layers: rank clipped to 2 and 1 there
 RANK, ALPHA = 4, 3.0

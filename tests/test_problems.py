@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pinn_lora.derivatives import Derivatives
-from pinn_lora.problem import CoefficientError
-from pinn_lora.registry import PROBLEMS, UnknownNameError, get_problem
+from pinn_lora.model.derivatives import Derivatives
+from pinn_lora.pde.problem import CoefficientError
+from pinn_lora.core.registry import PROBLEMS, UnknownNameError, get_problem
 from pinn_lora.problems.helmholtz import nearest_resonance
 
 
@@ -136,7 +136,7 @@ def test_registry_lists_families():
 def test_a_slow_reference_shows_progress(monkeypatch, capsys):
     """Issue 14, item 11: a reference computed for more than a few seconds shows a progress bar (here with the
     delay set to 0); the solvers report the fraction done."""
-    from pinn_lora import problem as problem_module
+    from pinn_lora.pde import problem as problem_module
 
     monkeypatch.setattr(problem_module, "PROGRESS_DELAY", 0.0)
     seen = []

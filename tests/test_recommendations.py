@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from pinn_lora.registry import METHODS, PROBLEMS
-from pinn_lora.session import method_recommendation, recommendations
+from pinn_lora.core.registry import METHODS, PROBLEMS
+from pinn_lora.runs.adapt import method_recommendation, recommendations
 
 SHIPPED_FAMILIES = ["allen_cahn", "burgers", "helmholtz"]  # the families whose recommendations are pinned
 BUILT_IN_METHODS = ["asymlora", "c3la", "cla", "cola", "dora", "full", "loraplus", "lora", "odelora", "odlora",

@@ -14,11 +14,11 @@ import torch
 from safetensors import safe_open
 
 import pinn_lora
-import pinn_lora.resume
-from pinn_lora import rundir
-from pinn_lora.checkpoint import CheckpointError
-from pinn_lora.rundir import RunDirError
-from pinn_lora.session import ConfigError
+import pinn_lora.store.checkpoints
+from pinn_lora.store import rundir
+from pinn_lora.store.tensors import CheckpointError
+from pinn_lora.store.rundir import RunDirError
+from pinn_lora.runs.adapt import ConfigError
 
 ARGS = ["problem=helmholtz", "method=odelora", "solver=method", "method.precondition=rmsprop", "method.lr=1e-3", "steps=600",
         "n_points=64", "eval_every=50", "checkpoint_every=25", "lbfgs_steps=0", "device=cpu", "progress=false",
@@ -104,7 +104,7 @@ def test_resume_refusals(tmp_path):
 
 
 def test_a_batched_run_cannot_be_resumed(tmp_path):
-    from pinn_lora.session import run_config
+    from pinn_lora.runs.from_config import run_config
 
     cfg = {"problem": {"name": "helmholtz", "k": [2.0, 3.0]}, "method": {"name": "lora"}, "resume": True}
     with pytest.raises(ConfigError, match="cannot be resumed"):
@@ -144,7 +144,7 @@ def test_resume_takes_over_only_a_directory_whose_owner_is_gone(tmp_path):
 def test_a_failed_run_is_marked_and_can_be_resumed(tmp_path, monkeypatch):
     """A run that fails after its claim keeps its directory, marked failed (marker and summary.json); resume
     continues it from its last checkpoint."""
-    from pinn_lora.train import Trainer
+    from pinn_lora.training.trainer import Trainer
 
     prob = pinn_lora.get_problem("helmholtz").default_target()
     kw = SMALL
@@ -256,7 +256,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(sig, tmp_path):
 def test_sigint_in_the_loop_checkpoints_the_next_verified_state(tmp_path, monkeypatch):
     """In-process: a SIGINT during step 3 asks the loop to stop; the checkpoint captured before step 4 is
     written once step 4's loss verifies it, then Interrupted (a KeyboardInterrupt) carries its step."""
-    from pinn_lora.train import Interrupted, Trainer
+    from pinn_lora.training.trainer import Interrupted, Trainer
 
     prob = pinn_lora.get_problem("helmholtz").default_target()
     kw = dict(steps=10, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=0)
@@ -303,7 +303,7 @@ def test_a_gpu_checkpoint_resumes_on_a_cpu(recorded, tmp_path):
     CUDA'). Loading stays safetensors + JSON (nothing unpickled)."""
     from safetensors.torch import load_file, save_file
 
-    from pinn_lora import resume as resume_state
+    from pinn_lora.store import checkpoints as resume_state
 
     prob = pinn_lora.get_problem("helmholtz").default_target()
     kw = dict(steps=6, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=3,
@@ -331,7 +331,7 @@ def test_a_gpu_checkpoint_resumes_on_a_cpu(recorded, tmp_path):
     assert res.error == ref.error
 
 
-class _StopAt(pinn_lora.train.Monitor):
+class _StopAt(pinn_lora.training.trainer.Monitor):
     """Raises at a step (a process killed there)."""
 
     def __init__(self, at):
@@ -345,8 +345,8 @@ class _StopAt(pinn_lora.train.Monitor):
 def test_pretraining_resumes_to_the_network_an_uninterrupted_run_gives(tmp_path):
     """pretrain_base with checkpoints, killed in its L-BFGS phase, resumed: the network is bit-identical to an
     uninterrupted run's; a resume with other settings is refused."""
-    from pinn_lora.pretrain import pretrain_base
-    from pinn_lora.train import TrainConfig
+    from pinn_lora.runs.pretrain import pretrain_base
+    from pinn_lora.training.trainer import TrainConfig
 
     prob = pinn_lora.get_problem("helmholtz")
     kw = dict(layers=[2, 8, 8, 1], activation="sin", lr=1e-2, device="cpu")
@@ -356,7 +356,7 @@ def test_pretraining_resumes_to_the_network_an_uninterrupted_run_gives(tmp_path)
     ck = tmp_path / "checkpoint.safetensors"
     with pytest.raises(KeyboardInterrupt):
         pretrain_base(prob, train=cfg, checkpoint=ck, monitors=(_StopAt(8),), **kw)  # the L-BFGS phase: one record
-    assert pinn_lora.resume.load(ck)[1]["phase"] == "lbfgs"  # the last checkpoint is in the L-BFGS phase
+    assert pinn_lora.store.checkpoints.load(ck)[1]["phase"] == "lbfgs"  # the last checkpoint is in the L-BFGS phase
     with pytest.raises(ValueError, match=r"started with other settings \(lr: 0.01 -> 0.02\)"):
         pretrain_base(prob, train=cfg, checkpoint=ck, resume=True, **{**kw, "lr": 2e-2})
     resumed, card = pretrain_base(prob, train=cfg, checkpoint=ck, resume=True, monitors=(_StopAt(None),), **kw)

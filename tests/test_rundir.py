@@ -1,5 +1,5 @@
 """Run directories owned by exactly one run (issue 14, "Data loss"): the claim helper
-(:mod:`pinn_lora.rundir`) and what the CLI and the API do with it. Process-level cases (two real
+(:mod:`pinn_lora.store.rundir`) and what the CLI and the API do with it. Process-level cases (two real
 runs on one ``out=``) are marked ``integration``."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import pinn_lora
-from pinn_lora import rundir
-from pinn_lora.rundir import MARKER, RunDirError
+from pinn_lora.store import rundir
+from pinn_lora.store.rundir import MARKER, RunDirError
 
 TINY = dict(steps=2, n_points=32, lbfgs_steps=0, device="cpu", progress=False, plots=False, checkpoint_every=0)
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -86,7 +86,7 @@ def test_adapt_never_overwrites_an_earlier_adapter(tmp_path):
 
 
 def test_adapt_many_claims_its_directory(tmp_path):
-    from pinn_lora.batch import adapt_many
+    from pinn_lora.runs.many import adapt_many
 
     probs = [pinn_lora.get_problem("helmholtz", k=k) for k in (2.0, 3.0)]
     kw = {k: v for k, v in TINY.items() if k != "checkpoint_every"}
@@ -162,7 +162,7 @@ MEMORY_CASES = [  # (points, layers, dtype, machine bytes, refused)
 @pytest.mark.parametrize("n,layers,dtype,have,refused", MEMORY_CASES)
 def test_memory_bound_refuses_before_allocating(n, layers, dtype, have, refused, monkeypatch):
     """Issue 14, item 14: a lower bound of one step's memory (points + activations) against the device's."""
-    from pinn_lora import memory
+    from pinn_lora.model import memory
 
     monkeypatch.setattr(memory, "device_memory", lambda device: have)
     if not refused:
@@ -176,8 +176,8 @@ def test_memory_bound_refuses_before_allocating(n, layers, dtype, have, refused,
 def test_early_death_leaves_a_directory_marked_with_how_to_start_over(tmp_path, monkeypatch):
     """A run that dies before its first checkpoint (an out-of-memory error, say) leaves no dead end: its
     directory is marked failed saying how to start over, and resume=true says there is nothing to resume."""
-    from pinn_lora.checkpoint import CheckpointError
-    from pinn_lora.train import Trainer
+    from pinn_lora.store.tensors import CheckpointError
+    from pinn_lora.training.trainer import Trainer
 
     def out_of_memory(self):
         raise RuntimeError("CUDA out of memory (simulated)")
@@ -199,7 +199,7 @@ def test_early_death_leaves_a_directory_marked_with_how_to_start_over(tmp_path, 
 def test_a_marker_on_its_way_in_is_another_runs_claim(tmp_path):
     """The race CI met (two runs given one out= at once): the first run's marker is still its temp file when
     the second looks; that is a claim a moment ago, not a directory pinn_lora did not create."""
-    from pinn_lora import rundir
+    from pinn_lora.store import rundir
 
     out = tmp_path / "run"
     out.mkdir()

@@ -8,15 +8,15 @@ import torch
 from torch.func import jacfwd
 
 import pinn_lora
-from pinn_lora import session
-from pinn_lora.derivatives import provider
-from pinn_lora.dynamics.gauss_newton import LevenbergMarquardt
-from pinn_lora.dynamics.odelora import weight_metric
-from pinn_lora import jacobian
-from pinn_lora.jacobian import (residual_jacobian, residual_vector, structured_jacobian, structured_unsupported,
+from pinn_lora.runs import adapt as session
+from pinn_lora.model.derivatives import provider
+from pinn_lora.methods.dynamics.gauss_newton import LevenbergMarquardt
+from pinn_lora.methods.dynamics.odelora import weight_metric
+from pinn_lora.model import jacobian
+from pinn_lora.model.jacobian import (residual_jacobian, residual_vector, structured_jacobian, structured_unsupported,
                                 trainable, transform_jacobian)
-from pinn_lora.registry import METHODS, PROBLEMS
-from pinn_lora.train import TrainConfig, Trainer
+from pinn_lora.core.registry import METHODS, PROBLEMS
+from pinn_lora.training.trainer import TrainConfig, Trainer
 
 from tiny import setup
 
@@ -72,7 +72,7 @@ def test_structured_jacobian_in_every_mode_of_a_layer(method, opts):
 def test_residual_vector_is_the_loss():
     prob, model, _, pts = _perturbed("allen_cahn", "dora")
     v = residual_vector(prob, model, pts)
-    loss = pinn_lora.train.residual_loss(prob, model, pts)
+    loss = pinn_lora.training.trainer.residual_loss(prob, model, pts)
     assert abs(float(v @ v) - float(loss)) <= 1e-12 * float(loss)
 
 
@@ -124,7 +124,7 @@ def test_the_kernel_form_takes_the_step_the_parameter_form_takes(damping):
 
 
 def test_lm_refuses_a_step_too_large_for_a_dense_solve():
-    from pinn_lora.dynamics.gauss_newton import MAX_DENSE
+    from pinn_lora.methods.dynamics.gauss_newton import MAX_DENSE
 
     p = torch.zeros(MAX_DENSE + 1, dtype=torch.float64)
     jac = torch.zeros(MAX_DENSE + 1, 1, dtype=torch.float64).expand(-1, MAX_DENSE + 1)
@@ -134,7 +134,7 @@ def test_lm_refuses_a_step_too_large_for_a_dense_solve():
 
 def test_weight_metric_is_the_frobenius_norm_of_the_tangent_vector():
     _, model, meth, _ = _perturbed("burgers", "odelora")
-    layers = [lay for _, lay in pinn_lora.adapters.adapter_layers(model)]
+    layers = [lay for _, lay in pinn_lora.model.adapters.adapter_layers(model)]
     metric = weight_metric(layers, gauge=0.0)
     blocks = []
     for lay in layers:
@@ -155,7 +155,7 @@ def test_implicit_odelora_stays_balanced_and_descends():
     hist = _run(prob, model, meth, 6)
     losses = [r["loss"] for r in hist.records if r["phase"] == "train"]
     assert all(b <= a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
-    for _, lay in pinn_lora.adapters.adapter_layers(model):
+    for _, lay in pinn_lora.model.adapters.adapter_layers(model):
         b, a = lay.factors()
         sb, sa = b.T @ b, a @ a.T
         assert float((sb - sa).norm() / sb.norm()) <= 1e-10
@@ -166,7 +166,7 @@ def test_lora_under_lm_damps_in_weight_space_and_rebalances(method):
     """Plain LoRA layers with both factors trained: the LM damping is the weight-space metric and
     the factors are rebalanced after each step, which leaves every layer's product unchanged."""
     prob, model, meth, pts = _perturbed("helmholtz", method)
-    layers = [lay for _, lay in pinn_lora.adapters.adapter_layers(model)]
+    layers = [lay for _, lay in pinn_lora.model.adapters.adapter_layers(model)]
     lm = meth.second_order(model, mu=1.0)
     assert lm.metric is not None and float((lm.metric() - weight_metric(layers)).abs().max()) == 0.0
     products = [(lay.factors()[0] @ lay.factors()[1]).detach().clone() for lay in layers]
@@ -201,7 +201,7 @@ def test_rad_draws_follow_the_density(monkeypatch):
     def fake(problem, net, points, chunk=16384):
         return torch.exp(3 * points[:, 0])
 
-    monkeypatch.setattr(pinn_lora.jacobian, "residual_vector", fake)
+    monkeypatch.setattr(pinn_lora.model.jacobian, "residual_vector", fake)
     cfg = TrainConfig(steps=1, n_points=2000, sampling="rad", rad_k=1.0, rad_c=0.0, rad_pool=50, progress=False)
     tr = Trainer(prob, model, meth.dynamics(model), cfg)
     x = tr.points(2000)[:, 0].numpy()
@@ -220,7 +220,7 @@ def test_rar_d_keeps_its_points_and_adds_draws_that_follow_the_density(monkeypat
     """RAR-D: the first draw is n_points from the sampler; each later draw keeps the set and adds rar_add points,
     whose x follow the density ∝ exp(3x) of the residual |r| = exp(3x) (χ² over 10 bins)."""
     prob, _, model, meth, _ = setup("burgers", "lora")
-    monkeypatch.setattr(pinn_lora.jacobian, "residual_vector", lambda problem, net, points, chunk=16384:
+    monkeypatch.setattr(pinn_lora.model.jacobian, "residual_vector", lambda problem, net, points, chunk=16384:
                         torch.exp(3 * points[:, 0]))
     cfg = TrainConfig(steps=1, n_points=500, sampling="rar_d", rad_c=0.0, rad_pool=50, rar_add=2000, progress=False)
     tr = Trainer(prob, model, meth.dynamics(model), cfg)
@@ -259,7 +259,7 @@ def test_a_run_that_gets_worse_says_so():
     assert math.isfinite(good.error) and good.error < good.base_error
 
 
-class _Crash(pinn_lora.train.Monitor):
+class _Crash(pinn_lora.training.trainer.Monitor):
     """Raises at a step (a process killed there), once."""
 
     def __init__(self, at):
@@ -283,7 +283,7 @@ def test_resume_mid_block_with_lm_and_rad_equals_an_uninterrupted_run(sampling, 
     with pytest.raises(KeyboardInterrupt):
         session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(6)], **kw)
     session.adapt_to("burgers", prob, "odelora", run_dir=tmp_path / "cut", monitors=[_Crash(None)], resume=True, **kw)
-    a, b = (pinn_lora.monitors.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
+    a, b = (pinn_lora.training.monitors.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
@@ -298,7 +298,7 @@ def test_methods_that_train_every_weight_take_first_order_steps_unless_lm_is_ask
 def test_full_fine_tuning_takes_kernel_form_lm_steps_that_lower_the_loss():
     """solver=lm for a method that trains every weight (more parameters than residual rows): the
     loss falls and each accepted step lowered the loss on its points."""
-    from pinn_lora.network import build_network
+    from pinn_lora.model.network import build_network
 
     prob = pinn_lora.get_problem("burgers", nu=0.02 / math.pi)
     net = build_network([2, 16, 16, 1], "tanh", seed=0, dtype=torch.float64, output_transform=prob.output_transform)
@@ -311,10 +311,10 @@ def test_full_fine_tuning_takes_kernel_form_lm_steps_that_lower_the_loss():
 
 
 def test_implicit_odelora_converges_on_matrix_sensing_where_explicit_euler_diverges():
-    """Matrix sensing (pinn_lora.sensing: the loss's Hessian ≈ I, explicit Euler stable only for h < 2):
+    """Matrix sensing (pinn_lora.methods.sensing: the loss's Hessian ≈ I, explicit Euler stable only for h < 2):
     at a fixed h = 4, ODELoRA's explicit Euler diverges and its implicit scheme converges."""
-    from pinn_lora import sensing
-    from pinn_lora.dynamics.odelora import implicit_dynamics
+    from pinn_lora.methods import sensing
+    from pinn_lora.methods.dynamics.odelora import implicit_dynamics
 
     prob = sensing.MatrixSensing.random(20, 20, 3, seed=0)
     h = 4.0

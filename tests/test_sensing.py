@@ -1,4 +1,4 @@
-"""Matrix sensing (pinn_lora.sensing) as a testbed for the factor dynamics: ODELoRA's linear
+"""Matrix sensing (pinn_lora.methods.sensing) as a testbed for the factor dynamics: ODELoRA's linear
 convergence, its stability where Riemannian-preconditioned LoRA (ScaledGD) diverges, RK4's order
 on the ODELoRA flow, the adaptive embedded pairs, and the Riemannian preconditioner's formula."""
 import math
@@ -7,13 +7,13 @@ import pytest
 import torch
 from tiny import make_closure, setup
 
-from pinn_lora.adapters import adapter_layers
-from pinn_lora.adapters.lora import LoRALinear
-from pinn_lora.dynamics.riemannian import RiemannianDynamics, preconditioned_gradients
-from pinn_lora.dynamics.runge_kutta import TABLEAUS
+from pinn_lora.model.adapters import adapter_layers
+from pinn_lora.model.adapters.lora import LoRALinear
+from pinn_lora.methods.dynamics.riemannian import RiemannianDynamics, preconditioned_gradients
+from pinn_lora.methods.dynamics.runge_kutta import TABLEAUS
 from pinn_lora.methods import MethodOptionError, ODELoRA, Riemannian
-from pinn_lora.registry import get_problem
-from pinn_lora.sensing import MatrixSensing, linear_rates, log_loss_slope, main, train
+from pinn_lora.core.registry import get_problem
+from pinn_lora.methods.sensing import MatrixSensing, linear_rates, log_loss_slope, main, train
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_adaptive_step_shrinks_after_rejections(sensing20):
 
 def test_adaptive_options_are_checked():
     lay = _pinn_layer()
-    from pinn_lora.dynamics.odelora import ODELoRADynamics
+    from pinn_lora.methods.dynamics.odelora import ODELoRADynamics
 
     with pytest.raises(ValueError, match="schedule=constant"):
         ODELoRADynamics([lay], lr=0.1, scheme="bs23", schedule="cosine")
@@ -151,7 +151,7 @@ def test_trainer_reports_adaptive_steps_and_evaluations():
     """Through the Trainer: each record's lr is the dynamics' lr read before the step (for an
     embedded pair, the step accepted by the previous step), and ``evaluations`` counts every
     closure call, retries included (+1 for the Trainer's final check)."""
-    from pinn_lora.train import TrainConfig, Trainer
+    from pinn_lora.training.trainer import TrainConfig, Trainer
 
     _, model, meth, _, _, _ = _tiny(ODELoRA, scheme="dopri5", lr=0.05)
     prob = get_problem("helmholtz").default_target()
@@ -185,7 +185,7 @@ def test_riemannian_preconditioned_gradients_formula():
 def test_riemannian_sgd_step_moves_w_by_scaled_projections():
     """One SGD step of size h moves W by −h·s²·(P_B G + G P_A) + O(h²) (λ → 0): the block
     P_B G P_A counts twice, unlike ODELoRA's −h·P_T(G)."""
-    from pinn_lora.dynamics.odelora import tangent_projection
+    from pinn_lora.methods.dynamics.odelora import tangent_projection
 
     lay = _pinn_layer()
     s = lay.scale
@@ -244,7 +244,7 @@ def test_demo_prints_a_table_and_plots(tmp_path, capsys):
 
 def test_step_controller_rule():
     """Error norm = RMS of err/(atol + rtol·max(|y0|, |y1|)); factor = clamp(safety·e^(−1/(q+1)))."""
-    from pinn_lora.dynamics.runge_kutta import StepController, adaptive_step, error_norm
+    from pinn_lora.methods.dynamics.runge_kutta import StepController, adaptive_step, error_norm
 
     z = torch.zeros(2, dtype=torch.float64)
     err = [torch.tensor([3.0, 4.0], dtype=torch.float64)]
@@ -269,7 +269,7 @@ def test_step_controller_rule():
 def test_plain_lora_baseline_on_sensing():
     """The plain-LoRA baseline of the demo: gradient descent on the factors' own gradients converges at a
     moderate step and makes one gradient evaluation per step."""
-    from pinn_lora.sensing import MatrixSensing, train
+    from pinn_lora.methods.sensing import MatrixSensing, train
 
     prob = MatrixSensing.random(20, 20, 3, seed=0)
     run = train(prob, "lora", 0.3, 300, optimizer="sgd", floor=1e-20)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import pinn_lora
-from pinn_lora.batch import adapt_many
-from pinn_lora.network import build_network
-from pinn_lora.registry import get_problem
+from pinn_lora.runs.many import adapt_many
+from pinn_lora.model.network import build_network
+from pinn_lora.core.registry import get_problem
 
 HELM = get_problem("helmholtz", k=2.0)
 RUN = dict(steps=3, n_points=32, eval_every=3, lbfgs_steps=0, device="cpu", progress=False, recommended={})
@@ -65,7 +65,7 @@ def test_plots_leave_the_backend_and_figures_alone(notebook_backend, tmp_path):
 
 
 def test_sensing_plot_leaves_the_backend_alone(notebook_backend, tmp_path, capsys):
-    from pinn_lora import sensing
+    from pinn_lora.methods import sensing
 
     sensing.main(["--m", "8", "--n", "6", "--rank", "2", "--steps", "3",
                   "--plot", str(tmp_path / "s.png")])

@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 
 from pinn_lora import adapt_to
-from pinn_lora.network import build_network
-from pinn_lora.registry import get_problem
+from pinn_lora.model.network import build_network
+from pinn_lora.core.registry import get_problem
 
 
 def _base(name="burgers"):
@@ -80,7 +80,7 @@ def test_a_blow_up_in_the_last_step_is_caught(tmp_path, method, lr):
 
 
 def test_checkpoint_holds_a_verified_state(tmp_path):
-    from pinn_lora.train import residual_loss
+    from pinn_lora.training.trainer import residual_loss
 
     prob = get_problem("burgers").default_target()
     res = adapt_to(_base(), prob, "full", steps=3, lbfgs_steps=0, n_points=64, device="cpu", run_dir=tmp_path,
@@ -98,7 +98,7 @@ def test_non_finite_step_is_left_to_the_divergence_check():
     rebalance or OD-LoRA's split/refresh (their QR/SVD fail on NaN); the loop then rolls it back."""
     from tiny import make_closure, setup
 
-    from pinn_lora.adapters import adapter_layers
+    from pinn_lora.model.adapters import adapter_layers
 
     prob, _, model, meth, pts = setup("helmholtz", "odelora", precondition="none")
     dyn = meth.dynamics(model)
@@ -134,7 +134,7 @@ def test_blow_up_ends_as_diverged_not_as_an_exception():
     """End to end: a step size far past stability ends the run as diverged with the last good state."""
     from tiny import setup
 
-    from pinn_lora.train import TrainConfig, Trainer
+    from pinn_lora.training.trainer import TrainConfig, Trainer
 
     prob, _, model, meth, _ = setup("helmholtz", "odelora", lr=1e4, precondition="none")
     hist = Trainer(prob, model, meth.dynamics(model), TrainConfig(steps=30, n_points=64, progress=False)).run()
@@ -144,7 +144,7 @@ def test_blow_up_ends_as_diverged_not_as_an_exception():
 
 def _static_vs_eager(method, steps=12, sync_every=5, **opts):
     from pinn_lora import adapt_to
-    from pinn_lora.registry import get_problem
+    from pinn_lora.core.registry import get_problem
 
     prob = get_problem("helmholtz", k=3.0)
     runs = {}
@@ -183,7 +183,7 @@ def test_static_loop_equals_eager_loop(method, opts):
 def test_adam_moments_zeroed_in_place_step_as_a_fresh_state():
     """reset_state zeroes Adam's moments in place (a captured graph keeps reading the same tensors); the next
     steps are bit-identical to those after dropping the state."""
-    from pinn_lora.dynamics.base import GradientDynamics
+    from pinn_lora.methods.dynamics.base import GradientDynamics
 
     runs = []
     for how in ("zero", "clear"):
@@ -209,7 +209,7 @@ def test_adam_moments_zeroed_in_place_step_as_a_fresh_state():
 def test_static_loop_divergence_restores_block_start():
     """A blow-up inside a block: the state at the block's start comes back, the run says diverged."""
     from pinn_lora import adapt_to
-    from pinn_lora.registry import get_problem
+    from pinn_lora.core.registry import get_problem
 
     prob = get_problem("helmholtz", k=3.0)
     res = adapt_to("helmholtz", prob, "lora", lr=50.0, steps=40, n_points=64, eval_every=10, lbfgs_steps=0,
@@ -219,7 +219,7 @@ def test_static_loop_divergence_restores_block_start():
     assert math.isfinite(res.error)
     first = res.history.records[0]["loss"]
     pts = torch.as_tensor(prob.sample(64, seed=0))
-    from pinn_lora.train import residual_loss
+    from pinn_lora.training.trainer import residual_loss
 
     kept = float(residual_loss(prob, res.model, pts).detach())  # the restored state is one whose loss passed
     assert math.isfinite(kept) and kept < 1e6 * first
@@ -227,8 +227,8 @@ def test_static_loop_divergence_restores_block_start():
 
 def test_graph_reasons_on_cpu():
     """Why a step cannot be captured is said plainly; cuda_graph=true off CUDA is refused."""
-    from pinn_lora.dynamics.base import GradientDynamics
-    from pinn_lora.train import TrainConfig, Trainer
+    from pinn_lora.methods.dynamics.base import GradientDynamics
+    from pinn_lora.training.trainer import TrainConfig, Trainer
 
     prob = get_problem("burgers")
     net = build_network([2, 8, 1], "tanh", seed=0)

@@ -1,6 +1,6 @@
 """Untrusted files (issue 7, part 4): weights are read only as safetensors, nothing is unpickled, a
 pickle payload in place of a weights file is refused without running it, cards are plain data checked
-against a schema (pinn_lora.schema), and every YAML config parses with yaml.safe_load and has the keys
+against a schema (pinn_lora.store.schema), and every YAML config parses with yaml.safe_load and has the keys
 the code reads."""
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import torch
 import yaml
 
 import pinn_lora
-from pinn_lora.checkpoint import CheckpointError
-from pinn_lora.cli import config_dir, group_options
-from pinn_lora.registry import METHODS, PROBLEMS
-from pinn_lora.schema import SchemaError, base_card_schema, describe, validate, validate_config_file
-from pinn_lora.zoo import ZOO_DIR
+from pinn_lora.store.tensors import CheckpointError
+from pinn_lora.cli.common import config_dir, group_options
+from pinn_lora.core.registry import METHODS, PROBLEMS
+from pinn_lora.store.schema import SchemaError, base_card_schema, describe, validate, validate_config_file
+from pinn_lora.store.zoo import ZOO_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_SOURCES = sorted([*(ROOT / "pinn_lora").rglob("*.py"), *(ROOT / "problems").rglob("*.py")])
@@ -72,8 +72,8 @@ FORBIDDEN = [
 
 
 def test_sources_are_scanned(tmp_path):
-    assert len(PACKAGE_SOURCES) > 20 and ROOT / "pinn_lora" / "checkpoint.py" in PACKAGE_SOURCES
-    assert "pickle" not in code_only(ROOT / "pinn_lora" / "checkpoint.py")  # its docstring says "unpickles"
+    assert len(PACKAGE_SOURCES) > 20 and ROOT / "pinn_lora" / "store" / "tensors.py" in PACKAGE_SOURCES
+    assert "pickle" not in code_only(ROOT / "pinn_lora" / "store" / "tensors.py")  # its docstring says "unpickles"
     probe = tmp_path / "probe.py"  # the scanner catches these
     probe.write_text('"""pickle in a docstring"""\nx = torch.load(path)  # pickle\nimport pickle\n'
                      "y = pickle.loads(b)\nz = np.load(f, allow_pickle=True)\n")
@@ -155,7 +155,7 @@ def test_pickled_base_weights_are_refused_unrun(payloads, tmp_path):
 def test_pickled_base_through_the_cli_is_one_line(payloads, tmp_path, monkeypatch, capsys):
     raw, _, marker = payloads
     stem = _base_with_weights(tmp_path, "pickled", raw)
-    cli_module = importlib.import_module("pinn_lora.adapt")
+    cli_module = importlib.import_module("pinn_lora.cli.adapt")
     monkeypatch.setattr(sys, "argv", ["pinn_lora.adapt", "problem=helmholtz", "method=lora", "steps=1",
                                       f"base={stem}", f"out={tmp_path / 'run'}", "progress=false"])
     monkeypatch.chdir(tmp_path)
@@ -258,17 +258,19 @@ def _keys_read(fn, var: str) -> set[str]:
 def test_configs_have_the_keys_the_code_reads():
     from dataclasses import fields
 
-    from pinn_lora import family, pretrain, session
+    from pinn_lora.cli import family, pretrain
+    from pinn_lora.runs import adapt as session
+    from pinn_lora.runs import from_config
 
-    from pinn_lora.config import LIBRARY, AdaptConfig
+    from pinn_lora.runs.settings import LIBRARY, AdaptConfig
 
     root = Path(config_dir())
     fam = yaml.safe_load((root / "family.yaml").read_text())
     read = _keys_read(family.run_config, "cfg")
     assert {"low", "high", "anchors", "over"} <= read <= set(fam) | {"problem", "method"}, read - set(fam)
     adapt = yaml.safe_load((root / "adapt.yaml").read_text())
-    assert adapt["defaults"][0] == "adapt_schema"  # its top-level keys are AdaptConfig's (pinn_lora.config)
-    read = _keys_read(session.run_config, "cfg") | set(LIBRARY)  # run_config passes LIBRARY's keys by name
+    assert adapt["defaults"][0] == "adapt_schema"  # its top-level keys are AdaptConfig's (pinn_lora.runs.settings)
+    read = _keys_read(from_config.run_config, "cfg") | set(LIBRARY)  # run_config passes LIBRARY's keys by name
     assert read and {"steps", "seed", "device", "dtype"} <= read
     schema = {f.name for f in fields(AdaptConfig)}
     assert read <= schema, read - schema

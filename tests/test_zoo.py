@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pinn_lora.checkpoint import CheckpointError
-from pinn_lora.network import to_deepxde
-from pinn_lora.registry import PROBLEMS
-from pinn_lora.zoo import ZOO_DIR, load_base, save_base, shipped
+from pinn_lora.store.tensors import CheckpointError
+from pinn_lora.model.network import to_deepxde
+from pinn_lora.core.registry import PROBLEMS
+from pinn_lora.store.zoo import ZOO_DIR, load_base, save_base, shipped
 
 FAMILIES = PROBLEMS.names()  # every registered family ships a base model
 
@@ -75,8 +75,8 @@ def test_paths_shipped_names_dots_and_missing_weights(tmp_path, monkeypatch):
 def test_public_api_names_resolve():
     """The top-level names of ``pinn_lora`` (lazily imported) are the objects of their modules."""
     import pinn_lora
-    from pinn_lora.registry import get_problem
-    from pinn_lora.session import adapt_to
+    from pinn_lora.core.registry import get_problem
+    from pinn_lora.runs.adapt import adapt_to
 
     for name in pinn_lora.__all__:
         assert getattr(pinn_lora, name) is not None, name
@@ -87,7 +87,7 @@ def test_public_api_names_resolve():
 
 def test_shipped_weights_load_exactly():
     """The float64 weights arrive unrounded (a float32 network loaded first would round them)."""
-    from pinn_lora.checkpoint import load_tensors
+    from pinn_lora.store.tensors import load_tensors
 
     net, _, _ = load_base("burgers")
     stored = load_tensors(ZOO_DIR / "burgers.safetensors")

@@ -5,9 +5,9 @@ import copy
 import torch
 
 from pinn_lora.methods import AttachContext, get_method
-from pinn_lora.network import build_network
-from pinn_lora.registry import get_problem
-from pinn_lora.train import residual_loss
+from pinn_lora.model.network import build_network
+from pinn_lora.core.registry import get_problem
+from pinn_lora.training.trainer import residual_loss
 
 
 def setup(problem="burgers", method="lora", layers=(2, 8, 8, 1), **opts):

@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from pinn_lora._dde import deepxde
-from pinn_lora.derivatives import derivative_indices
+from pinn_lora.core.dde import deepxde
+from pinn_lora.model.derivatives import derivative_indices
 
 
 class DeepXDEDerivatives:
@@ -85,7 +85,7 @@ class DynamicsOptimizer(torch.optim.Optimizer):
     ``step(closure)`` runs the method's update rule, calling the closure as often as it needs —
     once for Adam-based methods, once per Runge–Kutta stage for ODELoRA (DeepXDE's closure zeroes
     the gradients, evaluates the loss on the same batch and back-propagates, which is exactly the
-    contract of :class:`~pinn_lora.dynamics.Dynamics`) — then the method's schedule hook (chain
+    contract of :class:`~pinn_lora.methods.dynamics.Dynamics`) — then the method's schedule hook (chain
     merges, OD-LoRA refreshes). The learning-rate schedule follows ``total_steps`` (without it the
     schedule stays at its start). After each step: ``last_loss`` (at the step's start),
     ``last_grad_norm``, ``evaluations`` and ``steps``."""
@@ -110,7 +110,7 @@ class DynamicsOptimizer(torch.optim.Optimizer):
         return self.dynamics.lr
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
-        from pinn_lora.train import _norm
+        from pinn_lora.training.trainer import _norm
 
         if closure is None:
             raise RuntimeError(f"{self.method.name}'s dynamics evaluate the loss themselves: call step(closure) "
@@ -159,7 +159,7 @@ def _callback_base() -> type:
 
 
 class MonitorCallback:
-    """pinn_lora monitors (:mod:`pinn_lora.monitors`) as a DeepXDE callback:
+    """pinn_lora monitors (:mod:`pinn_lora.training.monitors`) as a DeepXDE callback:
     ``model.train(..., callbacks=[MonitorCallback([UpdateNorm(), Stability(), MetricsWriter(path)], problem)])``.
 
     Each training step becomes one record (``step``, ``phase``, ``loss``, ``grad_norm``, ``lr``,
@@ -170,7 +170,7 @@ class MonitorCallback:
     ``"diverged"`` with a message naming the step. ``history`` holds the records afterwards."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "MonitorCallback":
-        # DeepXDE's Callback base is only importable once deepxde is configured (pinn_lora._dde)
+        # DeepXDE's Callback base is only importable once deepxde is configured (pinn_lora.core.dde)
         if not issubclass(cls, _callback_base()):
             cls = type(cls.__name__, (cls, _callback_base()), {"__doc__": cls.__doc__})
         return object.__new__(cls)
@@ -181,7 +181,7 @@ class MonitorCallback:
         self.status, self.message = "completed", ""
 
     def on_train_begin(self) -> None:
-        from pinn_lora.train import History
+        from pinn_lora.training.trainer import History
 
         self.history = History()
         self._start = time.perf_counter()

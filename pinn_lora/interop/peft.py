@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pinn_lora.adapters.base import AdapterLinear
-from pinn_lora.adapters.dora import DoRALinear
-from pinn_lora.adapters.lora import LoRALinear
+from pinn_lora.model.adapters.base import AdapterLinear
+from pinn_lora.model.adapters.dora import DoRALinear
+from pinn_lora.model.adapters.lora import LoRALinear
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import LoraConfig

@@ -1,0 +1,79 @@
+"""``python -m pinn_lora.adapt problem=burgers method=odelora [overrides]``
+
+Loads the shipped base model of the problem, adapts it to the target
+coefficients with the chosen method, and writes a run directory.
+
+Bad input (an unknown name or key, a malformed override, a bad value, a missing or mismatched
+base model, an ``out=`` that holds another run, is not pinn_lora's or cannot be written) stops
+with one ``error:`` line and exit code 2 before the run directory is claimed, so it creates and
+deletes nothing; ``debug=true`` shows the traceback instead.
+
+This module is the command; the library function is :func:`pinn_lora.adapt_to`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pinn_lora.cli.common import (
+    EXIT_DIVERGED,
+    EXIT_NO_IMPROVEMENT,
+    check_group_overrides,
+    check_launcher,
+    launch,
+    prepare_run,
+    run_task,
+)
+
+def check_task_config(cfg: dict[str, Any]) -> None:
+    """What Hydra lets through but the run cannot use: a removed group (``~problem``),
+    and true/false options given something else (``plots=maybe``)."""
+    from pinn_lora.cli.common import group_options
+    from pinn_lora.runs.settings import BOOLEANS
+    from pinn_lora.runs.adapt import ConfigError
+
+    for group in ("problem", "method"):
+        if not isinstance(cfg.get(group), dict) or not isinstance(cfg[group].get("name"), str):
+            raise ConfigError(f"no {group} selected (was it removed with ~{group}?); choose one with {group}=NAME: "
+                              f"{', '.join(group_options(group))}")
+    for key in BOOLEANS:
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
+
+
+def _task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    def run(plain: dict[str, Any], run_dir: Path) -> Any:
+        from pinn_lora.runs.from_config import run_config
+
+        check_task_config(plain)
+        return run_config(plain, run_dir)
+
+    out, run_dir = run_task(cfg, run)
+    results = out if isinstance(out, list) else [out]
+    for result in results:
+        print(result.summary_line())
+    print(f"run directory: {run_dir}" + (" (one subdirectory per coefficient)" if isinstance(out, list) else ""))
+    result = results[0]
+    if result.history.status == "diverged":
+        print(f"error: diverged: {result.history.message}", file=sys.stderr)
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # in a sweep the other runs go on
+            raise SystemExit(EXIT_DIVERGED)
+    if any(r.history.status == "no_improvement" for r in results):
+        print(f"warning: no improvement: {next(r for r in results if r.history.status == 'no_improvement').history.message}",
+              file=sys.stderr)
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(EXIT_NO_IMPROVEMENT)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    check_group_overrides(argv, ("problem", "method"))
+    check_launcher(argv)
+    launch(prepare_run(argv, "adapt", resume_key=True), "adapt", _task)
+
