@@ -24,7 +24,8 @@ import torch
 from pinn_lora.methods import AttachContext, get_method
 from pinn_lora.runs.pretrain import device_name
 from pinn_lora.core.registry import get_problem
-from pinn_lora.runs.adapt import method_recommendation, recommendations
+from pinn_lora.core.recipe import Recipe
+from pinn_lora.core.registry import METHODS as REGISTERED, PROBLEMS
 from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
 from pinn_lora.store.zoo import load_base
 
@@ -41,7 +42,7 @@ DEFAULT_METHODS = ["full", "lora", "odelora", "odelora-rk4"]
 
 def time_ours(label: str, net, problem, n_points: int, steps: int, variant: str, device) -> dict:
     name, extra = METHODS[label]
-    rec = method_recommendation(recommendations("burgers"), name)
+    rec = Recipe.for_family(PROBLEMS.get("burgers")).adapt.method_options(name, REGISTERED.get(name).defaults)
     method = get_method(name, **{**rec, **extra})
     probe = torch.as_tensor(problem.sample(n_points, seed=3), dtype=torch.float64, device=device)
     model = method.attach(copy.deepcopy(net), AttachContext(problem, lambda m: residual_loss(problem, m, probe), 0))

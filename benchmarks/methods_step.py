@@ -33,7 +33,8 @@ import torch
 from pinn_lora.methods import AttachContext, get_method, trainable_parameters
 from pinn_lora.runs.pretrain import device_name
 from pinn_lora.core.registry import METHODS, get_problem
-from pinn_lora.runs.adapt import method_recommendation, recommendations
+from pinn_lora.core.recipe import Recipe
+from pinn_lora.core.registry import PROBLEMS
 from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
 from pinn_lora.store.zoo import load_base
 
@@ -69,7 +70,7 @@ def state_bytes(model: torch.nn.Module, dynamics: Any) -> int:
 def measure(name: str, device: torch.device, n_points: int, steps: int, warmup: int) -> dict[str, Any]:
     problem = get_problem("burgers").default_target()
     net, _, _ = load_base("burgers", device=device)
-    rec = method_recommendation(recommendations("burgers"), name)
+    rec = Recipe.for_family(PROBLEMS.get("burgers")).adapt.method_options(name, METHODS.get(name).defaults)
     method = get_method(name, **rec)
     points = torch.as_tensor(problem.sample(n_points, seed=1), device=device)
 

@@ -25,7 +25,8 @@ import torch
 
 from pinn_lora.core.registry import get_problem
 from pinn_lora.core.runtime import device_name
-from pinn_lora.runs.adapt import recommendations
+from pinn_lora.core.recipe import Recipe
+from pinn_lora.core.registry import PROBLEMS
 from time_to_accuracy import ours
 
 RESULTS = Path(__file__).parent / "results"
@@ -52,7 +53,7 @@ def main() -> None:
         seen.add(key)
         both = {a["method"]: a for a in adapters if (a["family"], json.dumps(a["coefficients"], sort_keys=True)) == key}
         wall = args.scale * max(a["wall_s"] for a in both.values())
-        first = {**recommendations(r["family"]), **recommendations(r["family"]).get("first_order", {})}
+        first = Recipe.for_family(PROBLEMS.get(r["family"])).adapt.for_solver("method")
         factor = max(1.0, wall / own[key]["wall_s"]) if key in own else 1.0
         steps, lbfgs = math.ceil(first["steps"] * factor), math.ceil(first["lbfgs_steps"] * factor)
         prob = get_problem(r["family"], **r["coefficients"])

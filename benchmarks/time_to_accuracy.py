@@ -33,7 +33,8 @@ import torch
 from pinn_lora import adapt_to
 from pinn_lora.runs.pretrain import device_name
 from pinn_lora.core.registry import get_problem
-from pinn_lora.runs.adapt import recommendations
+from pinn_lora.core.recipe import Recipe
+from pinn_lora.core.registry import PROBLEMS
 from pinn_lora.store.zoo import load_base
 
 FAMILIES = ("burgers", "allen_cahn", "helmholtz")
@@ -86,7 +87,7 @@ def deepxde_route(family: str, cap: float, adam: int = 20000, lbfgs: int = 20000
     if device != "cpu":  # DeepXDE's torch backend puts its tensors on torch's default device
         torch.set_default_device(device)
     net, _, _ = load_base(family, dtype=torch.float64, device=torch.device(device))
-    n_points = recommendations(family).get("n_points", 4000)
+    n_points = Recipe.for_family(PROBLEMS.get(family)).adapt.n_points
     data = dde.data.PDE(prob.geometry(), deepxde_pde(prob), [], num_domain=n_points, num_boundary=0,
                         train_distribution="pseudo")
     fnn = to_deepxde(net)

@@ -28,7 +28,8 @@ from pinn_lora.methods import AttachContext, get_method
 from pinn_lora.model.network import to_deepxde
 from pinn_lora.runs.pretrain import device_name
 from pinn_lora.core.registry import get_problem
-from pinn_lora.runs.adapt import method_recommendation, recommendations
+from pinn_lora.core.recipe import Recipe
+from pinn_lora.core.registry import METHODS, PROBLEMS
 from pinn_lora.training.trainer import TrainConfig, Trainer, residual_loss
 from pinn_lora.store.zoo import load_base
 
@@ -50,7 +51,7 @@ def time_deepxde(net, problem, n_points: int, steps: int) -> float:
 
 def time_ours(name: str, net, problem, n_points: int, steps: int) -> float:
     net = copy.deepcopy(net)
-    rec = method_recommendation(recommendations("burgers"), name)
+    rec = Recipe.for_family(PROBLEMS.get("burgers")).adapt.method_options(name, METHODS.get(name).defaults)
     method = get_method(name, **{**rec, **({"lr": 1e-3, "schedule": "constant"} if name == "full" else {})})
     probe = torch.as_tensor(problem.sample(n_points, seed=3), dtype=torch.float64)
     model = method.attach(net, AttachContext(problem, lambda m: residual_loss(problem, m, probe), seed=0))

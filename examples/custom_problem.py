@@ -30,8 +30,8 @@ package makes it available by name (``pinn_lora.get_problem("heat")``, ``load_ba
     heat = "mypackage.heat:Heat"
 
 and then, once that package is installed, from the command line too, with nothing added to pinn_lora's
-files (its config is built from the class: ``problem.kappa=...`` sets the coefficient, ``recommended`` below
-gives the options a method leaves out). pinn_lora ships no base model for it: give the one saved here with
+files (its config is built from the class: ``problem.kappa=...`` sets the coefficient, ``recipe`` below
+says what its runs do differently from the package's recipe). pinn_lora ships no base model for it: give the one saved here with
 ``base=``:
 
     python -m pinn_lora.adapt problem=heat method=lora base=out/heat_base problem.kappa=0.3
@@ -61,10 +61,9 @@ class Heat(Problem):
     target = {"kappa": 0.4}  # default adaptation target
     eval_points = (101, 101)  # evaluation grid (x, t)
     network = {"layers": [2, 32, 32, 32, 1], "activation": "tanh"}
-    # what a run recommends where the method's config leaves an option null (the keys of configs/problem/*.yaml's
-    # adapt section; left out: first-order steps of the method's own dynamics, 1000 steps on 2000 points)
-    recommended = {"method": {"default": {"lr": 3e-3},
-                              "odelora": {"lr": 1e-2, "precondition": "rmsprop", "schedule": "cosine"}}}
+    # what its runs do differently from the package's recipe (pinn_lora.core.recipe; left out: exactly the
+    # package's, the same as the shipped families get): here only ODELoRA's options on first-order steps
+    recipe = {"method": {"odelora": {"lr": 1e-2, "precondition": "rmsprop", "schedule": "cosine"}}}
 
     def geometry(self):
         return geometry_xt(self.lower, self.upper)
@@ -131,8 +130,8 @@ def main() -> None:
     assert gap < 1e-6, f"the loaded base computes something else (max. difference {gap:.1e})"
     assert abs(source.relative_l2(loaded) - card["relative_l2"]) < 1e-6
 
-    # 2. adapt it to kappa = 0.4, each method with the options Heat.recommended gives it
-    budget = {"steps": 30, "n_points": 300} if fast else {"steps": 1000, "n_points": 2000}
+    # 2. adapt it to kappa = 0.4 with the package's recipe (second-order steps, adaptive points, continuation)
+    budget = {"steps": 3, "n_points": 300} if fast else {"steps": 20}
     points = torch.tensor(target.sample(2000, seed=123))
     base_loss = residual_loss(target, loaded, points).item()
     results = {}

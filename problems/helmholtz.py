@@ -36,6 +36,11 @@ class Helmholtz(Problem):
     target = {"k": 3.0}
     eval_points = (201, 201)
     network = {"layers": [2, 64, 64, 64, 1], "activation": "sin"}
+    # what differs from the package's recipe (pinn_lora.core.recipe): the first-order path's budget and
+    # ODELoRA's explicit steps there, and a shorter pretraining
+    recipe = {"first_order": {"steps": 1000, "n_points": 2000, "lbfgs_steps": 0},
+              "method": {"odelora": {"lr": 0.1, "precondition": "none"}},
+              "pretrain": {"steps": 8000, "n_points": 2000, "lbfgs_steps": 1500, "lbfgs_points": 4000}}
     modes: tuple[tuple[int, int], ...] = ((1, 1), (1, 2))
 
     def __init__(self, modes=None, **coefficients) -> None:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from pinn_lora.cli.common import config_dir, group_options, hydra_context
 from pinn_lora.methods import get_method
 from pinn_lora.core.registry import METHODS, PROBLEMS
-from pinn_lora.runs.adapt import method_recommendation
+from pinn_lora.core.recipe import Recipe
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -86,13 +86,14 @@ def test_every_config_composes_and_takes_the_method_defaults():
         for prob in PROBLEMS.names():
             cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}"]))
             assert cfg["problem"]["name"] == prob
-            sections[prob] = cfg["problem"]["adapt"]
+            assert "adapt" not in cfg["problem"] and "pretrain" not in cfg["problem"]  # the recipe: the class's
+            sections[prob] = Recipe.for_family(PROBLEMS.get(prob)).adapt
         for meth in METHODS.names():
             cfg = OmegaConf.to_container(compose("adapt", [f"method={meth}"]))
             assert cfg["method"]["name"] == meth
     for prob, section in sections.items():
         for meth in METHODS.names():
-            rec = method_recommendation(section, meth)
+            rec = section.method_options(meth, METHODS.get(meth).defaults)
             assert "lr" in rec, (prob, meth)
             get_method(meth, **rec)  # recommendations are valid options
     for meth in METHODS.names():
@@ -233,8 +234,11 @@ def _example_family():
 
 def test_a_family_without_a_yaml_gets_its_node_from_the_class():
     heat = _example_family()
-    assert heat.config_node() == {"name": "heat", "kappa": None, "adapt": heat.recommended}
-    assert method_recommendation(heat.config_node()["adapt"], "lora") == {"lr": 3e-3}
+    assert heat.config_node() == {"name": "heat", "kappa": None}
+    recipe = Recipe.for_family(heat)
+    assert recipe.adapt.method_options("lora") == {"lr": 3e-3}  # the package's recommendation
+    assert recipe.adapt.method_options("odelora")["lr"] == 1e-2  # the class's override
+    assert recipe.adapt.solver == "lm" and recipe.adapt.lm_mu == 0.01 and recipe.adapt.sampling == "rad"
 
 
 def test_a_family_without_a_shipped_base_asks_for_base(tmp_path, monkeypatch):

@@ -280,15 +280,17 @@ def test_configs_have_the_keys_the_code_reads():
     needed = {k for k in _keys_read(pretrain.run_config, "recipe") if f'recipe["{k}"]' in
               inspect.getsource(pretrain.run_config)}
     assert {"layers", "activation", "lr", "n_points", "resample_every", "steps"} <= needed
+    from pinn_lora.runs.pretrain import pretraining_recipe
+
+    assert needed <= set(pretraining_recipe("burgers", {})), needed  # the recipe gives every key it reads
     for name in group_options("problem"):
         pcfg = yaml.safe_load((root / "problem" / f"{name}.yaml").read_text())
         cls = PROBLEMS.get(name)
         coefficients = {c.name for c in cls.coefficient_specs}
         assert pcfg["name"] == name
         assert coefficients <= set(pcfg), (name, coefficients - set(pcfg))  # problem.<c>=... can be given
-        assert set(pcfg) - coefficients <= {"name", "adapt", "pretrain", "modes"}, name
-        assert needed <= set(pcfg["pretrain"]), (name, needed - set(pcfg["pretrain"]))
-        assert set(pcfg["adapt"]["method"]) <= {"default", *METHODS.names()}, name  # one default, exceptions
+        assert set(pcfg) - coefficients <= {"name", "modes"}, name  # the recipe is the class's, not the YAML's
+        validate_config_file(root / "problem" / f"{name}.yaml", root)
     assert group_options("problem") == PROBLEMS.names()
 
 
@@ -296,8 +298,11 @@ def test_a_broken_config_file_is_named(tmp_path):
     root = tmp_path / "configs"
     (root / "problem").mkdir(parents=True)
     bad = root / "problem" / "x.yaml"
-    bad.write_text("name: x\nadapt: {steps: -1, n_points: 10, method: {}}\npretrain: {}\n")
-    with pytest.raises(SchemaError, match=r"config .*x.yaml: key 'adapt.steps' is -1; expected an integer >= 0"):
+    bad.write_text("name: x\nnu: abc\n")
+    with pytest.raises(SchemaError, match=r"config .*x.yaml: key 'nu' is 'abc'; expected a finite number or null"):
+        validate_config_file(bad, root)
+    bad.write_text("name: x\nadapt: {steps: 3}\n")  # a recipe belongs to the family class: refused, not ignored
+    with pytest.raises(SchemaError, match=r"config .*x.yaml: key 'adapt' is not an allowed key"):
         validate_config_file(bad, root)
     bad.write_text("name: [unclosed\n")
     with pytest.raises(SchemaError, match=r"config .*x.yaml is not valid YAML"):

@@ -44,7 +44,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
                             anchors=cfg.get("anchors", 5), tol=cfg.get("tol", 0.0),
                             warm_start=bool(cfg.get("warm_start", False)),
                             interpolate=cfg.get("interpolate", "auto"),
-                            recommended=pcfg.get("adapt") or {}, **common, **given, **options)
+                            recommended=pcfg.get("adapt"), **common, **given, **options)
 
 
 def _task(cfg: Any) -> None:

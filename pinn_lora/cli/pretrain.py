@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pinn_lora.runs.pretrain import RECIPE_KEYS, pretrain_base
+from pinn_lora.runs.pretrain import RECIPE_KEYS, pretrain_base, pretraining_recipe
 from pinn_lora.training.trainer import TrainConfig
 
 def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -18,17 +18,9 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
 
     check_strings(cfg, ("device", "dtype", "init_from"))
     pcfg = cfg["problem"]
-    if not pcfg.get("pretrain"):  # a plugin's family: pinn_lora ships no configs/problem/<name>.yaml with a recipe
-        from pinn_lora.runs.adapt import ConfigError
-
-        raise ConfigError(f"problem {pcfg['name']!r} has no pretraining recipe here (no configs/problem/"
-                          f"{pcfg['name']}.yaml); pretrain it with pinn_lora.pretrain_base (examples/custom_problem.py)")
-    recipe = dict(pcfg["pretrain"])
-    for key in RECIPE_KEYS:
-        if cfg.get(key) is not None:
-            recipe[key] = cfg[key]
+    recipe = pretraining_recipe(pcfg["name"], {k: cfg[k] for k in RECIPE_KEYS if cfg.get(k) is not None})
     check_strings(recipe, ("solver", "sampling"))
-    check_ints({"steps": recipe["steps"], "lbfgs_steps": recipe.get("lbfgs_steps", 0), "n_points": recipe["n_points"],
+    check_ints({"steps": recipe["steps"], "lbfgs_steps": recipe["lbfgs_steps"], "n_points": recipe["n_points"],
                 "resample_every": recipe["resample_every"], "seed": cfg.get("seed", 0),
                 "checkpoint_every": cfg.get("checkpoint_every", 0)})  # the bounds of adapt's keys of these names
     resume = cfg.get("resume", False) is True
@@ -38,16 +30,16 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
         raise ConfigError(f"resume: the pretraining in {run_dir} finished; its base model is "
                           f"{run_dir / 'base.safetensors'} (nothing to resume)")
     problem = problem_from_config(pcfg, "pretrain")
-    solver = recipe.get("solver", "method")
+    solver = recipe["solver"]
     try:
         train = TrainConfig(
             steps=recipe["steps"], n_points=recipe["n_points"], resample_every=recipe["resample_every"],
             # causal weights are for first-order steps; the second-order step works on the plain residual
-            causal_eps=0.0 if solver == "lm" else recipe.get("causal_eps", 0.0), lbfgs_steps=recipe.get("lbfgs_steps", 0),
-            lbfgs_points=recipe.get("lbfgs_points", 0), eval_every=recipe.get("eval_every", 500),
+            causal_eps=0.0 if solver == "lm" else recipe["causal_eps"], lbfgs_steps=recipe["lbfgs_steps"],
+            lbfgs_points=recipe["lbfgs_points"], eval_every=recipe["eval_every"],
             seed=cfg.get("seed", 0), progress=bool(cfg.get("progress", True)),
             checkpoint_every=cfg.get("checkpoint_every", 0), solver=solver,
-            sampling=recipe.get("sampling", "uniform"), lm_mu=recipe.get("lm_mu", TrainConfig.lm_mu))
+            sampling=recipe["sampling"], lm_mu=recipe["lm_mu"])
     except ValueError as exc:
         from pinn_lora.runs.adapt import ConfigError
 
@@ -55,8 +47,8 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
     device, dtype = resolve_device(cfg.get("device", "auto")), resolve_dtype(cfg.get("dtype", "float64"))
     with rundir.claim(run_dir, resume=resume):
         return pretrain_base(problem, layers=list(recipe["layers"]), activation=recipe["activation"], train=train,
-                             lr=recipe["lr"], schedule=recipe.get("schedule", "cosine"),
-                             final_ratio=recipe.get("final_ratio", 0.01), out=run_dir / "base",
+                             lr=recipe["lr"], schedule=recipe["schedule"],
+                             final_ratio=recipe["final_ratio"], out=run_dir / "base",
                              init_from=cfg.get("init_from"), device=device, dtype=dtype,
                              checkpoint=run_dir / "checkpoint.safetensors", resume=resume)
 

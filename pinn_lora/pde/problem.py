@@ -92,9 +92,10 @@ class Problem:
     target: ClassVar[dict[str, float]]  # default adaptation target
     eval_points: ClassVar[tuple[int, ...]]  # evaluation grid size per variable
     network: ClassVar[dict[str, Any]]  # default architecture of the base model
-    # what `python -m pinn_lora.adapt problem=<name>` and adapt_to recommend for a family that pinn_lora ships no
-    # configs/problem/<name>.yaml for (a plugin's): the keys of that file's adapt section; {} takes adapt_to's defaults
-    recommended: ClassVar[dict[str, Any]] = {}
+    # what this family's runs do differently from the package's recipe (pinn_lora.core.recipe): adaptation
+    # settings at the top level ("sampling": "uniform", "first_order": {...}, "method": {name: {...}}) and
+    # "pretrain": {...}; {} (the default): exactly the package's recipe
+    recipe: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **coefficients: Any) -> None:
         specs = {c.name: c for c in self.coefficient_specs}
@@ -113,10 +114,9 @@ class Problem:
     @classmethod
     def config_node(cls, name: str | None = None) -> dict[str, Any]:
         """The family's node in Hydra's ``problem`` group when pinn_lora ships no YAML for it (a plugin's family):
-        every coefficient null (the default target, ``problem.<coefficient>=...`` to change it) and
-        ``recommended`` as its ``adapt`` section."""
-        return {"name": name or cls.name, **{c.name: None for c in cls.coefficient_specs},
-                "adapt": dict(cls.recommended)}
+        every coefficient null (the default target, ``problem.<coefficient>=...`` to change it). Its recipe is
+        the class's (:meth:`pinn_lora.core.recipe.Recipe.for_family`), as for a shipped family."""
+        return {"name": name or cls.name, **{c.name: None for c in cls.coefficient_specs}}
 
     # ---- hooks for subclasses -------------------------------------------------
     def validate(self) -> None:

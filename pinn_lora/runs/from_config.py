@@ -12,7 +12,7 @@ from pinn_lora.runs.settings import LIBRARY, LOOP_OPTIONS
 
 def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResult | list[AdaptResult]:
     """Run one adaptation from a composed (plain dict) config; values left null
-    take the problem config's ``adapt`` recommendations, keys left out :class:`~pinn_lora.runs.settings.AdaptConfig`'s
+    take the family's recipe (:mod:`pinn_lora.core.recipe`), keys left out :class:`~pinn_lora.runs.settings.AdaptConfig`'s
     defaults. A list for one coefficient (``problem.nu=[0.005,0.01]``) runs them all in one batched run
     (:mod:`pinn_lora.runs.many`; no L-BFGS finish; the keyword arguments it takes) and returns one result per value."""
     check_strings(cfg, ("device", "dtype", "base", "sampler", "derivatives"))
@@ -21,7 +21,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: str | Path | None) -> AdaptResul
     given = {k: cfg.get(k, default) for k, default in LIBRARY.items()}  # the library's settings, by name
     kwargs = {k: bool(v) if isinstance(LIBRARY[k], bool) else v  # true/false keys (checked by the CLI)
               for k, v in given.items() if k not in LOOP_OPTIONS and k != "base"}
-    kwargs.update(recommended=pcfg.get("adapt") or {}, run_dir=run_dir,
+    kwargs.update(recommended=pcfg.get("adapt"), run_dir=run_dir,  # None: the family's recipe
                   loop_options={k: given[k] for k in LOOP_OPTIONS if given[k] is not None})
     lists = [k for k, v in pcfg.items() if isinstance(v, (list, tuple)) and k not in ("modes", "adapt", "pretrain")]
     if lists:  # problem.nu=[0.005,0.01]: one batched run over the coefficients

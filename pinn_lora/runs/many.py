@@ -24,7 +24,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from pinn_lora.runs.resolve import (ConfigError, check_budget, method_with_options, recipe_of, resolve_base,
+                                    resolve_device, resolve_dtype, resolve_settings)
 from pinn_lora.runs.settings import DEFAULTS
+from pinn_lora.store import rundir
 from pinn_lora.model.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
 from pinn_lora.model.jacobian import weight_with
 from pinn_lora.core.runtime import own_rng
@@ -237,16 +240,51 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
                cuda_graph: bool | str = DEFAULTS.cuda_graph, sync_every: int = DEFAULTS.sync_every,
                recommended: dict | None = None, **method_options: Any) -> list:
     """Adapt one base model to each of ``problems`` (the same family, other coefficients) in one
-    batched run; returns one :class:`~pinn_lora.runs.adapt.AdaptResult` per problem (and, with
+    batched run; returns one :class:`~pinn_lora.runs.result.AdaptResult` per problem (and, with
     ``run_dir``, writes one run directory per problem under it: ``<k>_<coefficients>/``). The keyword
-    defaults are :class:`pinn_lora.runs.settings.AdaptConfig`'s."""
-    from pinn_lora.store import rundir
-    from pinn_lora.runs.adapter_io import attach, layer_sizes
-    from pinn_lora.model.memory import check_points
-    from pinn_lora.methods import get_method, trainable_parameters
-    from pinn_lora.runs.adapt import (AdaptResult, ConfigError, check_ints, method_recommendation, recommendations,
-                                   resolve_base, resolve_device, resolve_dtype)
+    defaults are :class:`pinn_lora.runs.settings.AdaptConfig`'s; settings left None take the family's recipe
+    for first-order steps (``solver=method``: the copies take the method's own dynamics)."""
+    check_batch_request(problems, lbfgs_steps, run_dir)
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dt = resolve_dtype(dtype)
+    given = {"steps": steps, "n_points": n_points, "resample_every": resample_every, "eval_every": eval_every,
+             "seed": seed, "sync_every": sync_every}
+    resolved = resolve_settings(problems[0], method, given, recommended=recommended, method_options=method_options,
+                                solver="method")
+    s = resolved.settings
+    net0, card = resolve_base(base, problems[0], dt, dev)
+    check_budget(net0, s, resolved.loop, 0, dt, dev, copies=len(problems))
+    cfg = TrainConfig(steps=s["steps"], n_points=s["n_points"], resample_every=s["resample_every"],
+                      eval_every=s["eval_every"], seed=seed, progress=progress, sampler=sampler, derivatives="jets",
+                      cuda_graph=cuda_graph, sync_every=sync_every)
+    copies = [_attach_copy(net0, card, prob, method, problems[0], recommended, method_options, s, dt, dev)
+              for prob in problems]
+    methods, models = [c["method"] for c in copies], [c["model"] for c in copies]
+    if getattr(methods[0], "scheme", None) in ("bs23", "dopri5"):
+        raise ConfigError(f"adapt_many: scheme {methods[0].scheme} chooses one step size for all copies; "
+                          "use a fixed-step scheme (euler, heun, midpoint, rk4)")
+    stacked = Stacked(models)
+    trainer = BatchTrainer(problems, stacked, methods[0].dynamics(stacked), cfg, after_step=_hooks(methods, models))
+    claim = rundir.claim(run_dir) if run_dir is not None else rundir.UNCLAIMED
+    claim.guard(trainer.run)
+    settings = {"steps": s["steps"], "n_points": s["n_points"], "resample_every": s["resample_every"],
+                "eval_every": s["eval_every"], "derivatives": "jets", "cuda_graph": trainer.graph_captured,
+                "dtype": dtype, "flattened": trainer.flattened or trainer.why_not_flat}
+    results = []
+    for k, (prob, copy_, hist) in enumerate(zip(problems, copies, trainer.split())):
+        res = _judge_copy(prob, copy_, hist, card, {"batch": {"index": k, "size": len(problems)}, "seed": seed,
+                                                    "settings": settings})
+        if run_dir is not None:
+            label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
+            sub = Path(run_dir) / f"{k:02d}_{label}"  # new, inside the directory this run claimed
+            claim.guard(_write_member, sub, res, copy_["model"], prob, hist, plots)
+        results.append(res)
+    claim.release()
+    return results
 
+
+def check_batch_request(problems: Sequence[Any], lbfgs_steps: int | None, run_dir: str | Path | None) -> None:
+    """Refuse a batch that cannot run: no problems, several families, an L-BFGS finish, a taken run directory."""
     if not problems:
         raise ConfigError("adapt_many: no problems given")
     fam = {p.name for p in problems}
@@ -256,71 +294,49 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
         raise ConfigError("adapt_many: an L-BFGS finish would couple the copies (one line search); use lbfgs_steps=0")
     if run_dir is not None:  # refused now; claimed once the input is known to be good
         rundir.check(run_dir)
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    dt = resolve_dtype(dtype)
-    prob0 = problems[0]
-    rec = recommendations(prob0.name) if recommended is None else recommended
-    rec = {**rec, **(rec.get("first_order") or {})}  # batched copies take first-order steps
-    steps = rec.get("steps", 1000) if steps is None else steps
-    n_points = rec.get("n_points", 2000) if n_points is None else n_points
-    resample_every = rec.get("resample_every", 100) if resample_every is None else resample_every
-    check_ints({"steps": steps, "n_points": n_points, "eval_every": eval_every, "seed": seed, "sync_every": sync_every})
-    options = {**method_recommendation(rec, method), **method_options}
-    net0, card = resolve_base(base, prob0, dt, dev)
-    if getattr(net0, "linears", None):  # every copy's activations at once
-        check_points(n_points, layer_sizes(net0), dt, dev, error=ConfigError, pool=len(problems),
-                     times=f"x {len(problems)} coefficients in one batched run")
-    cfg = TrainConfig(steps=steps, n_points=n_points, resample_every=resample_every, eval_every=eval_every, seed=seed,
-                      progress=progress, sampler=sampler, derivatives="jets", cuda_graph=cuda_graph,
-                      sync_every=sync_every)
-    methods, models, base_errors = [], [], []
-    val_points, val_base = [], []  # the reference-free verdict of each copy (pinn_lora.training.verdict)
-    for prob in problems:
-        torch.manual_seed(seed)
-        meth = get_method(method, **options)
-        net = copy.deepcopy(net0)
-        net.apply_output_transform(prob.output_transform)
-        base_errors.append(prob.relative_l2(net))
-        val_points.append(validation_points(prob, dtype=dt, device=dev))
-        val_base.append(validation_residual(prob, net, val_points[-1]))
-        models.append(attach(net, meth, prob, seed=seed, n_points=n_points, base_card=card))
-        methods.append(meth)
-    if getattr(methods[0], "scheme", None) in ("bs23", "dopri5"):
-        raise ConfigError(f"adapt_many: scheme {methods[0].scheme} chooses one step size for all copies; "
-                          "use a fixed-step scheme (euler, heun, midpoint, rk4)")
-    stacked = Stacked(models)
-    dynamics = methods[0].dynamics(stacked)
-    hooked = methods[0].step_hook() is not None
+
+
+def _attach_copy(net0: nn.Module, card: dict, prob: Any, method: str, first: Any, recommended: Any,
+                 options: Any, s: dict, dt: torch.dtype, dev: torch.device) -> dict[str, Any]:
+    """One copy: its own method instance (seed-derived factors, as a separate run draws them), the base with
+    the copy's output transform, its base error and the verdict's validation set."""
+    from pinn_lora.runs.adapter_io import attach
+
+    torch.manual_seed(s["seed"])
+    meth = method_with_options(method, recipe_of(first, recommended), options)
+    net = copy.deepcopy(net0)
+    net.apply_output_transform(prob.output_transform)
+    base_error = prob.relative_l2(net)
+    points = validation_points(prob, dtype=dt, device=dev)
+    val_base = validation_residual(prob, net, points)
+    model = attach(net, meth, prob, seed=s["seed"], n_points=s["n_points"], base_card=card)
+    return {"method": meth, "model": model, "base_error": base_error, "points": points, "val_base": val_base}
+
+
+def _hooks(methods: Sequence[Any], models: Sequence[nn.Module]) -> Callable | None:
+    """Every copy's ``after_step`` in one hook (None when the method has none)."""
+    if methods[0].step_hook() is None:
+        return None
 
     def after_step(step: int, model: nn.Module, dyn: Any) -> None:
         for meth, m in zip(methods, models):
             meth.after_step(step, m, dyn)
 
     after_step.in_place = methods[0].hook_in_place  # type: ignore[attr-defined]
+    return after_step
 
-    trainer = BatchTrainer(problems, stacked, dynamics, cfg, after_step=after_step if hooked else None)
-    claim = rundir.claim(run_dir) if run_dir is not None else rundir.UNCLAIMED
-    claim.guard(trainer.run)
-    results = []
-    for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):
-        err = hist.last("rel_l2")
-        val = validation_residual(prob, m, val_points[k])
-        judge(hist, val_base[k], val, val_points[k].shape[0])
-        res = AdaptResult(prob, meth, m, hist, base_errors[k], float(err if err is not None else base_errors[k]),
-                          trainable_parameters(m), card, extra={
-                              "batch": {"index": k, "size": len(problems)}, "seed": seed,
-                              "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
-                                           "eval_every": eval_every, "derivatives": "jets",
-                                           "cuda_graph": trainer.graph_captured, "dtype": dtype,
-                                           "flattened": trainer.flattened or trainer.why_not_flat}},
-                          validation_base=val_base[k], validation=val)
-        if run_dir is not None:
-            label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
-            sub = Path(run_dir) / f"{k:02d}_{label}"  # new, inside the directory this run claimed
-            claim.guard(_write_member, sub, res, m, prob, hist, plots)
-        results.append(res)
-    claim.release()
-    return results
+
+def _judge_copy(prob: Any, c: dict[str, Any], hist: History, card: dict, extra: dict) -> Any:
+    """One copy's result, judged on its own validation set."""
+    from pinn_lora.methods import trainable_parameters
+    from pinn_lora.runs.result import AdaptResult
+
+    err = hist.last("rel_l2")
+    val = validation_residual(prob, c["model"], c["points"])
+    judge(hist, c["val_base"], val, c["points"].shape[0])
+    return AdaptResult(prob, c["method"], c["model"], hist, c["base_error"],
+                       float(err if err is not None else c["base_error"]), trainable_parameters(c["model"]), card,
+                       extra=extra, validation_base=c["val_base"], validation=val)
 
 
 def _write_member(sub: Path, res: Any, model: nn.Module, problem: Any, hist: History, plots: bool) -> None:

@@ -97,4 +97,20 @@ def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: Tr
     return net, card
 
 
+def pretraining_recipe(family: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The pretraining settings of ``family``: its recipe's (:class:`pinn_lora.core.recipe.Pretraining`: the
+    package's with the family's overrides; the network: the family's ``network``), with ``given`` over them."""
+    from dataclasses import asdict
+
+    from pinn_lora.core.registry import PROBLEMS
+    from pinn_lora.runs.resolve import recipe_of
+
+    cls = PROBLEMS.get(family)
+    recipe = asdict(recipe_of(cls).pretrain)
+    network = getattr(cls, "network", None) or {}
+    recipe["layers"] = recipe["layers"] or network.get("layers") or [len(cls.variables), 64, 64, 64, 1]
+    recipe["activation"] = recipe["activation"] or network.get("activation") or "tanh"
+    return {**recipe, **given}
+
+
 RECIPE_KEYS = ("steps", "lbfgs_steps", "n_points", "resample_every", "solver", "sampling", "lm_mu")  # pretrain.yaml

@@ -1,92 +1,86 @@
-"""The settings of one adaptation, declared once: :class:`AdaptConfig` holds every top-level key of
-``configs/adapt.yaml`` with its default. Hydra's ConfigStore holds it as that file's schema
-(``adapt_schema``, first in its defaults list), so the YAML keeps only the groups, ``out`` and
-Hydra's settings, and a YAML key the schema lacks is refused when the config is composed.
+"""The settings of one adaptation on the command line: :class:`AdaptConfig` holds every top-level key of
+``configs/adapt.yaml`` with its default. The recipe's settings (steps, points, solver, sampling, damping …:
+:mod:`pinn_lora.core.recipe`) are its keys with the default null, "the family's recipe"; the run's own options
+(seed, device, out …) are declared here. Hydra's ConfigStore holds it as that file's schema (``adapt_schema``,
+first in its defaults list), so the YAML keeps only the groups, ``out`` and Hydra's settings, and a YAML key the
+schema lacks is refused when the config is composed.
 
-:func:`pinn_lora.adapt_to`'s and :func:`pinn_lora.runs.many.adapt_many`'s keyword defaults are these
-fields' defaults, and :func:`pinn_lora.runs.adapt.run_config` passes the fields on by name. Each field's
-metadata says where the value goes: ``minimum`` (an integer key's lower bound, checked by
-:func:`pinn_lora.runs.adapt.check_ints`), ``loop`` (a :class:`~pinn_lora.training.trainer.TrainConfig` option passed in
-``loop_options``), ``compared`` (a resumed run must have the same value: part of the checkpoint's
-settings), ``recorded`` (written to ``summary.json``'s ``settings``) and ``command`` (the command line's
-own: not passed to the library).
+:func:`pinn_lora.adapt_to`'s and :func:`pinn_lora.adapt_many`'s keyword defaults are these fields' defaults,
+and :func:`pinn_lora.runs.from_config.run_config` passes the fields on by name. Each field's metadata says where
+the value goes: ``minimum`` (an integer key's lower bound, checked by :func:`pinn_lora.runs.resolve.check_ints`),
+``loop`` (a :class:`~pinn_lora.training.trainer.TrainConfig` option passed in ``loop_options``), ``compared`` (a
+resumed run must have the same value: part of the checkpoint's settings), ``recorded`` (written to
+``summary.json``'s ``settings``), ``command`` (the command line's own: not passed to the library) and ``help``.
 
 The fields are typed ``Any`` on purpose: Hydra's typed nodes would convert ``plots=yes`` to true and
 ``steps=3.0`` to 3, and answer ``steps=abc`` with their own multi-line message; the run's checks give one
 ``error:`` line naming the key and what is allowed (``steps='abc' must be an integer >= 0``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields, make_dataclass
 from typing import Any
 
 from omegaconf import MISSING
 
+from pinn_lora.core import recipe as _recipe
 from pinn_lora.training.trainer import TrainConfig
 
-LOOP = TrainConfig  # the loop's defaults (eval_every, sampler, derivatives ...) live there
+LOOP = TrainConfig  # the loop's own defaults (eval_every, sampler, derivatives ...) live there
 
 
-def key(default: Any, *, minimum: int | None = None, loop: bool = False, compared: bool = False,
+def key(default: Any, help: str = "", *, minimum: int | None = None, loop: bool = False, compared: bool = False,
         recorded: bool = False, command: bool = False) -> Any:
     """A field of :class:`AdaptConfig` with its role (module docstring)."""
-    meta = {"loop": loop, "compared": compared or loop, "recorded": recorded or loop, "command": command}
+    meta = {"loop": loop, "compared": compared or loop, "recorded": recorded or loop, "command": command,
+            "help": help}
     if minimum is not None:
         meta["minimum"] = minimum
     return field(default=default, metadata=meta)
 
 
-RUN = {"compared": True, "recorded": True}  # a loop setting: the same on resume, written to summary.json
+RUN = {"compared": True, "recorded": True}  # a setting of the run: the same on resume, written to summary.json
+
+# the run's own options (not the recipe's), in --help's order
+RUN_OPTIONS = [
+    ("seed", key(LOOP.seed, "initial factors, collocation points; below 2**31", minimum=0, compared=True)),
+    ("device", key("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")),
+    ("dtype", key("float64", "float64 | float32", **RUN)),
+    ("base", key(None, "null: the problem's shipped base model; or a saved base's path (no suffix)", recorded=True)),
+    ("eval_every", key(LOOP.eval_every, "steps between relative-L2 evaluations (reference)", minimum=1, **RUN)),
+    ("sampler", key(LOOP.sampler, "collocation sampler: pseudo | Hammersley | Sobol | Halton | LHS", **RUN)),
+    ("checkpoint_every", key(500, "steps between checkpoints (checkpoint.safetensors in the run directory); 0 = off",
+                             minimum=0, compared=True)),
+    ("derivatives", key(LOOP.derivatives, "auto (jets on CUDA, autograd on CPU) | autograd | jets", **RUN)),
+    ("cuda_graph", key(LOOP.cuda_graph, "auto (capture the whole step on CUDA when the method allows) | true | false",
+                       recorded=True)),
+    ("sync_every", key(LOOP.sync_every, "steps between host reads of the losses without a per-step read; "
+                                        "0: eval_every (graph mode)", minimum=0)),
+    ("resume", key(False, "true: continue the run in `out` from its last checkpoint (same config)")),
+    ("debug", key(False, "true: show Python tracebacks instead of one `error:` line", command=True)),
+    ("progress", key(True, "progress bar")),
+    ("plots", key(True, "write plots/*.png")),
+    ("out", key("runs/${problem.name}/${method.name}/${now:%Y-%m-%d_%H-%M-%S}", "the run directory", command=True)),
+]
 
 
-@dataclass
-class AdaptConfig:
-    """``python -m pinn_lora.adapt`` (``configs/adapt.yaml``); null values take the problem's
-    recommendations (``configs/problem/<name>.yaml``: ``adapt``)."""
+def _recipe_key(f: Any) -> Any:
+    """The command line's key for a recipe setting: null (the family's recipe), with the setting's help."""
+    minimum = f.metadata.get("minimum")
+    is_int = f.metadata.get("kind") is int and not f.metadata.get("loop")
+    return key(None, f"{f.metadata['help']}; null: the family's recipe", loop=f.metadata.get("loop", False),
+               minimum=int(minimum) if is_int and minimum is not None else None, **({} if f.metadata.get("loop")
+                                                                                    else RUN))
 
-    problem: Any = MISSING  # the family: configs/problem/<name>.yaml (its coefficients, null: the default target)
-    method: Any = MISSING   # the method: its class's declared options (python -m pinn_lora.methods)
-    seed: Any = key(LOOP.seed, minimum=0, compared=True)  # initial factors, collocation points; below 2**31
-    device: Any = key("auto")  # auto (CUDA when present) | cpu | cuda | cuda:N
-    dtype: Any = key("float64", **RUN)  # float64 | float32
-    base: Any = key(None, recorded=True)  # null: the problem's shipped base model; or a saved base's path (no suffix)
-    steps: Any = key(None, minimum=0, **RUN)  # null: the problem's adapt.steps
-    n_points: Any = key(None, minimum=1, **RUN)  # collocation points per batch; null: the problem's adapt.n_points
-    eval_every: Any = key(LOOP.eval_every, minimum=1, **RUN)  # steps between relative-L2 evaluations (reference)
-    sampler: Any = key(LOOP.sampler, **RUN)  # collocation sampler: pseudo | Hammersley | Sobol | Halton | LHS
-    # lm (Levenberg-Marquardt on the trainable parameters; ODELoRA: its implicit scheme) | method (the method's
-    # own first-order dynamics); null: the problem's adapt.solver
-    solver: Any = key(None, **RUN)
-    # uniform | rad | rar_d (residual-based adaptive distribution / refinement, Wu et al. 2023); null: the problem's
-    sampling: Any = key(None, **RUN)
-    resample_every: Any = key(None, minimum=1, **RUN)  # steps between new collocation points; null: the problem's
-    lm_mu: Any = key(None, loop=True)  # lm: starting damping mu (implicit Euler step h = 1/mu); null: 1.0
-    lm_adaptive: Any = key(None, loop=True)  # lm: adapt mu by the trust-region rule; false: fixed h; null: true
-    rad_k: Any = key(None, loop=True)  # rad, rar_d: density ~ |r|^k / mean(|r|^k) + c; null: k = 1
-    rad_c: Any = key(None, loop=True)  # rad: null: c = 1
-    rad_pool: Any = key(None, loop=True)  # rad, rar_d: candidates per drawn point; null: 8
-    rar_add: Any = key(None, loop=True)  # rar_d: points added to the set at each draw; null: n_points // 10
-    # auto | off | N: adapt through N intermediate coefficients between the base's and the target (auto: the
-    # family's stage width decides N); null: the problem's adapt.continuation
-    continuation: Any = key(None, **RUN)
-    stage_steps: Any = key(None, loop=True)  # continuation: the most steps per intermediate stage; null: 3
-    stage_tol: Any = key(None, loop=True)  # continuation: a stage ends once a step starts at a loss <= this; null: 1e-3
-    # L-BFGS finish after the method's steps (the same parameters); null: the problem's adapt.lbfgs_steps
-    lbfgs_steps: Any = key(None, minimum=0, **RUN)
-    # steps between checkpoints (checkpoint.safetensors in the run directory); 0 = off
-    checkpoint_every: Any = key(500, minimum=0, compared=True)
-    # auto (jets on CUDA, autograd on CPU) | autograd (nested reverse mode) | jets (Taylor mode)
-    derivatives: Any = key(LOOP.derivatives, **RUN)
-    # auto (capture the whole step on CUDA when the method allows) | true (or fail) | false
-    cuda_graph: Any = key(LOOP.cuda_graph, recorded=True)
-    # steps between host reads of the losses without a per-step read; 0: eval_every (graph mode)
-    sync_every: Any = key(LOOP.sync_every, minimum=0)
-    # true: continue the run in `out` from its last checkpoint (same config); false: a run directory that already
-    # holds a run is refused, never overwritten
-    resume: Any = key(False)
-    debug: Any = key(False, command=True)  # true: show Python tracebacks instead of one `error:` line
-    progress: Any = key(True)  # progress bar
-    plots: Any = key(True)  # write plots/*.png
-    out: Any = key("runs/${problem.name}/${method.name}/${now:%Y-%m-%d_%H-%M-%S}", command=True)  # the run directory
+
+RECIPE_KEYS = _recipe.adapt_settings()
+AdaptConfig = make_dataclass("AdaptConfig", [
+    ("problem", Any, field(default=MISSING)), ("method", Any, field(default=MISSING)),
+    *[(name, Any, f) for name, f in RUN_OPTIONS[:6]],
+    *[(f.name, Any, _recipe_key(f)) for f in fields(_recipe.Adaptation) if f.name in RECIPE_KEYS],
+    *[(name, Any, f) for name, f in RUN_OPTIONS[6:]]])
+AdaptConfig.__doc__ = ("``python -m pinn_lora.adapt`` (``configs/adapt.yaml``); the recipe's keys left null take the "
+                       "family's recipe (pinn_lora.core.recipe).")
+AdaptConfig.__module__ = __name__
 
 
 GROUPS = ("problem", "method")

@@ -270,26 +270,12 @@ PRETRAIN_CONFIG = {"type": "object", "required": ["defaults", "seed", "device", 
     "lm_mu": {"type": ("number", "null"), "exclusive_minimum": 0}}}
 
 _POSITIVE = {"type": "number", "exclusive_minimum": 0}
-PROBLEM_CONFIG = {"type": "object", "required": ["name", "adapt", "pretrain"], "properties": {
+# a problem's YAML holds its name and coefficients (null: the family's default target); the recipe is the
+# family class's (pinn_lora.core.recipe), so a recipe section here is refused rather than silently ignored
+PROBLEM_CONFIG = {"type": "object", "required": ["name"], "properties": {
     "name": NONEMPTY,
-    "adapt": {"type": "object", "required": ["steps", "n_points", "method"], "properties": {
-        "steps": COUNT, "n_points": {"type": "integer", "minimum": 1}, "resample_every": {"type": "integer",
-                                                                                         "minimum": 1},
-        "lbfgs_steps": COUNT, "solver": {"enum": ["method", "lm"]}, "sampling": {"enum": ["uniform", "rad", "rar_d"]},
-        "loop": {"type": "object"}, "first_order": {"type": "object"},
-        "continuation": {"type": ("string", "integer")},
-        "method": {"type": "object", "additional": {"type": "object", "properties": {"lr": _POSITIVE},
-                                                    "additional": METHOD_OPTION},
-                   "doc": "an object of 'default' or a method name -> recommended options"}}},
-    "pretrain": {"type": "object", "required": ["layers", "activation", "lr", "steps", "n_points", "resample_every"],
-                 "properties": {
-                     "layers": network_schema(True)["properties"]["layers"], "activation": {"enum": _activations()},
-                     "lr": _POSITIVE, "steps": COUNT, "n_points": {"type": "integer", "minimum": 1},
-                     "resample_every": {"type": "integer", "minimum": 1}, "lbfgs_steps": COUNT,
-                     "lbfgs_points": COUNT, "eval_every": {"type": "integer", "minimum": 1},
-                     "causal_eps": {"type": "number", "minimum": 0}, "final_ratio": _POSITIVE,
-                     "schedule": _STR}}},
-    # the coefficients: null (the family's default) or a number
+    "adapt": False, "pretrain": False,
+    "modes": {"type": "array"}},
     "additional": {"type": ("number", "null", "array")}}
 
 LAUNCHER_CONFIG = {"type": "object", "required": ["defaults"], "properties": {"defaults": _DEFAULTS}}
