@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pinn_lora.config import DEFAULTS
+from pinn_lora.ending import end_phase
 from pinn_lora.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
 from pinn_lora.jacobian import weight_with
 from pinn_lora.runtime import own_rng
@@ -302,24 +303,24 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
     claim = rundir.claim(run_dir) if run_dir is not None else rundir.UNCLAIMED
     claim.guard(trainer.run)
     results = []
-    for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):
-        err = hist.last("rel_l2")
-        val = validation_residual(prob, m, val_points[k])
-        judge(hist, val_base[k], val, val_points[k].shape[0])
-        res = AdaptResult(prob, meth, m, hist, base_errors[k], float(err if err is not None else base_errors[k]),
-                          trainable_parameters(m), card, extra={
-                              "batch": {"index": k, "size": len(problems)}, "seed": seed,
-                              "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
-                                           "eval_every": eval_every, "derivatives": "jets",
-                                           "cuda_graph": trainer.graph_captured, "dtype": dtype,
-                                           "flattened": trainer.flattened or trainer.why_not_flat}},
-                          validation_base=val_base[k], validation=val)
-        if run_dir is not None:
-            label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
-            sub = Path(run_dir) / f"{k:02d}_{label}"  # new, inside the directory this run claimed
-            claim.guard(_write_member, sub, res, m, prob, hist, plots)
-        results.append(res)
-    claim.release()
+    with end_phase(claim, run_dir):  # every copy is written before a Ctrl-C stops the run (pinn_lora.ending)
+        for k, (prob, meth, m, hist) in enumerate(zip(problems, methods, models, trainer.split())):
+            err = hist.last("rel_l2")
+            val = validation_residual(prob, m, val_points[k])
+            judge(hist, val_base[k], val, val_points[k].shape[0])
+            res = AdaptResult(prob, meth, m, hist, base_errors[k], float(err if err is not None else base_errors[k]),
+                              trainable_parameters(m), card, extra={
+                                  "batch": {"index": k, "size": len(problems)}, "seed": seed,
+                                  "settings": {"steps": steps, "n_points": n_points, "resample_every": resample_every,
+                                               "eval_every": eval_every, "derivatives": "jets",
+                                               "cuda_graph": trainer.graph_captured, "dtype": dtype,
+                                               "flattened": trainer.flattened or trainer.why_not_flat}},
+                              validation_base=val_base[k], validation=val)
+            if run_dir is not None:
+                label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
+                sub = Path(run_dir) / f"{k:02d}_{label}"  # new, inside the directory this run claimed
+                claim.guard(_write_member, sub, res, m, prob, hist, plots)
+            results.append(res)
     return results
 
 

@@ -20,7 +20,6 @@ import html
 import json
 import math
 import re
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from pinn_lora import rundir
 from pinn_lora.cli import EXIT_BAD_INPUT, fail
+from pinn_lora.safe_io import UnsafePathError
 
 DEFAULT_LEVELS = (1e-2, 1e-3)
 # run settings (from .hydra/config.yaml) that make runs of one method different experiments
@@ -506,8 +506,7 @@ def _write_report(root: Path, out: Path, runs: Sequence[Run], skipped: Sequence[
                   solutions: bool) -> list[Section]:
     from pinn_lora import report as rp
 
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    fig_dir = rundir.make_dirs(out / "figures")  # through no symbolic link
     levels = sorted(set(levels), reverse=True)
     sections = []
     for (problem, coeffs), group in group_runs(runs).items():
@@ -615,7 +614,7 @@ def _solution_figures(sec: Section, vs: Sequence[Variant], fig_dir: Path, stem: 
         png = run.path / "plots" / "solution.png"
         if png.is_file():
             dest = fig_dir / f"{stem}_solution_{_slug(method)}.png"
-            shutil.copyfile(png, dest)
+            rundir.write_atomic(dest, png.read_bytes())
             sec.figures.append((f"{method}: the run's own plots/solution.png ({run.path.name}; the network could "
                                 f"not be rebuilt: {why})", dest))
         else:
@@ -643,7 +642,7 @@ def _write_markdown(out: Path, root: Path, runs, skipped, sections: Sequence[Sec
     if skipped:  # every one, not only the header's first few
         parts += ["## Skipped directories", "", *(f"- {line}" for line in skipped), ""]
     path = out / "report.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    rundir.write_atomic(path, "\n".join(parts).encode("utf-8"))
     return path
 
 
@@ -683,7 +682,7 @@ def _write_html(out: Path, root: Path, runs, skipped, sections: Sequence[Section
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    rundir.write_atomic(path, "\n".join(parts).encode("utf-8"))
     return path
 
 
@@ -719,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     levels = sorted(set(args.levels), reverse=True)
     try:
         out, sections = compare_runs(root, args.out, levels, solutions=not args.no_solutions)
-    except (FileNotFoundError, rundir.RunDirError) as exc:
+    except (FileNotFoundError, rundir.RunDirError, UnsafePathError) as exc:
         fail(str(exc))
     for sec in sections:
         print(f"## {sec.title}\n\n{_markdown_table(*table(sec.rows, levels))}\n")

@@ -186,16 +186,21 @@ class Family:
 
     # -- files
     def save(self, path: str | Path) -> dict[str, Any]:
-        """Write ``path``/family.safetensors + family.json; returns the card written."""
+        """Write ``path``/family.safetensors + family.json; returns the card written. ``path`` is claimed for
+        it unless this process owns it already (:mod:`pinn_lora.rundir`: a folder pinn_lora did not create,
+        or one holding another run, is refused)."""
+        from pinn_lora import rundir
         from pinn_lora.checkpoint import card_metadata, save_tensors, write_json
         from pinn_lora.schema import family_card_schema, validate
 
         path = Path(path)
         _check_out(path)
+        if not rundir.owned(path):
+            with rundir.claim(path, key="out"):
+                return self.save(path)
         card = {**self.card, "kind": FAMILY_KIND}
         validate({**card, "weights_sha256": "0" * 64}, family_card_schema(), f"family card in {path}")
         tensors = {k: v.cpu().contiguous() for k, v in self.tensors().items()}
-        path.mkdir(parents=True, exist_ok=True)
         card["weights_sha256"] = save_tensors(path / "family.safetensors", tensors, metadata=card_metadata(card))
         write_json(path / "family.json", card)
         self.card = card
@@ -378,9 +383,26 @@ def answer_residual(fam: Family, value: float, n: int | None = None) -> float:
 
 
 def _check_out(out: str | Path | None) -> None:
-    """A family is never written over another one (refused before any training)."""
+    """A family is never written over another one, nor into a folder pinn_lora may not claim (refused
+    before any training)."""
+    from pinn_lora import rundir
+
     if out is not None and any((Path(out) / name).exists() for name in ("family.json", "family.safetensors")):
         raise FamilyError(f"out={out}: it already holds a family (family.json); choose another directory")
+    if out is not None and not rundir.owned(out):
+        rundir.check(out, key="out")
+
+
+def _write_out(fam: "Family", out: str | Path, plots: bool = True) -> None:
+    """``fam`` saved in ``out`` (claimed for it unless this process owns it) with its plot."""
+    from pinn_lora import rundir
+
+    if not rundir.owned(out):
+        with rundir.claim(out, key="out"):
+            return _write_out(fam, out, plots)
+    fam.save(out)
+    if plots:
+        plot_family(fam, Path(out) / "plots" / "family.png")
 
 
 def spread(spec: Any, low: float, high: float, n: int) -> list[float]:
@@ -493,9 +515,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     }
     fam = Family(problem, over, low, high, values, states, base_net, card)
     if out is not None:
-        fam.save(out)
-        if plots:
-            plot_family(fam, Path(out) / "plots" / "family.png")
+        _write_out(fam, out, plots)
     return fam
 
 
@@ -586,8 +606,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
     }
     fam = HyperFamily(problem, over, low, high, cond, card)
     if out is not None:
-        fam.save(out)
-        plot_family(fam, Path(out) / "plots" / "family.png")
+        _write_out(fam, out)
     return fam
 
 
@@ -623,8 +642,13 @@ def plot_family(fam: Family, path: Path, points: int = 17) -> None:
     ax.set_title(f"{fam.problem.name}: {fam.card.get('method', {}).get('name', '')} family, {how}")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    import io
+
+    from pinn_lora.rundir import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    write_atomic(path, buf.getvalue())  # creates plots/ through no symbolic link
 
 
 def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:

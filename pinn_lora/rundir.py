@@ -16,7 +16,7 @@ owner (host, pid, the process's start time, when, a random token) and the run's 
 
 :func:`check` tells, without writing, whether a claim would be refused (callers run it before
 their slow work and validation, then :func:`claim` when the input is known to be good, so bad
-input creates nothing). This module knows files only: it imports nothing from pinn_lora."""
+input creates nothing). This module knows files only: it imports nothing from pinn_lora but :mod:`pinn_lora.safe_io`."""
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -141,6 +140,13 @@ def _refusal(path: Path, *, resume: bool, kind: str, key: str | None) -> str | N
     status = _summary_status(path)
     if kind == "run" and status is not None and status not in RESUMABLE:
         return f"run directory {path} holds a finished run ({SUMMARY}: {status}); nothing to resume"
+    from pinn_lora.safe_io import links_below
+
+    links = links_below(path, 1)
+    if links:  # pinn_lora makes no links: one in its directory was put there to be written through
+        return (f"{where} holds a symbolic link, {links[0].relative_to(path)} (to {os.readlink(links[0])}), that "
+                "pinn_lora did not make; it writes only inside its directory and never through a link: "
+                "remove the link")
     return None
 
 
@@ -157,18 +163,28 @@ def _new_marker(kind: str) -> dict[str, Any]:
             "token": uuid.uuid4().hex, "command": " ".join(sys.argv)}
 
 
+def owner_root(path: str | Path) -> Path | None:
+    """The directory claimed by this process that ``path`` lies in (the innermost), or None."""
+    path = _abs(path)
+    roots = [root for root in _ACTIVE if root == path or root in path.parents]
+    return max(roots, key=lambda r: len(r.parts)) if roots else None
+
+
 def write_atomic(path: str | Path, data: bytes, *, new: bool = False) -> None:
     """Write file ``path`` atomically: a temp file beside it, then renamed over it; with ``new`` it is
-    linked instead, so an existing file is never replaced (FileExistsError, nothing changed)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.link(tmp, path) if new else os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    linked instead, so an existing file is never replaced (FileExistsError, nothing changed). Inside
+    a directory this process has claimed, no folder below it and not the file may be a symbolic link
+    (:class:`pinn_lora.safe_io.UnsafePathError`); the file's mode follows the umask."""
+    from pinn_lora.safe_io import write_bytes
+
+    write_bytes(path, data, new=new, root=owner_root(path))
+
+
+def make_dirs(path: str | Path) -> Path:
+    """Create folder ``path``; inside a claimed directory, through no symbolic link."""
+    from pinn_lora.safe_io import make_dirs as make
+
+    return make(path, owner_root(path))
 
 
 def _encode(info: Mapping[str, Any]) -> bytes:
@@ -277,7 +293,7 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
     _ACTIVE[path] = owned
     for rel, text in _ON_CLAIM.get(path, {}).items():
         target = path / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         with contextlib.suppress(FileExistsError):  # a resumed run keeps the files of its start
             write_atomic(target, text.encode(), new=True)
     return owned

@@ -18,6 +18,7 @@ from pinn_lora import resume as resume_state
 from pinn_lora import rundir
 from pinn_lora.api import attach, layer_sizes, save_adapter
 from pinn_lora.checkpoint import write_json
+from pinn_lora.ending import end_phase
 from pinn_lora.config import DEFAULTS, LIBRARY, LOOP_OPTIONS, MINIMUM, names
 from pinn_lora.memory import check_points
 from pinn_lora.methods import Method, get_method, trainable_parameters
@@ -144,7 +145,7 @@ class AdaptResult:
         if plots:
             from pinn_lora.report import plot_losses, plot_solution
 
-            (run_dir / "plots").mkdir(exist_ok=True)
+            rundir.make_dirs(run_dir / "plots")  # through no symbolic link
             title = f"{self.method.name} on {self.problem!r}"
             plot_losses(self.metrics, run_dir / "plots" / "loss.png", title, base_error=self.base_error)
             plot_solution(self.problem, self.model, run_dir / "plots" / "solution.png", title)
@@ -372,33 +373,33 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
                       checkpoint_path=checkpoint, method=meth, resume_from=saved, settings=settings, stages=stages)
     trainer.history.records = records
     history = claim.guard(trainer.run)
-    val = validation_residual(problem, model, val_points)
-    judge(history, val_base, val, val_points.shape[0])
-    if history.records and run_dir is not None:
-        amend_last_record(Path(run_dir) / "metrics.jsonl", history.records[-1])
-    error = history.last("rel_l2") if history.records else base_error
-    main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
-    extra = {"device": device_name(dev), "seed": seed,
-             # the loop settings, so a run directory describes itself without Hydra's config
-             "settings": pick({**run, "cuda_graph": trainer.graph_captured,
-                               "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}, "recorded")}
-    if trainer.graph_why:
-        extra["cuda_graph_why"] = trainer.graph_why  # why a CUDA run took eager steps
-    if stages:
-        extra["continuation"] = stage_summary(stages + [problem], history.records)
-    elif continuation == "auto" and card.get("coefficients"):
-        blocked = problem.continuation_blocked(card["coefficients"])
-        if blocked:  # adapted directly: say why no stages were taken
-            extra["continuation_skipped"] = blocked
-    if lbfgs_steps and main:
-        extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
-    result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
-                         Path(run_dir) if run_dir else None, extra=extra,
-                         stability=None if stability is None else stability.summary(),
-                         validation_base=val_base, validation=val)
-    if run_dir is not None:
-        claim.guard(result.save, run_dir, plots=plots)
-    claim.release()
+    with end_phase(claim, run_dir):  # a Ctrl-C here is deferred until the run is written (pinn_lora.ending)
+        val = validation_residual(problem, model, val_points)
+        judge(history, val_base, val, val_points.shape[0])
+        if history.records and run_dir is not None:
+            amend_last_record(Path(run_dir) / "metrics.jsonl", history.records[-1])
+        error = history.last("rel_l2") if history.records else base_error
+        main = [r for r in history.records if r.get("phase") == "train" and "rel_l2" in r]
+        extra = {"device": device_name(dev), "seed": seed,
+                 # the loop settings, so a run directory describes itself without Hydra's config
+                 "settings": pick({**run, "cuda_graph": trainer.graph_captured,
+                                   "base": str(base) if isinstance(base, (str, Path)) else "(network given)"}, "recorded")}
+        if trainer.graph_why:
+            extra["cuda_graph_why"] = trainer.graph_why  # why a CUDA run took eager steps
+        if stages:
+            extra["continuation"] = stage_summary(stages + [problem], history.records)
+        elif continuation == "auto" and card.get("coefficients"):
+            blocked = problem.continuation_blocked(card["coefficients"])
+            if blocked:  # adapted directly: say why no stages were taken
+                extra["continuation_skipped"] = blocked
+        if lbfgs_steps and main:
+            extra["error_after_method_steps"] = main[-1]["rel_l2"]  # before the L-BFGS finish
+        result = AdaptResult(problem, meth, model, history, base_error, float(error), trainable_parameters(model), card,
+                             Path(run_dir) if run_dir else None, extra=extra,
+                             stability=None if stability is None else stability.summary(),
+                             validation_base=val_base, validation=val)
+        if run_dir is not None:
+            claim.guard(result.save, run_dir, plots=plots)
     return result
 
 

@@ -454,6 +454,8 @@ class Checkpointer:
             m.load_state_dict(ms)
         torch.set_rng_state(state["torch_rng"])
         step, phase = int(state["step"]), state["phase"]
+        if phase == "end" and step < t.cfg.steps:  # the end of fewer steps: the state before the next one
+            phase = "train"
         t.stage, t.stage_start, loss = state.get("stage", [0, 0, None])
         t._stage_loss = math.inf if loss is None else float(loss)
         # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
@@ -643,7 +645,7 @@ class Trainer:
         try:
             method_loop = self._method_loop() if phase == "train" else None
             loops = [(method_loop, start)] if method_loop is not None and cfg.steps else []
-            loops += [(LBFGSLoop(self, cfg.steps), 0)] if cfg.lbfgs_steps else []
+            loops += [(LBFGSLoop(self, cfg.steps), 0)] if cfg.lbfgs_steps and phase != "end" else []
             for loop, first in loops:
                 if isinstance(loop, LBFGSLoop) and phase == "train" and self.checkpointer.enabled:
                     # the verified end of the method's steps: a run killed during the finish restarts it here
@@ -653,6 +655,9 @@ class Trainer:
                         return self.history
                 if not self._verify_end(loop.points, loop.end - 1):
                     return self.history
+            if phase == "train" and loops and not cfg.lbfgs_steps and self.checkpointer.enabled:
+                # the verified end of the steps: a run stopped during its end (validation, save) resumes from here
+                self.checkpointer.write(self.checkpointer.capture(cfg.steps, "end"))
         finally:
             restore_signals()
             self.recorder.close()
