@@ -15,7 +15,7 @@ from torch import nn
 
 from pinn_lora.adapters import adapter_layers
 from pinn_lora import resume as resume_state
-from pinn_lora import rundir
+from pinn_lora import preflight, rundir
 from pinn_lora.api import attach, layer_sizes, save_adapter
 from pinn_lora.checkpoint import write_json
 from pinn_lora.ending import end_phase
@@ -364,13 +364,14 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     if changed:
         raise ConfigError(f"resume: the run in {run_dir} was started with other settings ({changed}); "
                           "resume with the same configuration")
-    claim = rundir.claim(run_dir, resume=resume) if run_dir is not None else rundir.UNCLAIMED
-    if saved is not None:
-        records = claim.guard(resume_state.truncate_metrics, Path(run_dir) / "metrics.jsonl", saved[1]["records"])
     if run_dir is not None:
         mons.append(MetricsWriter(Path(run_dir) / "metrics.jsonl"))
     trainer = Trainer(problem, model, dynamics, train_cfg, monitors=mons, after_step=meth.step_hook(),
                       checkpoint_path=checkpoint, method=meth, resume_from=saved, settings=settings, stages=stages)
+    preflight.check_run(trainer, saved, checkpoint, run_dir and Path(run_dir) / "metrics.jsonl")  # before the claim
+    claim = rundir.claim(run_dir, resume=resume) if run_dir is not None else rundir.UNCLAIMED
+    if saved is not None:
+        records = claim.guard(resume_state.truncate_metrics, Path(run_dir) / "metrics.jsonl", saved[1]["records"])
     trainer.history.records = records
     history = claim.guard(trainer.run)
     with end_phase(claim, run_dir):  # a Ctrl-C here is deferred until the run is written (pinn_lora.ending)
