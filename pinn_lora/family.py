@@ -430,8 +430,11 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     that run) instead of from the base, so neighbouring anchors' weights stay close."""
     from pinn_lora.session import adapt_to, resolve_device, resolve_dtype
 
+    from pinn_lora.preflight import check_bools
+
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
+    check_bools({"warm_start": warm_start, "progress": progress, "plots": plots}, "build_family: ")
     _check_out(out)
     _check_bank_options(anchors, tol, interpolate)
     mode = "solution" if interpolate == "auto" else interpolate  # the anchors are placed with blended solutions
@@ -537,8 +540,11 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
     from pinn_lora.jacobian import residual_jacobian, residual_vector
     from pinn_lora.session import resolve_device, resolve_dtype
 
+    from pinn_lora.preflight import check_bools
+
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
+    check_bools({"warm_start": warm_start, "progress": progress, "plots": plots}, "build_family: ")
     _check_out(out)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = _resolve_pinn_base(problem, base, dt, dev, "build_hyper_family")
@@ -672,6 +678,9 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
         raise ConfigError(f"builder={builder!r}; choose bank (adapters at anchors, interpolated) or hyper "
                           "(one coefficient-conditioned adapter trained over the range)")
     # the whole input is checked before the run directory is claimed: bad input leaves nothing behind
+    from pinn_lora.preflight import check_bools
+
+    check_bools({k: cfg[k] for k in ("warm_start", "progress") if k in cfg})
     _check_range(problem, cfg.get("over"), cfg["low"], cfg["high"])
     _check_bank_options(cfg.get("anchors", 5), cfg.get("tol", 0.0), cfg.get("interpolate", "auto"))
     common = dict(base=cfg.get("base"), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),

@@ -101,3 +101,11 @@ def check_run(trainer: Any, saved: Any = None, checkpoint: Path | None = None, m
     check_jacobian(trainer)
     if saved is not None:
         check_resume(trainer, saved, Path(checkpoint), Path(metrics))
+
+
+def check_bools(values: dict[str, Any], where: str = "") -> None:
+    """Each value must be true or false: ``warm_start=no`` (a string, which ``bool()`` takes for true) is
+    refused in one line instead of silently meaning the opposite."""
+    for key, value in values.items():
+        if not isinstance(value, bool):
+            raise PreflightError(f"{where}{key}={value!r} must be true or false")

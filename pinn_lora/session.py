@@ -271,6 +271,7 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
                         f"(its coefficients are the target); got {type(problem).__name__} {problem!r}")
     if run_dir is not None and not isinstance(run_dir, (str, Path)):
         raise TypeError(f"adapt_to: run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}")
+    preflight.check_bools({"resume": resume, "plots": plots, "progress": progress, "default_monitors": default_monitors})
     if resume and run_dir is None:
         raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
     if run_dir is not None:  # refused now; claimed once the input is known to be good (rundir)

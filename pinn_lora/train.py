@@ -61,6 +61,9 @@ class TrainConfig:
         return self.rar_add or max(self.n_points // 10, 1)
 
     def __post_init__(self) -> None:
+        for key in ("lm_adaptive", "progress"):  # bool("no") is True: a string would silently mean true
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"train: {key}={getattr(self, key)!r} must be true or false")
         if self.cuda_graph not in ("auto", True, False):
             raise ValueError(f"train: cuda_graph={self.cuda_graph!r}; use auto, true or false")
         for keys, low in ((("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every", "sync_every"), 0),

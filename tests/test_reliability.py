@@ -172,9 +172,12 @@ def test_plots_refuse_a_link_placed_during_the_run(tmp_path, monkeypatch):
 
 
 # ---- 3. shipped bases are read-only --------------------------------------------------------------------------
-def test_save_base_refuses_a_shipped_name(tmp_path):
+def test_save_base_refuses_a_shipped_name(tmp_path, monkeypatch):
+    import shutil
+
     from pinn_lora import zoo
 
+    monkeypatch.setattr(zoo, "ZOO_DIR", Path(shutil.copytree(zoo.ZOO_DIR, tmp_path / "zoo")))  # a failure harms no copy
     shipped = zoo.ZOO_DIR / "burgers.safetensors"
     before = shipped.read_bytes(), (zoo.ZOO_DIR / "burgers.json").read_bytes()
     net, card = pinn_lora.load_base("burgers")[:2]
@@ -182,8 +185,8 @@ def test_save_base_refuses_a_shipped_name(tmp_path):
         with pytest.raises(ValueError, match="shipped with pinn_lora .*read-only"):
             pinn_lora.save_base(net, card, name)
     assert (shipped.read_bytes(), (zoo.ZOO_DIR / "burgers.json").read_bytes()) == before
-    pinn_lora.save_base(net, card, tmp_path / "burgers")  # a path of one's own is fine
-    assert (tmp_path / "burgers.safetensors").is_file()
+    pinn_lora.save_base(net, card, tmp_path / "mine" / "burgers")  # a path of one's own is fine
+    assert (tmp_path / "mine" / "burgers.safetensors").is_file()
 
 
 # ---- 4. a Ctrl-C in the last seconds keeps the run ----------------------------------------------------------
@@ -338,4 +341,37 @@ def test_bad_input_creates_no_run_directory(tmp_path, monkeypatch, capsys, args,
     code, _, err = cli([*G, *args, f"out={out}"], monkeypatch, capsys, tmp_path)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert message in err
+    assert not out.exists()
+
+
+# ---- 6. a boolean key takes true or false -------------------------------------------------------------------
+def test_boolean_strings_are_refused_not_taken_for_true(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    code, _, err = cli([*G, "solver=lm", "lm_adaptive=no", f"out={out}"], monkeypatch, capsys, tmp_path)
+    assert_one_line(code, err, "lm_adaptive='no' must be true or false")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="progress='no' must be true or false"):
+        pinn_lora.adapt_to(_base(), _target(), "lora", **{**TINY, "progress": "no"})
+    with pytest.raises(ValueError, match="plots='no' must be true or false"):
+        pinn_lora.adapt_to(_base(), _target(), "lora", **{**TINY, "plots": "no"})
+    with pytest.raises(ValueError, match="lm_adaptive='no' must be true or false"):
+        pinn_lora.adapt_to(_base(), _target(), "lora", solver="lm", loop_options={"lm_adaptive": "no"}, **TINY)
+    from pinn_lora.family import build_family
+
+    with pytest.raises(ValueError, match="build_family: warm_start='no' must be true or false"):
+        build_family(_target(), "nu", 0.01, 0.02, "lora", base=_base(), anchors=2, warm_start="no", steps=1)
+
+
+def test_family_command_refuses_warm_start_no(tmp_path, monkeypatch, capsys):
+    from pinn_lora import family
+
+    out = tmp_path / "fam"
+    monkeypatch.setattr(sys, "argv", ["pinn_lora.family", "problem=burgers", "method=lora", "over=nu", "low=0.01",
+                                      "high=0.02", "anchors=2", "steps=1", "n_points=16", "device=cpu",
+                                      "warm_start=no", f"out={out}"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        family.main()
+    err = capsys.readouterr().err
+    assert_one_line(exc.value.code, err, "warm_start='no' must be true or false")
     assert not out.exists()
