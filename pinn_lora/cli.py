@@ -208,6 +208,7 @@ class RunPlan:
     root: Path | None = None  # the run directory (a sweep's directory with -m), absolute, resolved once
     argv: list[str] = field(default_factory=list)  # the command line for Hydra, the run directory resolved
     sweep: Any = None  # with -m: the claim (pinn_lora.rundir.Claim) of the sweep directory
+    reserved: list[Path] = field(default_factory=list)  # the default out's new folders (pinn_lora.rundir.reserve)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -333,6 +334,10 @@ def prepare_run(argv: list[str], config_name: str = "adapt", *, resume_key: bool
     key = "hydra.sweep.dir" if plan.multirun else "out"
     root = Path(os.path.abspath(str(root)))
     anchor = check_writable(root, key)
+    given = {text for text, o in zip(args.overrides, parsed) if o.get_key_element() in RUN_DIR_KEYS}
+    if not given and not plan.multirun and not plan.resume:  # the default out: a new directory of its own
+        root, plan.reserved = rundir.reserve(root)
+        anchor = root
     kind = "sweep" if plan.multirun else "run"
     try:
         if plan.multirun:
@@ -341,7 +346,6 @@ def prepare_run(argv: list[str], config_name: str = "adapt", *, resume_key: bool
             rundir.check(root, resume=plan.resume, kind=kind, key=key)
     except rundir.RunDirError as exc:
         fail(str(exc) if resume_key else str(exc).replace(", or resume=true to continue it", ""))
-    given = {text for text, o in zip(args.overrides, parsed) if o.get_key_element() in RUN_DIR_KEYS}
     plan.argv = [a for a in argv if a not in given]
     if plan.multirun:  # each job's out is its own directory, sweep.dir/subdir
         plan.argv += [f"hydra.sweep.dir={_quote(root)}", "out=${hydra:runtime.output_dir}"]
@@ -463,8 +467,13 @@ def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
 
     sys.argv = [sys.argv[0], *plan.argv]
     register_configs()
-    with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
-        hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()
+    from pinn_lora import rundir
+
+    try:
+        with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
+            hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()
+    finally:
+        rundir.unreserve(plan.reserved)  # refused before its run claimed it: the default out goes again
     if plan.multirun and plan.root is not None:
         sweep_summary(plan.root)
 

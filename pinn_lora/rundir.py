@@ -11,8 +11,10 @@ owner (host, pid, the process's start time, when, a random token) and the run's 
 - a directory with a marker holds a run: refused, unless the run is continued (``resume=true``)
   and its owner is gone — on the same host a live owner process blocks it; the taker renames the
   old marker away first, so of two takers only one succeeds;
-- nothing is deleted after the claim: a run that fails is marked ``failed`` (in the marker and in
-  ``summary.json``), and can be resumed or left for inspection.
+- nothing the run wrote is deleted after the claim: a run that fails is marked ``failed`` (in the marker
+  and in ``summary.json``), and can be resumed or left for inspection — except a fresh claim refused for
+  bad input (:data:`BAD_INPUT`) before the run wrote anything: the marker and the claim's own files (and
+  the folders the claim created) are removed again, so a refused command leaves the folder as it was.
 
 :func:`check` tells, without writing, whether a claim would be refused (callers run it before
 their slow work and validation, then :func:`claim` when the input is known to be good, so bad
@@ -222,6 +224,8 @@ class Claim:
         told how to start over."""
         if self.path is None or _ACTIVE.get(self.path) is not self:
             return
+        if isinstance(exc, BAD_INPUT) and self._withdraw():
+            return  # bad input found after the claim, before the run wrote anything: as before the command
         status = getattr(exc, "run_status", "failed")
         message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         if self.info.get("kind") == "run" and not (self.path / LEGACY_RESUMABLE).is_file():
@@ -232,6 +236,27 @@ class Claim:
             write_atomic(self.path / SUMMARY, (json.dumps({**summary, "status": status, "message": message},
                                                       indent=2) + "\n").encode())
         self.release(status, message=message)
+
+    def _withdraw(self) -> bool:
+        """Undo a fresh claim whose directory holds only what the claim wrote (the marker, the files of
+        :func:`files_on_claim` and their folders): remove those and the folders the claim created; the
+        directory is then as it was before. False (nothing removed) when anything else is there or the
+        marker is no longer this claim's."""
+        made: set[str] | None = getattr(self, "made", None)
+        if self.path is None or made is None or (read_marker(self.path) or {}).get("token") != self.token:
+            return False
+        found = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*")}
+        if found != made or any((self.path / rel).is_symlink() for rel in found):
+            return False
+        del _ACTIVE[self.path]
+        for rel in sorted(made, key=lambda r: -r.count("/")):  # files, then their folders, deepest first
+            target = self.path / rel
+            with contextlib.suppress(OSError):
+                target.rmdir() if target.is_dir() else target.unlink()
+        for folder in getattr(self, "created", []):  # the run directory and the parents the claim made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return True
 
     def guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``; if it raises (Ctrl-C included) the run is marked failed first."""
@@ -251,6 +276,10 @@ class Claim:
             self.release()
 
 
+# exceptions that are the user's input (ConfigError, CheckpointError, RunDirError ... are ValueErrors; unknown
+# names are KeyErrors): raised after a fresh claim before anything was written, the claim is withdrawn
+BAD_INPUT = (ValueError, KeyError)
+
 UNCLAIMED = Claim(None, {})  # for a run without a directory: guard() just calls, release() does nothing
 
 
@@ -265,6 +294,7 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
     where = f"{key}={path}" if key else f"run directory {path}"
     take_over = resume or kind == "report"
     check(path, resume=take_over, kind=kind, key=key)
+    created = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # innermost first
     path.mkdir(parents=True, exist_ok=True)
     info = _new_marker(kind)
     previous = read_marker(path)
@@ -296,7 +326,37 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
         make_dirs(target.parent)
         with contextlib.suppress(FileExistsError):  # a resumed run keeps the files of its start
             write_atomic(target, text.encode(), new=True)
+    if previous is None:  # a fresh claim: what it wrote, so bad input found later can withdraw it (Claim._withdraw)
+        owned.created = created
+        owned.made = {MARKER, *(p.relative_to(path).as_posix() for rel in _ON_CLAIM.get(path, {})
+                                for p in [path / rel, *(path / rel).parents] if path in p.parents)}
     return owned
+
+
+def reserve(path: str | Path) -> tuple[Path, list[Path]]:
+    """A new directory for a run whose name was not chosen by the user (the default ``out``, a timestamp to
+    the second): ``path``, or ``path-2``, ``path-3`` ... — the first that can be created (``mkdir`` is
+    atomic, so two commands started in the same second get two directories). Returns it and the folders
+    created (innermost first), which :func:`unreserve` removes again if no run claimed them."""
+    path = _abs(path)
+    made = [p for p in path.parents if not os.path.lexists(p)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate, [candidate, *made]
+    raise RunDirError(f"run directory {path}: 9999 runs of that name already exist; choose out=...")
+
+
+def unreserve(folders: list[Path]) -> None:
+    """Remove the folders :func:`reserve` created that are still empty (the command was refused before
+    its run claimed them)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def owned(path: str | Path) -> bool:

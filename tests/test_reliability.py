@@ -375,3 +375,73 @@ def test_family_command_refuses_warm_start_no(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert_one_line(exc.value.code, err, "warm_start='no' must be true or false")
     assert not out.exists()
+
+
+def _family(args, tmp_path, monkeypatch, capsys):
+    from pinn_lora import family
+
+    monkeypatch.setattr(sys, "argv", ["pinn_lora.family", "problem=burgers", "over=nu", "low=0.01", "high=0.02",
+                                      "anchors=2", "steps=1", "n_points=16", "device=cpu", "progress=false", *args])
+    monkeypatch.chdir(tmp_path)
+    code = 0
+    try:
+        family.main()
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["method=lora", "method.rank=0"], "rank=0"),
+    (["method=lora", "base=/nonexistent/base"], "no base model"),
+    (["method=lora", "dtype=float16"], "dtype='float16'"),
+    (["method=odelora", "method.scheme=bogus"], "scheme"),
+])
+def test_family_bad_input_leaves_no_folder(tmp_path, monkeypatch, capsys, args, message):
+    out = tmp_path / "runs" / "fam"
+    code, err = _family([*args, f"out={out}"], tmp_path, monkeypatch, capsys)
+    assert_one_line(code, err, message)
+    assert not (tmp_path / "runs").exists()  # nor the parent the claim had made
+    code, err = _family([*args, f"out={out}"], tmp_path, monkeypatch, capsys)  # a rerun is not blocked
+    assert_one_line(code, err, message)
+
+
+def test_a_withdrawn_claim_keeps_what_was_there(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    with rundir.files_on_claim(d, {".hydra/config.yaml": "a: 1\n"}):
+        c = rundir.claim(d)
+    assert sorted(p.relative_to(d).as_posix() for p in d.rglob("*")) == [".hydra", ".hydra/config.yaml",
+                                                                          rundir.MARKER]
+    c.fail(ValueError("bad"))
+    assert d.is_dir() and list(d.iterdir()) == []  # the empty folder it was given stays
+    c = rundir.claim(d)
+    (d / "metrics.jsonl").write_text("{}\n")  # the run wrote something: kept, marked failed
+    c.fail(ValueError("bad"))
+    assert json.loads((d / rundir.MARKER).read_text())["status"] == "failed" and (d / "metrics.jsonl").is_file()
+
+
+# ---- 11. the default out is unique ----------------------------------------------------------------------------
+def test_two_commands_in_the_same_second_get_two_directories(tmp_path, monkeypatch):
+    from pinn_lora.cli import prepare_run
+
+    monkeypatch.chdir(tmp_path)
+    stamp = tmp_path / "runs" / "burgers" / "lora" / "2030-01-01_00-00-00"
+    first, _ = rundir.reserve(stamp)
+    rundir.claim(first).release()  # the first command's run
+    second, made = rundir.reserve(stamp)
+    assert (first, second) == (stamp, stamp.with_name(stamp.name + "-2"))
+    rundir.unreserve(made)  # refused before its claim: its empty folder goes, the first run stays
+    assert not second.exists() and (first / rundir.MARKER).is_file()
+    plans = [prepare_run(list(G), "adapt") for _ in range(2)]  # most likely within the same second
+    roots = [p.root for p in plans]
+    assert roots[0] != roots[1] and all(r.is_dir() and not any(r.iterdir()) for r in roots)
+    for p in plans:
+        rundir.unreserve(p.reserved)
+    assert not any(r.exists() for r in roots)
+
+
+def test_a_refused_command_with_the_default_out_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    code, _, err = cli([*G, "steps=-1"], monkeypatch, capsys, tmp_path)
+    assert_one_line(code, err, "steps=-1 must be an integer >= 0")
+    assert list(tmp_path.iterdir()) == []
