@@ -544,7 +544,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
 
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
-    check_bools({"warm_start": warm_start, "progress": progress, "plots": plots}, "build_family: ")
+    check_bools({"progress": progress}, "build_hyper_family: ")
     _check_out(out)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = _resolve_pinn_base(problem, base, dt, dev, "build_hyper_family")
