@@ -25,6 +25,23 @@ from pinn_lora.schema import config_dir  # noqa: F401 (where the configs are; th
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_NO_IMPROVEMENT = 4  # finished without diverging, but the validation residual is not below the base's
+EXIT_OS_ERROR = 1  # the file system refused a write (a full disk, a read-only file system, a name too long)
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError in one line: the file, what the system said, and what to do for a full disk."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno == errno.ENOSPC:
+        text += ("; free some space and run again (a run's last checkpoint is written atomically and stays "
+                 "intact: resume=true continues from it)")
+    elif exc.errno == errno.ENAMETOOLONG:
+        text += " (a path component is longer than the file system allows, 255 bytes on most)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        text += "; choose a directory you can write to"
+    return text
 
 
 def group_options(group: str) -> list[str]:
@@ -220,7 +237,14 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable(path: Path, key: str) -> Path:
     """``path`` exists as a writable directory or can be created: else one ``error:`` line.
     Returns its nearest existing ancestor (``path`` itself when it exists)."""
-    anchor = _nearest_existing(path)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
+    if long is not None:
+        fail(f"{key}={path}: the path component {long[:40]}... is {len(os.fsencode(long))} bytes long; file systems "
+             "allow at most 255: choose a shorter name")
+    try:
+        anchor = _nearest_existing(path)
+    except OSError as exc:
+        fail(f"{key}={path}: {os_error_line(exc)}")
     if not anchor.is_dir():
         what = "is a file" if anchor == path else f"cannot be created: {anchor} is a file, not a directory"
         fail(f"{key}={path} {what}; give a directory that can be created or written")
@@ -400,6 +424,10 @@ def guarded(fn: Callable[[], Any], *, debug: bool = False,
         if debug:
             raise
         fail(str(exc))
+    except OSError as exc:  # the file system's answer (a full disk, a read-only one, a name too long)
+        if debug:
+            raise
+        fail(os_error_line(exc), EXIT_OS_ERROR)
     except KeyboardInterrupt as exc:
         if debug:
             raise

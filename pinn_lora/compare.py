@@ -720,6 +720,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         out, sections = compare_runs(root, args.out, levels, solutions=not args.no_solutions)
     except (FileNotFoundError, rundir.RunDirError, UnsafePathError) as exc:
         fail(str(exc))
+    except OSError as exc:  # a read-only file system, a full disk: one line
+        from pinn_lora.cli import EXIT_OS_ERROR, os_error_line
+
+        fail(os_error_line(exc), EXIT_OS_ERROR)
     for sec in sections:
         print(f"## {sec.title}\n\n{_markdown_table(*table(sec.rows, levels))}\n")
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")

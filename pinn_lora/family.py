@@ -290,6 +290,9 @@ def load_family(path: str | Path, *, dtype: torch.dtype = torch.float64, device:
     """The family saved in directory ``path`` (its card checked and bound to the weights; the base it was
     built on is not needed)."""
     from pinn_lora.checkpoint import CheckpointError, check_card_binding, load_tensors, read_json, sha256
+    from pinn_lora.preflight import check_device
+
+    check_device(device, "load_family")
     from pinn_lora.network import PINN
     from pinn_lora.registry import get_problem
     from pinn_lora.schema import family_card_schema, validate
@@ -347,7 +350,11 @@ def _check_range(problem: Any, over: str | None, low: float, high: float) -> tup
 
 
 def _check_bank_options(anchors: int, tol: float, interpolate: str) -> None:
-    if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 2:
+    import numbers
+
+    if isinstance(anchors, bool) or not isinstance(anchors, numbers.Integral):
+        raise FamilyError(f"anchors={anchors!r} must be an integer >= 2 (the range's ends)")
+    if anchors < 2:
         raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise FamilyError(f"tol={tol!r} must be a number >= 0")
@@ -437,6 +444,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     check_bools({"warm_start": warm_start, "progress": progress, "plots": plots}, "build_family: ")
     _check_out(out)
     _check_bank_options(anchors, tol, interpolate)
+    anchors = int(anchors)  # np.int64(2) included
     mode = "solution" if interpolate == "auto" else interpolate  # the anchors are placed with blended solutions
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = _resolve_pinn_base(problem, base, dt, dev, "build_family")

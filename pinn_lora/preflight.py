@@ -109,3 +109,13 @@ def check_bools(values: dict[str, Any], where: str = "") -> None:
     for key, value in values.items():
         if not isinstance(value, bool):
             raise PreflightError(f"{where}{key}={value!r} must be true or false")
+
+
+def check_device(device: Any, where: str) -> None:
+    """``device="cuda"`` on a machine without CUDA: one line instead of torch's AssertionError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PreflightError(f"{where}: device={device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PreflightError(f"{where}: device={device!r} but no CUDA device is available; use device='cpu'")

@@ -318,6 +318,7 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     run = {**ints, "sampler": sampler, "dtype": dtype, "derivatives": derivatives, "solver": solver,
            "sampling": sampling, **loop, "continuation": continuation}
     stage_steps = loop.get("stage_steps", TrainConfig.stage_steps)
+    check_ints({"stage_steps": stage_steps}, bounds={"stage_steps": 1})  # before steps + stages x stage_steps
     net, card = resolve_base(base, problem, dt, dev)
     stages = ([] if continuation == "off" or not card.get("coefficients")
               else problem.stages_from(card["coefficients"], continuation))

@@ -73,6 +73,9 @@ def load_base(name_or_path: str | Path = "burgers", *, dtype: torch.dtype = torc
 
     Returns (network, card, source problem); the network carries its
     problem's output transform."""
+    from pinn_lora.preflight import check_device
+
+    check_device(device, "load_base")
     weights, card_path = _paths(name_or_path)
     if not card_path.exists() and not weights.exists():
         raise CheckpointError(f"no base model {str(name_or_path)!r}: not a shipped name "

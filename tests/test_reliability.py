@@ -445,3 +445,54 @@ def test_a_refused_command_with_the_default_out_leaves_no_folder(tmp_path, monke
     code, _, err = cli([*G, "steps=-1"], monkeypatch, capsys, tmp_path)
     assert_one_line(code, err, "steps=-1 must be an integer >= 0")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- 12, 13. one line, naming the right thing ---------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_loading_on_a_missing_cuda_device_is_one_line(tmp_path):
+    d = tmp_path / "run"
+    pinn_lora.adapt_to(_base(), _target(), "lora", run_dir=d, **TINY)
+    for call in (lambda: pinn_lora.load_adapter(d, device="cuda"), lambda: pinn_lora.load_base("burgers", device="cuda"),
+                 lambda: pinn_lora.load_family(d, device="cuda")):
+        with pytest.raises(ValueError, match="device='cuda' but no CUDA device is available"):
+            call()
+
+
+def test_save_adapter_to_a_file_is_one_line(tmp_path):
+    res = pinn_lora.adapt_to(_base(), _target(), "lora", **TINY)
+    f = tmp_path / "file"
+    f.write_text("mine")
+    with pytest.raises(ValueError, match="is a file; an adapter is saved into a directory"):
+        pinn_lora.save_adapter(res.model, f, res.method, res.problem)
+    assert f.read_text() == "mine"
+
+
+def test_os_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from pinn_lora import cli as cli_mod
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    with pytest.raises(SystemExit) as exc:
+        cli_mod.guarded(full)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1 and len(err) == 1 and "No space left on device" in err[0] and "resume=true" in err[0]
+    long = tmp_path / ("x" * 300)
+    code, _, err = cli([*G, f"out={long}"], monkeypatch, capsys, tmp_path)
+    assert code in (1, 2) and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+
+
+def test_messages_name_the_right_thing():
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"^stage_steps=-3 must be an integer >= 1"):
+        pinn_lora.adapt_to(_base(), _target(), "lora", loop_options={"stage_steps": -3}, **TINY)
+    with pytest.raises(TypeError, match="evaluate: problem must be a problem object"):
+        pinn_lora.evaluate(_base()[0], "helmholtz")
+    from pinn_lora.family import _check_bank_options
+
+    _check_bank_options(np.int64(2), 0.0, "auto")  # an integer
+    with pytest.raises(ValueError, match=r"anchors=2\.5 must be an integer"):
+        _check_bank_options(2.5, 0.0, "auto")
