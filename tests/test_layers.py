@@ -18,8 +18,11 @@ LAYER = {  # module (relative to pinn_lora; a subpackage maps all its modules) -
     "registry": "core",  # name -> class lookups through entry points; it imports no module of the package
     # io: tensors and files, knowing only core
     "checkpoint": "io", "rundir": "io", "resume": "io", "zoo": "io", "schema": "io",
+    "safe_io": "io",  # symlink-safe, umask-following writes; imports no module of the package
+    "preflight": "io",  # checks a run makes before its claim (cuda_graph, the LM Jacobian, a resume's checkpoint)
     # engine: methods and the training loop
     "methods": "engine", "train": "engine", "loops": "engine", "monitors": "engine", "validation": "engine",
+    "ending": "engine",  # the end of a run finished before a Ctrl-C stops it (takes train's Interrupted)
     # workflow: a whole adaptation (or pretraining) with its files and figures
     "api": "workflow", "session": "workflow", "batch": "workflow", "report": "workflow", "interop": "workflow",
     "config": "workflow",  # AdaptConfig: the settings of one adaptation (their defaults take TrainConfig's)
