@@ -80,6 +80,7 @@ class Run:
     summary: dict[str, Any]
     records: list[dict[str, Any]]
     config: dict[str, Any] | None = None
+    dropped: list[str] = field(default_factory=list)  # unreadable lines of metrics.jsonl left out, and why
 
     @property
     def problem(self) -> str:
@@ -225,9 +226,26 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def load_run(run_dir: str | Path) -> Run:
-    from pinn_lora.monitors import read_metrics
+def _read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The readable records of a ``metrics.jsonl`` and a note for each line left out (not a JSON object)."""
+    records, dropped = [], []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                dropped.append(f"line {i}: {exc}")
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+            else:
+                dropped.append(f"line {i}: not a JSON object")
+    return records, dropped
 
+
+def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     if not isinstance(summary, dict) or "problem" not in summary or "method" not in summary:
@@ -235,7 +253,8 @@ def load_run(run_dir: str | Path) -> Run:
     if summary.get("status") in ("failed", "interrupted"):
         raise ValueError(f"a{'n' if summary['status'] == 'interrupted' else ''} {summary['status']} run "
                          f"({summary.get('message', 'no message')})")
-    return Run(run_dir, summary, read_metrics(run_dir / "metrics.jsonl"), _read_config(run_dir))
+    records, dropped = _read_records(run_dir / "metrics.jsonl")  # one bad line does not drop the run
+    return Run(run_dir, summary, records, _read_config(run_dir), dropped)
 
 
 def find_runs(root: str | Path) -> tuple[list[Run], list[str]]:
@@ -724,6 +743,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         from pinn_lora.cli import EXIT_OS_ERROR, os_error_line
 
         fail(os_error_line(exc), EXIT_OS_ERROR)
+    import sys
+
+    runs, skipped = find_runs(root)
+    for run in runs:
+        if run.dropped:
+            print(f"compare: {run.path}: {len(run.dropped)} unreadable line(s) of metrics.jsonl left out "
+                  f"({run.dropped[0]}{'; ...' if len(run.dropped) > 1 else ''}); the rest of the run is used",
+                  file=sys.stderr)
+    for note in skipped:
+        print(f"compare: skipped {note}", file=sys.stderr)
     for sec in sections:
         print(f"## {sec.title}\n\n{_markdown_table(*table(sec.rows, levels))}\n")
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")

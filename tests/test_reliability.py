@@ -496,3 +496,18 @@ def test_messages_name_the_right_thing():
     _check_bank_options(np.int64(2), 0.0, "auto")  # an integer
     with pytest.raises(ValueError, match=r"anchors=2\.5 must be an integer"):
         _check_bank_options(2.5, 0.0, "auto")
+
+
+# ---- 15. compare keeps what can be read and says what it left out ------------------------------------------
+def test_compare_keeps_a_run_with_one_bad_metrics_line(sweep, capsys):  # noqa: F811
+    run = sorted(p.parent for p in sweep.rglob("summary.json"))[0]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines.insert(1, '{"step": 1, "loss": ')  # a line cut short
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    runs, skipped = compare.find_runs(sweep)
+    kept = next(r for r in runs if r.path == run)
+    assert len(kept.records) == len(lines) - 1 and kept.dropped and kept.dropped[0].startswith("line 2:")
+    compare.main([str(sweep), "--no-solutions"])
+    err = capsys.readouterr().err
+    assert f"compare: {run}: 1 unreadable line(s) of metrics.jsonl left out (line 2:" in err
+    assert "compare: skipped " in err and "no summary.json" in err  # the dropped run named on the terminal
