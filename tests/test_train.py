@@ -25,7 +25,8 @@ def test_run_directory_and_checkpoint(tmp_path):
                    solver="method")
     assert res.history.status == "completed"
     with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as fh:
-        assert fh.metadata()["step"] == "3"  # the state after 3 steps, verified by the 4th step's loss
+        # the end of the steps (the state after 5, verified by one more loss), after the one at step 3
+        assert fh.metadata()["step"] == "5" and json.loads(fh.metadata()["__resume__"])["phase"] == "end"
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if "rel_l2" in r] == [1, 3, 4]
     assert recs[-1]["evaluations"] == 5

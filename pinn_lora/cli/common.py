@@ -25,6 +25,23 @@ from pinn_lora.store.schema import config_dir  # noqa: F401 (where the configs a
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_NO_IMPROVEMENT = 4  # finished without diverging, but the validation residual is not below the base's
+EXIT_OS_ERROR = 1  # the file system refused a write (a full disk, a read-only file system, a name too long)
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError in one line: the file, what the system said, and what to do for a full disk."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno == errno.ENOSPC:
+        text += ("; free some space and run again (a run's last checkpoint is written atomically and stays "
+                 "intact: resume=true continues from it)")
+    elif exc.errno == errno.ENAMETOOLONG:
+        text += " (a path component is longer than the file system allows, 255 bytes on most)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        text += "; choose a directory you can write to"
+    return text
 
 
 def group_options(group: str) -> list[str]:
@@ -208,6 +225,7 @@ class RunPlan:
     root: Path | None = None  # the run directory (a sweep's directory with -m), absolute, resolved once
     argv: list[str] = field(default_factory=list)  # the command line for Hydra, the run directory resolved
     sweep: Any = None  # with -m: the claim (pinn_lora.store.rundir.Claim) of the sweep directory
+    reserved: list[Path] = field(default_factory=list)  # the default out's new folders (pinn_lora.store.rundir.reserve)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -219,7 +237,14 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable(path: Path, key: str) -> Path:
     """``path`` exists as a writable directory or can be created: else one ``error:`` line.
     Returns its nearest existing ancestor (``path`` itself when it exists)."""
-    anchor = _nearest_existing(path)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
+    if long is not None:
+        fail(f"{key}={path}: the path component {long[:40]}... is {len(os.fsencode(long))} bytes long; file systems "
+             "allow at most 255: choose a shorter name")
+    try:
+        anchor = _nearest_existing(path)
+    except OSError as exc:
+        fail(f"{key}={path}: {os_error_line(exc)}")
     if not anchor.is_dir():
         what = "is a file" if anchor == path else f"cannot be created: {anchor} is a file, not a directory"
         fail(f"{key}={path} {what}; give a directory that can be created or written")
@@ -333,6 +358,10 @@ def prepare_run(argv: list[str], config_name: str = "adapt", *, resume_key: bool
     key = "hydra.sweep.dir" if plan.multirun else "out"
     root = Path(os.path.abspath(str(root)))
     anchor = check_writable(root, key)
+    given = {text for text, o in zip(args.overrides, parsed) if o.get_key_element() in RUN_DIR_KEYS}
+    if not given and not plan.multirun and not plan.resume:  # the default out: a new directory of its own
+        root, plan.reserved = rundir.reserve(root)
+        anchor = root
     kind = "sweep" if plan.multirun else "run"
     try:
         if plan.multirun:
@@ -341,7 +370,6 @@ def prepare_run(argv: list[str], config_name: str = "adapt", *, resume_key: bool
             rundir.check(root, resume=plan.resume, kind=kind, key=key)
     except rundir.RunDirError as exc:
         fail(str(exc) if resume_key else str(exc).replace(", or resume=true to continue it", ""))
-    given = {text for text, o in zip(args.overrides, parsed) if o.get_key_element() in RUN_DIR_KEYS}
     plan.argv = [a for a in argv if a not in given]
     if plan.multirun:  # each job's out is its own directory, sweep.dir/subdir
         plan.argv += [f"hydra.sweep.dir={_quote(root)}", "out=${hydra:runtime.output_dir}"]
@@ -396,6 +424,10 @@ def guarded(fn: Callable[[], Any], *, debug: bool = False,
         if debug:
             raise
         fail(str(exc))
+    except OSError as exc:  # the file system's answer (a full disk, a read-only one, a name too long)
+        if debug:
+            raise
+        fail(os_error_line(exc), EXIT_OS_ERROR)
     except KeyboardInterrupt as exc:
         if debug:
             raise
@@ -463,8 +495,13 @@ def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
 
     sys.argv = [sys.argv[0], *plan.argv]
     register_configs()
-    with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
-        hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()
+    from pinn_lora.store import rundir
+
+    try:
+        with hydra_errors(plan.debug), (plan.sweep or contextlib.nullcontext()):
+            hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)()
+    finally:
+        rundir.unreserve(plan.reserved)  # refused before its run claimed it: the default out goes again
     if plan.multirun and plan.root is not None:
         sweep_summary(plan.root)
 

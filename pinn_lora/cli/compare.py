@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from pinn_lora.cli.common import EXIT_BAD_INPUT, fail
-from pinn_lora.runs.compare import DEFAULT_LEVELS, _markdown_table, compare_runs, table
+from pinn_lora.runs.compare import DEFAULT_LEVELS, _markdown_table, compare_runs, find_runs, table
+from pinn_lora.store.safe_io import UnsafePathError
 from pinn_lora.store import rundir
 
 def _level(text: str) -> float:
@@ -41,8 +42,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     levels = sorted(set(args.levels), reverse=True)
     try:
         out, sections = compare_runs(root, args.out, levels, solutions=not args.no_solutions)
-    except (FileNotFoundError, rundir.RunDirError) as exc:
+    except (FileNotFoundError, rundir.RunDirError, UnsafePathError) as exc:
         fail(str(exc))
+    except OSError as exc:  # a read-only file system, a full disk: one line
+        from pinn_lora.cli.common import EXIT_OS_ERROR, os_error_line
+
+        fail(os_error_line(exc), EXIT_OS_ERROR)
+    import sys
+
+    runs, skipped = find_runs(root)
+    for run in runs:
+        if run.dropped:
+            print(f"compare: {run.path}: {len(run.dropped)} unreadable line(s) of metrics.jsonl left out "
+                  f"({run.dropped[0]}{'; ...' if len(run.dropped) > 1 else ''}); the rest of the run is used",
+                  file=sys.stderr)
+    for note in skipped:
+        print(f"compare: skipped {note}", file=sys.stderr)
     for sec in sections:
         print(f"## {sec.title}\n\n{_markdown_table(*table(sec.rows, levels))}\n")
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")

@@ -28,6 +28,9 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
         raise ConfigError(f"builder={builder!r}; choose bank (adapters at anchors, interpolated) or hyper "
                           "(one coefficient-conditioned adapter trained over the range)")
     # the whole input is checked before the run directory is claimed: bad input leaves nothing behind
+    from pinn_lora.runs.preflight import check_bools
+
+    check_bools({k: cfg[k] for k in ("warm_start", "progress") if k in cfg})
     _check_range(problem, cfg.get("over"), cfg["low"], cfg["high"])
     _check_bank_options(cfg.get("anchors", 5), cfg.get("tol", 0.0), cfg.get("interpolate", "auto"))
     common = dict(base=cfg.get("base"), seed=cfg.get("seed", 0), device=cfg.get("device", "auto"),

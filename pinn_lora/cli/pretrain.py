@@ -23,6 +23,9 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
     check_ints({"steps": recipe["steps"], "lbfgs_steps": recipe["lbfgs_steps"], "n_points": recipe["n_points"],
                 "resample_every": recipe["resample_every"], "seed": cfg.get("seed", 0),
                 "checkpoint_every": cfg.get("checkpoint_every", 0)})  # the bounds of adapt's keys of these names
+    from pinn_lora.runs.preflight import check_bools
+
+    check_bools({k: cfg[k] for k in ("progress", "resume") if k in cfg})
     resume = cfg.get("resume", False) is True
     if resume and (run_dir / "base.safetensors").exists():
         from pinn_lora.runs.adapt import ConfigError

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import platform
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -29,3 +29,24 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+class SettingError(ValueError):
+    """A setting given a value of the wrong kind (a string for a true/false key, a device that is not there)."""
+
+
+def check_bools(values: dict[str, Any], where: str = "") -> None:
+    """Each value must be true or false: ``warm_start=no`` (a string, which ``bool()`` takes for true) is
+    refused in one line instead of silently meaning the opposite."""
+    for key, value in values.items():
+        if not isinstance(value, bool):
+            raise SettingError(f"{where}{key}={value!r} must be true or false")
+
+
+def check_device(device: Any, where: str) -> None:
+    """``device="cuda"`` on a machine without CUDA: one line instead of torch's AssertionError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SettingError(f"{where}: device={device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SettingError(f"{where}: device={device!r} but no CUDA device is available; use device='cpu'")

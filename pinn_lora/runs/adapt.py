@@ -15,7 +15,9 @@ from torch import nn
 from pinn_lora.core.runtime import device_name, own_rng
 from pinn_lora.methods import Method, trainable_parameters
 from pinn_lora.model.adapters import adapter_layers
+from pinn_lora.runs import preflight
 from pinn_lora.runs.adapter_io import attach
+from pinn_lora.runs.ending import end_phase
 from pinn_lora.runs.resolve import (  # noqa: F401  (the names callers of this module import from it)
     DTYPES,
     ConfigError,
@@ -115,7 +117,8 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
 
     The verdict (``summary()["status"]``): ``completed``, ``diverged``, or ``no_improvement`` when the result's
     residual on the fixed validation set (:mod:`pinn_lora.training.verdict`) is not below the base network's."""
-    check_request(problem, run_dir, resume)
+    check_request(problem, run_dir, resume, {"resume": resume, "plots": plots, "progress": progress,
+                                             "default_monitors": default_monitors})
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     checkpoint = Path(run_dir) / "checkpoint.safetensors" if run_dir is not None else None
     saved = resume_state.load(checkpoint, dev) if resume else None
@@ -128,16 +131,18 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
     run = prepare(base, problem, resolved, dt, dev, run_dir=run_dir, progress=progress, cuda_graph=cuda_graph,
                   monitors=monitors, default_monitors=default_monitors, saved=saved, checkpoint=checkpoint)
     run.extra["settings_base"] = str(base) if isinstance(base, (str, Path)) else "(network given)"
+    trainer = build_trainer(run)
+    preflight.check_run(trainer, saved, checkpoint, run.run_dir and run.run_dir / "metrics.jsonl")  # before the claim
     claim = rundir.claim(run_dir, resume=resume) if run_dir is not None else rundir.UNCLAIMED
-    trainer = execute(run, claim)
-    result = conclude(run, trainer, dev)
-    if run_dir is not None:
-        claim.guard(result.save, run_dir, plots=plots)
-    claim.release()
+    execute(run, trainer, claim)
+    with end_phase(claim, run_dir):  # a Ctrl-C here is deferred until the run is written (pinn_lora.runs.ending)
+        result = conclude(run, trainer, dev)
+        if run_dir is not None:
+            claim.guard(result.save, run_dir, plots=plots)
     return result
 
 
-def check_request(problem: Any, run_dir: str | Path | None, resume: bool) -> None:
+def check_request(problem: Any, run_dir: str | Path | None, resume: bool, flags: Mapping[str, Any]) -> None:
     """Refuse a request that cannot run, before anything else: not a problem object, a run directory that is
     not a path or already holds a run (:mod:`pinn_lora.store.rundir`; claimed only once the input is good)."""
     from pinn_lora.pde.problem import Problem
@@ -147,6 +152,7 @@ def check_request(problem: Any, run_dir: str | Path | None, resume: bool) -> Non
                         f"(its coefficients are the target); got {type(problem).__name__} {problem!r}")
     if run_dir is not None and not isinstance(run_dir, (str, Path)):
         raise TypeError(f"adapt_to: run_dir must be a path (str or pathlib.Path), got {type(run_dir).__name__}")
+    preflight.check_bools(dict(flags))
     if resume and run_dir is None:
         raise ConfigError("resume=true needs the run directory to continue (out=... / run_dir=...)")
     if run_dir is not None:
@@ -223,21 +229,24 @@ def prepare(base: Any, problem: Any, resolved: Resolved, dt: torch.dtype, dev: t
     return run
 
 
-def execute(run: Prepared, claim: Any) -> Trainer:
-    """Run the training loop (the run directory claimed: ``claim``); a resumed run continues its
-    ``metrics.jsonl`` from the checkpoint's records."""
+def build_trainer(run: Prepared) -> Trainer:
+    """The training loop of the run, its monitors ending with the ``metrics.jsonl`` writer (built before the
+    run directory is claimed, so what it would refuse is found first: :mod:`pinn_lora.runs.preflight`)."""
     meth = run.resolved.method
-    records: list[dict[str, Any]] = []
-    if run.saved is not None:
-        records = claim.guard(resume_state.truncate_metrics, run.run_dir / "metrics.jsonl", run.saved[1]["records"])
     if run.run_dir is not None:
         run.monitors.append(MetricsWriter(run.run_dir / "metrics.jsonl"))
-    trainer = Trainer(run.problem, run.model, meth.dynamics(run.model), run.train, monitors=run.monitors,
-                      after_step=meth.step_hook(), checkpoint_path=run.checkpoint, method=meth,
-                      resume_from=run.saved, settings=run.extra["settings"], stages=run.stages)
-    trainer.history.records = records
+    return Trainer(run.problem, run.model, meth.dynamics(run.model), run.train, monitors=run.monitors,
+                   after_step=meth.step_hook(), checkpoint_path=run.checkpoint, method=meth,
+                   resume_from=run.saved, settings=run.extra["settings"], stages=run.stages)
+
+
+def execute(run: Prepared, trainer: Trainer, claim: Any) -> None:
+    """Run the training loop (the run directory claimed: ``claim``); a resumed run continues its
+    ``metrics.jsonl`` from the checkpoint's records."""
+    if run.saved is not None:
+        trainer.history.records = claim.guard(resume_state.truncate_metrics, run.run_dir / "metrics.jsonl",
+                                              run.saved[1]["records"])
     claim.guard(trainer.run)
-    return trainer
 
 
 def conclude(run: Prepared, trainer: Trainer, dev: torch.device) -> AdaptResult:

@@ -161,6 +161,9 @@ def save_adapter(model: nn.Module, directory: str | Path, method: Any, problem: 
         raise ValueError("save_adapter: the base model is unknown; attach the method with pinn_lora.attach "
                          "or pass base=pinn_lora.runs.adapter_io.base_description(base_net, base_card)")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"save_adapter: {directory} is a file; an adapter is saved into a directory "
+                         f"({ADAPTER_FILE} + {CARD_FILE}): give a directory")
     held = [name for name in (ADAPTER_FILE, CARD_FILE) if (directory / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{directory} already holds an adapter ({', '.join(held)}); it is never overwritten: "
@@ -295,6 +298,9 @@ def load_adapter(path: str | Path, base: str | Path | nn.Module | None = None, *
     from pinn_lora.model.network import PINN
     from pinn_lora.store.zoo import load_base
 
+    from pinn_lora.core.runtime import check_device
+
+    check_device(device, "load_adapter")
     weights, _ = _paths(path)
     card = read_adapter_card(path)
     state = load_tensors(weights)
@@ -366,6 +372,11 @@ class Evaluation:
 def evaluate(model: nn.Module, problem: Any, axes: tuple[Any, ...] | None = None) -> Evaluation:
     """Evaluate ``model`` on the tensor grid ``axes`` (default: the problem's evaluation grid,
     on which ``rel_l2`` equals ``problem.relative_l2(model)``) against the reference solution."""
+    from pinn_lora.pde.problem import Problem
+
+    if not isinstance(problem, Problem):
+        raise TypeError(f"evaluate: problem must be a problem object, e.g. pinn_lora.get_problem({problem!r}) "
+                        f"(its coefficients are the target); got {type(problem).__name__} {problem!r}")
     axes = problem.eval_axes() if axes is None else tuple(np.asarray(a, dtype=np.float64) for a in axes)
     if len(axes) != problem.dim:
         raise ValueError(f"evaluate: {problem.name} has {problem.dim} variables {problem.variables}, "

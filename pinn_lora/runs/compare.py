@@ -19,7 +19,6 @@ import html
 import json
 import math
 import re
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +77,7 @@ class Run:
     summary: dict[str, Any]
     records: list[dict[str, Any]]
     config: dict[str, Any] | None = None
+    dropped: list[str] = field(default_factory=list)  # unreadable lines of metrics.jsonl left out, and why
 
     @property
     def problem(self) -> str:
@@ -223,9 +223,26 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def load_run(run_dir: str | Path) -> Run:
-    from pinn_lora.training.monitors import read_metrics
+def _read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The readable records of a ``metrics.jsonl`` and a note for each line left out (not a JSON object)."""
+    records, dropped = [], []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                dropped.append(f"line {i}: {exc}")
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+            else:
+                dropped.append(f"line {i}: not a JSON object")
+    return records, dropped
 
+
+def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     if not isinstance(summary, dict) or "problem" not in summary or "method" not in summary:
@@ -233,7 +250,8 @@ def load_run(run_dir: str | Path) -> Run:
     if summary.get("status") in ("failed", "interrupted"):
         raise ValueError(f"a{'n' if summary['status'] == 'interrupted' else ''} {summary['status']} run "
                          f"({summary.get('message', 'no message')})")
-    return Run(run_dir, summary, read_metrics(run_dir / "metrics.jsonl"), _read_config(run_dir))
+    records, dropped = _read_records(run_dir / "metrics.jsonl")  # one bad line does not drop the run
+    return Run(run_dir, summary, records, _read_config(run_dir), dropped)
 
 
 def find_runs(root: str | Path) -> tuple[list[Run], list[str]]:
@@ -504,8 +522,7 @@ def _write_report(root: Path, out: Path, runs: Sequence[Run], skipped: Sequence[
                   solutions: bool) -> list[Section]:
     from pinn_lora.runs import report as rp
 
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    fig_dir = rundir.make_dirs(out / "figures")  # through no symbolic link
     levels = sorted(set(levels), reverse=True)
     sections = []
     for (problem, coeffs), group in group_runs(runs).items():
@@ -613,7 +630,7 @@ def _solution_figures(sec: Section, vs: Sequence[Variant], fig_dir: Path, stem: 
         png = run.path / "plots" / "solution.png"
         if png.is_file():
             dest = fig_dir / f"{stem}_solution_{_slug(method)}.png"
-            shutil.copyfile(png, dest)
+            rundir.write_atomic(dest, png.read_bytes())
             sec.figures.append((f"{method}: the run's own plots/solution.png ({run.path.name}; the network could "
                                 f"not be rebuilt: {why})", dest))
         else:
@@ -641,7 +658,7 @@ def _write_markdown(out: Path, root: Path, runs, skipped, sections: Sequence[Sec
     if skipped:  # every one, not only the header's first few
         parts += ["## Skipped directories", "", *(f"- {line}" for line in skipped), ""]
     path = out / "report.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    rundir.write_atomic(path, "\n".join(parts).encode("utf-8"))
     return path
 
 
@@ -681,7 +698,7 @@ def _write_html(out: Path, root: Path, runs, skipped, sections: Sequence[Section
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    rundir.write_atomic(path, "\n".join(parts).encode("utf-8"))
     return path
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from pinn_lora.runs.resolve import (ConfigError, check_budget, method_with_options, recipe_of, resolve_base,
                                     resolve_device, resolve_dtype, resolve_settings)
+from pinn_lora.runs.ending import end_phase
 from pinn_lora.runs.settings import DEFAULTS
 from pinn_lora.store import rundir
 from pinn_lora.model.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
@@ -271,15 +272,15 @@ def adapt_many(base: Any, problems: Sequence[Any], method: str, *, steps: int | 
                 "eval_every": s["eval_every"], "derivatives": "jets", "cuda_graph": trainer.graph_captured,
                 "dtype": dtype, "flattened": trainer.flattened or trainer.why_not_flat}
     results = []
-    for k, (prob, copy_, hist) in enumerate(zip(problems, copies, trainer.split())):
-        res = _judge_copy(prob, copy_, hist, card, {"batch": {"index": k, "size": len(problems)}, "seed": seed,
-                                                    "settings": settings})
-        if run_dir is not None:
-            label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
-            sub = Path(run_dir) / f"{k:02d}_{label}"  # new, inside the directory this run claimed
-            claim.guard(_write_member, sub, res, copy_["model"], prob, hist, plots)
-        results.append(res)
-    claim.release()
+    with end_phase(claim, run_dir):  # every copy is written before a Ctrl-C stops the run (pinn_lora.runs.ending)
+        for k, (prob, copy_, hist) in enumerate(zip(problems, copies, trainer.split())):
+            res = _judge_copy(prob, copy_, hist, card, {"batch": {"index": k, "size": len(problems)}, "seed": seed,
+                                                        "settings": settings})
+            if run_dir is not None:
+                label = "_".join(f"{c}={v:g}" for c, v in prob.coefficients.items())
+                sub = Path(run_dir) / f"{k:02d}_{label}"  # new, inside the directory this run claimed
+                claim.guard(_write_member, sub, res, copy_["model"], prob, hist, plots)
+            results.append(res)
     return results
 
 

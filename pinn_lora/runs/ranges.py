@@ -186,16 +186,21 @@ class Family:
 
     # -- files
     def save(self, path: str | Path) -> dict[str, Any]:
-        """Write ``path``/family.safetensors + family.json; returns the card written."""
+        """Write ``path``/family.safetensors + family.json; returns the card written. ``path`` is claimed for
+        it unless this process owns it already (:mod:`pinn_lora.store.rundir`: a folder pinn_lora did not create,
+        or one holding another run, is refused)."""
+        from pinn_lora.store import rundir
         from pinn_lora.store.tensors import card_metadata, save_tensors, write_json
         from pinn_lora.store.schema import family_card_schema, validate
 
         path = Path(path)
         _check_out(path)
+        if not rundir.owned(path):
+            with rundir.claim(path, key="out"):
+                return self.save(path)
         card = {**self.card, "kind": FAMILY_KIND}
         validate({**card, "weights_sha256": "0" * 64}, family_card_schema(), f"family card in {path}")
         tensors = {k: v.cpu().contiguous() for k, v in self.tensors().items()}
-        path.mkdir(parents=True, exist_ok=True)
         card["weights_sha256"] = save_tensors(path / "family.safetensors", tensors, metadata=card_metadata(card))
         write_json(path / "family.json", card)
         self.card = card
@@ -285,6 +290,9 @@ def load_family(path: str | Path, *, dtype: torch.dtype = torch.float64, device:
     """The family saved in directory ``path`` (its card checked and bound to the weights; the base it was
     built on is not needed)."""
     from pinn_lora.store.tensors import CheckpointError, check_card_binding, load_tensors, read_json, sha256
+    from pinn_lora.core.runtime import check_device
+
+    check_device(device, "load_family")
     from pinn_lora.model.network import PINN
     from pinn_lora.core.registry import get_problem
     from pinn_lora.store.schema import family_card_schema, validate
@@ -342,7 +350,11 @@ def _check_range(problem: Any, over: str | None, low: float, high: float) -> tup
 
 
 def _check_bank_options(anchors: int, tol: float, interpolate: str) -> None:
-    if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 2:
+    import numbers
+
+    if isinstance(anchors, bool) or not isinstance(anchors, numbers.Integral):
+        raise FamilyError(f"anchors={anchors!r} must be an integer >= 2 (the range's ends)")
+    if anchors < 2:
         raise FamilyError(f"anchors={anchors!r}: a family needs at least 2 anchors (the range's ends)")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise FamilyError(f"tol={tol!r} must be a number >= 0")
@@ -378,9 +390,26 @@ def answer_residual(fam: Family, value: float, n: int | None = None) -> float:
 
 
 def _check_out(out: str | Path | None) -> None:
-    """A family is never written over another one (refused before any training)."""
+    """A family is never written over another one, nor into a folder pinn_lora may not claim (refused
+    before any training)."""
+    from pinn_lora.store import rundir
+
     if out is not None and any((Path(out) / name).exists() for name in ("family.json", "family.safetensors")):
         raise FamilyError(f"out={out}: it already holds a family (family.json); choose another directory")
+    if out is not None and not rundir.owned(out):
+        rundir.check(out, key="out")
+
+
+def _write_out(fam: "Family", out: str | Path, plots: bool = True) -> None:
+    """``fam`` saved in ``out`` (claimed for it unless this process owns it) with its plot."""
+    from pinn_lora.store import rundir
+
+    if not rundir.owned(out):
+        with rundir.claim(out, key="out"):
+            return _write_out(fam, out, plots)
+    fam.save(out)
+    if plots:
+        plot_family(fam, Path(out) / "plots" / "family.png")
 
 
 def spread(spec: Any, low: float, high: float, n: int) -> list[float]:
@@ -408,10 +437,14 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     that run) instead of from the base, so neighbouring anchors' weights stay close."""
     from pinn_lora.runs.adapt import adapt_to, resolve_device, resolve_dtype
 
+    from pinn_lora.core.runtime import check_bools
+
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
+    check_bools({"warm_start": warm_start, "progress": progress, "plots": plots}, "build_family: ")
     _check_out(out)
     _check_bank_options(anchors, tol, interpolate)
+    anchors = int(anchors)  # np.int64(2) included
     mode = "solution" if interpolate == "auto" else interpolate  # the anchors are placed with blended solutions
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = _resolve_pinn_base(problem, base, dt, dev, "build_family")
@@ -493,9 +526,7 @@ def build_family(problem: Any, over: str | None, low: float, high: float, method
     }
     fam = Family(problem, over, low, high, values, states, base_net, card)
     if out is not None:
-        fam.save(out)
-        if plots:
-            plot_family(fam, Path(out) / "plots" / "family.png")
+        _write_out(fam, out, plots)
     return fam
 
 
@@ -517,8 +548,11 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
     from pinn_lora.model.jacobian import residual_jacobian, residual_vector
     from pinn_lora.runs.adapt import resolve_device, resolve_dtype
 
+    from pinn_lora.core.runtime import check_bools
+
     spec, low, high = _check_range(problem, over, low, high)
     over = spec.name
+    check_bools({"progress": progress}, "build_hyper_family: ")
     _check_out(out)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     base_net, base_card = _resolve_pinn_base(problem, base, dt, dev, "build_hyper_family")
@@ -586,8 +620,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
     }
     fam = HyperFamily(problem, over, low, high, cond, card)
     if out is not None:
-        fam.save(out)
-        plot_family(fam, Path(out) / "plots" / "family.png")
+        _write_out(fam, out)
     return fam
 
 
@@ -623,5 +656,10 @@ def plot_family(fam: Family, path: Path, points: int = 17) -> None:
     ax.set_title(f"{fam.problem.name}: {fam.card.get('method', {}).get('name', '')} family, {how}")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    import io
+
+    from pinn_lora.store.rundir import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    write_atomic(path, buf.getvalue())  # creates plots/ through no symbolic link

@@ -10,8 +10,14 @@ import torch
 
 def _save(fig, path: str | Path, dpi: int = 110, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
     """Lay out ``fig`` inside ``rect``, write it to ``path`` as PNG and close it."""
+    import io
+
+    from pinn_lora.store.rundir import write_atomic
+
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    write_atomic(path, buf.getvalue())  # atomically, through no symbolic link, with the umask's mode
     return Path(path)
 
 

@@ -124,6 +124,7 @@ def resolve_settings(problem: Any, method: str | Method, given: Mapping[str, Any
         raise ConfigError(f"loop option {', '.join(unknown)} unknown; options: {', '.join(loop_keys)}")
     flat.update({k: v for k, v in given.items() if k in RECIPE_GIVEN and v is not None and k != "solver"})
     flat.update(loop_options or {})
+    check_ints({"stage_steps": flat["stage_steps"]}, bounds={"stage_steps": 1})  # before steps + stages x it
     continuation = flat["continuation"]
     if continuation not in ("auto", "off") and (isinstance(continuation, bool) or not isinstance(continuation, int)
                                                 or continuation < 0):

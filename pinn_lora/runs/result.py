@@ -92,7 +92,7 @@ class AdaptResult:
         if plots:
             from pinn_lora.runs.report import plot_losses, plot_solution
 
-            (run_dir / "plots").mkdir(exist_ok=True)
+            rundir.make_dirs(run_dir / "plots")  # through no symbolic link
             title = f"{self.method.name} on {self.problem!r}"
             plot_losses(self.metrics, run_dir / "plots" / "loss.png", title, base_error=self.base_error)
             plot_solution(self.problem, self.model, run_dir / "plots" / "solution.png", title)

@@ -11,12 +11,14 @@ owner (host, pid, the process's start time, when, a random token) and the run's 
 - a directory with a marker holds a run: refused, unless the run is continued (``resume=true``)
   and its owner is gone — on the same host a live owner process blocks it; the taker renames the
   old marker away first, so of two takers only one succeeds;
-- nothing is deleted after the claim: a run that fails is marked ``failed`` (in the marker and in
-  ``summary.json``), and can be resumed or left for inspection.
+- nothing the run wrote is deleted after the claim: a run that fails is marked ``failed`` (in the marker
+  and in ``summary.json``), and can be resumed or left for inspection — except a fresh claim refused for
+  bad input (:data:`BAD_INPUT`) before the run wrote anything: the marker and the claim's own files (and
+  the folders the claim created) are removed again, so a refused command leaves the folder as it was.
 
 :func:`check` tells, without writing, whether a claim would be refused (callers run it before
 their slow work and validation, then :func:`claim` when the input is known to be good, so bad
-input creates nothing). This module knows files only: it imports nothing from pinn_lora."""
+input creates nothing). This module knows files only: it imports nothing from pinn_lora but :mod:`pinn_lora.store.safe_io`."""
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +26,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -141,6 +142,13 @@ def _refusal(path: Path, *, resume: bool, kind: str, key: str | None) -> str | N
     status = _summary_status(path)
     if kind == "run" and status is not None and status not in RESUMABLE:
         return f"run directory {path} holds a finished run ({SUMMARY}: {status}); nothing to resume"
+    from pinn_lora.store.safe_io import links_below
+
+    links = links_below(path, 1)
+    if links:  # pinn_lora makes no links: one in its directory was put there to be written through
+        return (f"{where} holds a symbolic link, {links[0].relative_to(path)} (to {os.readlink(links[0])}), that "
+                "pinn_lora did not make; it writes only inside its directory and never through a link: "
+                "remove the link")
     return None
 
 
@@ -157,18 +165,28 @@ def _new_marker(kind: str) -> dict[str, Any]:
             "token": uuid.uuid4().hex, "command": " ".join(sys.argv)}
 
 
+def owner_root(path: str | Path) -> Path | None:
+    """The directory claimed by this process that ``path`` lies in (the innermost), or None."""
+    path = _abs(path)
+    roots = [root for root in _ACTIVE if root == path or root in path.parents]
+    return max(roots, key=lambda r: len(r.parts)) if roots else None
+
+
 def write_atomic(path: str | Path, data: bytes, *, new: bool = False) -> None:
     """Write file ``path`` atomically: a temp file beside it, then renamed over it; with ``new`` it is
-    linked instead, so an existing file is never replaced (FileExistsError, nothing changed)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.link(tmp, path) if new else os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    linked instead, so an existing file is never replaced (FileExistsError, nothing changed). Inside
+    a directory this process has claimed, no folder below it and not the file may be a symbolic link
+    (:class:`pinn_lora.store.safe_io.UnsafePathError`); the file's mode follows the umask."""
+    from pinn_lora.store.safe_io import write_bytes
+
+    write_bytes(path, data, new=new, root=owner_root(path))
+
+
+def make_dirs(path: str | Path) -> Path:
+    """Create folder ``path``; inside a claimed directory, through no symbolic link."""
+    from pinn_lora.store.safe_io import make_dirs as make
+
+    return make(path, owner_root(path))
 
 
 def _encode(info: Mapping[str, Any]) -> bytes:
@@ -206,6 +224,8 @@ class Claim:
         told how to start over."""
         if self.path is None or _ACTIVE.get(self.path) is not self:
             return
+        if isinstance(exc, BAD_INPUT) and self._withdraw():
+            return  # bad input found after the claim, before the run wrote anything: as before the command
         status = getattr(exc, "run_status", "failed")
         message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         if self.info.get("kind") == "run" and not (self.path / LEGACY_RESUMABLE).is_file():
@@ -216,6 +236,27 @@ class Claim:
             write_atomic(self.path / SUMMARY, (json.dumps({**summary, "status": status, "message": message},
                                                       indent=2) + "\n").encode())
         self.release(status, message=message)
+
+    def _withdraw(self) -> bool:
+        """Undo a fresh claim whose directory holds only what the claim wrote (the marker, the files of
+        :func:`files_on_claim` and their folders): remove those and the folders the claim created; the
+        directory is then as it was before. False (nothing removed) when anything else is there or the
+        marker is no longer this claim's."""
+        made: set[str] | None = getattr(self, "made", None)
+        if self.path is None or made is None or (read_marker(self.path) or {}).get("token") != self.token:
+            return False
+        found = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*")}
+        if found != made or any((self.path / rel).is_symlink() for rel in found):
+            return False
+        del _ACTIVE[self.path]
+        for rel in sorted(made, key=lambda r: -r.count("/")):  # files, then their folders, deepest first
+            target = self.path / rel
+            with contextlib.suppress(OSError):
+                target.rmdir() if target.is_dir() else target.unlink()
+        for folder in getattr(self, "created", []):  # the run directory and the parents the claim made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return True
 
     def guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``; if it raises (Ctrl-C included) the run is marked failed first."""
@@ -235,6 +276,10 @@ class Claim:
             self.release()
 
 
+# exceptions that are the user's input (ConfigError, CheckpointError, RunDirError ... are ValueErrors; unknown
+# names are KeyErrors): raised after a fresh claim before anything was written, the claim is withdrawn
+BAD_INPUT = (ValueError, KeyError)
+
 UNCLAIMED = Claim(None, {})  # for a run without a directory: guard() just calls, release() does nothing
 
 
@@ -249,6 +294,7 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
     where = f"{key}={path}" if key else f"run directory {path}"
     take_over = resume or kind == "report"
     check(path, resume=take_over, kind=kind, key=key)
+    created = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # innermost first
     path.mkdir(parents=True, exist_ok=True)
     info = _new_marker(kind)
     previous = read_marker(path)
@@ -277,10 +323,40 @@ def claim(path: str | Path, *, resume: bool = False, kind: str = "run", key: str
     _ACTIVE[path] = owned
     for rel, text in _ON_CLAIM.get(path, {}).items():
         target = path / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         with contextlib.suppress(FileExistsError):  # a resumed run keeps the files of its start
             write_atomic(target, text.encode(), new=True)
+    if previous is None:  # a fresh claim: what it wrote, so bad input found later can withdraw it (Claim._withdraw)
+        owned.created = created
+        owned.made = {MARKER, *(p.relative_to(path).as_posix() for rel in _ON_CLAIM.get(path, {})
+                                for p in [path / rel, *(path / rel).parents] if path in p.parents)}
     return owned
+
+
+def reserve(path: str | Path) -> tuple[Path, list[Path]]:
+    """A new directory for a run whose name was not chosen by the user (the default ``out``, a timestamp to
+    the second): ``path``, or ``path-2``, ``path-3`` ... — the first that can be created (``mkdir`` is
+    atomic, so two commands started in the same second get two directories). Returns it and the folders
+    created (innermost first), which :func:`unreserve` removes again if no run claimed them."""
+    path = _abs(path)
+    made = [p for p in path.parents if not os.path.lexists(p)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate, [candidate, *made]
+    raise RunDirError(f"run directory {path}: 9999 runs of that name already exist; choose out=...")
+
+
+def unreserve(folders: list[Path]) -> None:
+    """Remove the folders :func:`reserve` created that are still empty (the command was refused before
+    its run claimed them)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def owned(path: str | Path) -> bool:

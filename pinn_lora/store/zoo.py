@@ -51,10 +51,15 @@ def save_base(net: PINN, card: dict[str, Any], path: str | Path) -> dict[str, An
     """Write ``path``.safetensors + ``path``.json; returns the card written. Weights holding NaN or
     inf are refused (ValueError) before anything is written."""
     weights, card_path = _paths(path)
+    zoo = ZOO_DIR.resolve()
+    for target in (weights, card_path):
+        if target.resolve().parent == zoo:
+            raise ValueError(f"save_base: {str(path)!r} names a base model shipped with pinn_lora ({target}); shipped "
+                             "bases are read-only: save to a path of your own, e.g. save_base(net, card, "
+                             f"'my_bases/{Path(str(path)).name}')")
     check_finite(net.state_dict(), f"save_base: {weights}")
     validate({**card, "network": net.architecture(), "weights_sha256": "0" * 64}, base_card_schema(),
              f"save_base: the card for {card_path}")  # before anything is written
-    weights.parent.mkdir(parents=True, exist_ok=True)
     card = {**card, "network": net.architecture()}
     # the card is bound to the weights, as an adapter's is
     card["weights_sha256"] = save_tensors(weights, net.state_dict(), metadata=card_metadata(card))
@@ -68,6 +73,9 @@ def load_base(name_or_path: str | Path = "burgers", *, dtype: torch.dtype = torc
 
     Returns (network, card, source problem); the network carries its
     problem's output transform."""
+    from pinn_lora.core.runtime import check_device
+
+    check_device(device, "load_base")
     weights, card_path = _paths(name_or_path)
     if not card_path.exists() and not weights.exists():
         raise CheckpointError(f"no base model {str(name_or_path)!r}: not a shipped name "

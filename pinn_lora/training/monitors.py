@@ -89,7 +89,10 @@ class MetricsWriter(Monitor):
         self._n = 0
 
     def on_start(self, model: nn.Module, problem: Any) -> None:
-        self._fh = open(self.path, "a", encoding="utf-8")
+        from pinn_lora.store.rundir import owner_root
+        from pinn_lora.store.safe_io import open_append
+
+        self._fh = open_append(self.path, owner_root(self.path))  # through no symbolic link
 
     def on_record(self, record: dict[str, Any]) -> None:
         assert self._fh is not None
@@ -118,9 +121,9 @@ def amend_last_record(path: str | Path, record: dict[str, Any]) -> None:
     if not lines:
         return
     lines[-1] = json.dumps({k: json_safe(v) for k, v in record.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from pinn_lora.store.rundir import write_atomic
+
+    write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -61,6 +61,9 @@ class TrainConfig:
         return self.rar_add or max(self.n_points // 10, 1)
 
     def __post_init__(self) -> None:
+        for key in ("lm_adaptive", "progress"):  # bool("no") is True: a string would silently mean true
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"train: {key}={getattr(self, key)!r} must be true or false")
         if self.cuda_graph not in ("auto", True, False):
             raise ValueError(f"train: cuda_graph={self.cuda_graph!r}; use auto, true or false")
         for keys, low in ((("steps", "lbfgs_steps", "lbfgs_points", "checkpoint_every", "sync_every"), 0),
@@ -454,6 +457,8 @@ class Checkpointer:
             m.load_state_dict(ms)
         torch.set_rng_state(state["torch_rng"])
         step, phase = int(state["step"]), state["phase"]
+        if phase == "end" and step < t.cfg.steps:  # the end of fewer steps: the state before the next one
+            phase = "train"
         t.stage, t.stage_start, loss = state.get("stage", [0, 0, None])
         t._stage_loss = math.inf if loss is None else float(loss)
         # mid-block: rewind to the draw of the block's points, so the loop draws the same points again
@@ -643,7 +648,7 @@ class Trainer:
         try:
             method_loop = self._method_loop() if phase == "train" else None
             loops = [(method_loop, start)] if method_loop is not None and cfg.steps else []
-            loops += [(LBFGSLoop(self, cfg.steps), 0)] if cfg.lbfgs_steps else []
+            loops += [(LBFGSLoop(self, cfg.steps), 0)] if cfg.lbfgs_steps and phase != "end" else []
             for loop, first in loops:
                 if isinstance(loop, LBFGSLoop) and phase == "train" and self.checkpointer.enabled:
                     # the verified end of the method's steps: a run killed during the finish restarts it here
@@ -653,6 +658,9 @@ class Trainer:
                         return self.history
                 if not self._verify_end(loop.points, loop.end - 1):
                     return self.history
+            if phase == "train" and loops and not cfg.lbfgs_steps and self.checkpointer.enabled:
+                # the verified end of the steps: a run stopped during its end (validation, save) resumes from here
+                self.checkpointer.write(self.checkpointer.capture(cfg.steps, "end"))
         finally:
             restore_signals()
             self.recorder.close()
