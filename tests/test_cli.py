@@ -15,6 +15,7 @@ from pinn_lora.cli.common import config_dir, group_options, hydra_context
 from pinn_lora.methods import get_method
 from pinn_lora.core.registry import METHODS, PROBLEMS
 from pinn_lora.core.recipe import Recipe
+from ours import OUR_METHODS, OUR_PROBLEMS
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -83,7 +84,7 @@ def test_every_config_composes_and_takes_the_method_defaults():
     assert not (Path(config_dir()) / "method").exists()  # the nodes are built from the classes
     sections = {}
     with hydra_context():
-        for prob in PROBLEMS.names():
+        for prob in OUR_PROBLEMS:
             cfg = OmegaConf.to_container(compose("adapt", [f"problem={prob}"]))
             assert cfg["problem"]["name"] == prob
             assert "adapt" not in cfg["problem"] and "pretrain" not in cfg["problem"]  # the recipe: the class's
@@ -136,13 +137,13 @@ def test_adapt_yaml_takes_its_keys_and_defaults_from_the_schema():
 
 
 @pytest.mark.integration  # 3 x 18 runs on the shipped bases
-@pytest.mark.parametrize("problem", PROBLEMS.names())
+@pytest.mark.parametrize("problem", OUR_PROBLEMS)
 def test_every_method_runs_from_the_composed_cli_config(problem):
     """What `python -m pinn_lora.adapt problem=P method=M steps=4` runs, for every method (in-process,
     a few steps on few points): each improves the residual loss or at least stays finite and completes."""
     from pinn_lora.runs.from_config import run_config
 
-    for meth in METHODS.names():
+    for meth in OUR_METHODS:
         with hydra_context():
             cfg = OmegaConf.to_container(compose("adapt", [f"problem={problem}", f"method={meth}", "steps=4",
                                                            "n_points=64", "lbfgs_steps=0", "device=cpu",

@@ -141,16 +141,15 @@ def test_plugin_family_and_method_on_the_command_line(tmp_path):
         [pinn_lora.methods]
         vera = vera_method:VeRA
     """)
-    res = run_python(f"""
-        from pinn_lora import pretrain_base
-        from pinn_lora.core.registry import get_problem
-        from pinn_lora.training.trainer import TrainConfig
-
-        train = TrainConfig(steps=5, n_points=64, lbfgs_steps=0, eval_every=5, progress=False)
-        pretrain_base(get_problem("heat"), layers=[2, 16, 16, 1], activation="tanh", train=train, lr=2e-3,
-                      out={str(tmp_path / "heat_base")!r})
-    """, site)
+    # a plugin family pretrains from the command line with the package's recipe (the class's network)
+    res = run_module(["pinn_lora.pretrain", "problem=heat", "steps=5", "lbfgs_steps=0", "n_points=64",
+                      "progress=false", f"out={tmp_path / 'pre'}"], site)
     assert res.returncode == 0, res.stderr[-3000:]
+    import json
+
+    card = json.loads((tmp_path / "pre" / "base.json").read_text())
+    assert card["problem"] == "heat" and card["recipe"]["steps"] == 5 and card["recipe"]["lm_mu"] == 0.01
+    assert [len(w) for w in [card["network"]["layers"]]] == [5]  # Heat.network: [2, 32, 32, 32, 1]
 
     res = run_module(["pinn_lora.adapt", "--help"], site)
     groups = res.stdout.split("== Problems and methods ==")[1].split("Examples:")[0]
@@ -167,22 +166,18 @@ def test_plugin_family_and_method_on_the_command_line(tmp_path):
 
     res = run_module(["pinn_lora.adapt", "problem=heat", "method=vera", "method.rnk=3", *fast], site)
     assert res.returncode == 2 and "unknown key 'method.rnk' for method vera; its keys: rank, lr" in res.stderr
-    res = run_module(["pinn_lora.pretrain", "problem=heat", f"out={tmp_path / 'pre'}"], site)
-    assert res.returncode == 2 and "problem 'heat' has no pretraining recipe" in res.stderr, res.stderr[-3000:]
 
     out = tmp_path / "run"
     res = run_module(["pinn_lora.adapt", "problem=heat", "method=vera", "problem.kappa=0.3", "method.rank=4",
-                      f"base={tmp_path / 'heat_base'}", *fast, f"out={out}"], site)
+                      f"base={tmp_path / 'pre' / 'base'}", "continuation=off", *fast, f"out={out}"], site)
     assert res.returncode in (0, 4), res.stderr[-3000:]  # 2 steps: improving on the base is not guaranteed
-    import json
-
     import yaml
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["coefficients"] == {"kappa": 0.3} and summary["status"] in ("completed", "no_improvement")
     cfg = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
-    assert cfg["problem"] == {"name": "heat", "kappa": 0.3, "adapt": {"method": {
-        "default": {"lr": 3e-3}, "odelora": {"lr": 1e-2, "precondition": "rmsprop", "schedule": "cosine"}}}}
+    assert cfg["problem"] == {"name": "heat", "kappa": 0.3}  # the recipe is the class's
+    assert summary["settings"]["solver"] == "lm" and summary["settings"]["lm_mu"] == 0.01  # the package's recipe
     assert cfg["method"] == {"name": "vera", "rank": 4, "lr": None, "schedule": "cosine", "final_ratio": 0.1}
     card = json.loads((out / "card.json").read_text())
     assert card["method"]["name"] == "vera" and card["method"]["lr"] == 3e-3  # the family's default recommendation

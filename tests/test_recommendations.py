@@ -174,3 +174,13 @@ def test_adapt_configs_take_their_help_from_the_recipe():
     for name in RECIPE:
         assert by_name[name].default is None  # null: the family's recipe
         assert field_of(name).metadata["help"] in by_name[name].metadata["help"]
+
+
+def test_the_cli_page_shows_the_recipe_as_declared():
+    """docs/cli.md's recipe table is generated from the declarations (python -m pinn_lora.core.recipe docs/cli.md)."""
+    from pathlib import Path
+
+    from pinn_lora.core.recipe import render
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    assert render(page.read_text()) == page.read_text(), "stale: run python -m pinn_lora.core.recipe docs/cli.md"

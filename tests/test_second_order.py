@@ -19,6 +19,7 @@ from pinn_lora.core.registry import METHODS, PROBLEMS
 from pinn_lora.training.trainer import TrainConfig, Trainer
 
 from tiny import setup
+from ours import OUR_PROBLEMS, OUR_METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,8 +33,8 @@ def _perturbed(problem, method, **opts):
     return prob, model, meth, pts
 
 
-@pytest.mark.parametrize("problem", PROBLEMS.names())
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("problem", OUR_PROBLEMS)
+@pytest.mark.parametrize("method", OUR_METHODS)
 def test_jacobian_equals_autograd(problem, method):
     """Both engines give autograd's residual Jacobian: Jᵀu equals the reverse-mode gradient of
     u·ρ (ρ from the training loss's provider) for a random u, and the engines agree entry by entry."""

@@ -122,7 +122,7 @@ class Pretraining:
     layers: Any = setting(None, "layer widths, e.g. [2, 64, 64, 1] (null: the family's network)", kind=(list, type(None)))
     activation: Any = setting(None, "tanh | sin | ... (null: the family's network)", kind=(str, type(None)))
     lr: float = setting(2.0e-3, "Adam's learning rate", above=0, kind=NUMBER)
-    schedule: str = setting("cosine", "the learning rate's schedule", choices=("cosine", "constant"))
+    schedule: str = setting("cosine", "the learning rate's schedule", choices=("cosine", "constant", "exponential"))
     final_ratio: float = setting(0.01, "cosine: the last learning rate / the first", above=0, kind=NUMBER)
     steps: int = setting(15000, "Adam (or LM) steps", minimum=0)
     n_points: int = setting(3000, "collocation points per step", minimum=1)
@@ -273,8 +273,8 @@ def markdown_table() -> str:
         for f in fields(section):
             if f.name in ("first_order", "method"):
                 continue
-            out.append(f"| `{prefix}{f.name}` | `{fmt(getattr(section, f.name))}` | {describe(f)} | "
-                       f"{f.metadata['help']} |")
+            cell = f.metadata["help"].replace("|", "\\|")  # a bar inside a cell would split it
+            out.append(f"| `{prefix}{f.name}` | `{fmt(getattr(section, f.name))}` | {describe(f)} | {cell} |")
         return out
 
     r = Recipe()
@@ -288,3 +288,21 @@ def markdown_table() -> str:
                       f"Recommended method options (where `method.<option>` is left null): {method}.", "",
                       "Pretraining (`python -m pinn_lora.pretrain`, `pinn_lora.pretrain_base`):", "", *head,
                       *rows(r.pretrain, "pretrain.")])
+
+
+BLOCK = ("<!-- recipe -->", "<!-- /recipe -->")  # docs/cli.md's generated block
+
+
+def render(text: str) -> str:
+    """``text`` with its recipe block (between :data:`BLOCK`'s markers) replaced by :func:`markdown_table`."""
+    start, end = text.index(BLOCK[0]) + len(BLOCK[0]), text.index(BLOCK[1])
+    return text[:start] + "\n" + markdown_table() + "\n" + text[end:]
+
+
+if __name__ == "__main__":  # python -m pinn_lora.core.recipe docs/cli.md: regenerate the block in place
+    import sys
+    from pathlib import Path
+
+    for name in sys.argv[1:]:
+        path = Path(name)
+        path.write_text(render(path.read_text()))
