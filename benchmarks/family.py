@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 import pinn_lora
-from pinn_lora.runs.ranges import INTERPOLATIONS, build_family, build_hyper_family, load_family
+from pinn_lora.runs.range_build import build_family, build_hyper_family
+from pinn_lora.runs.ranges import INTERPOLATIONS, load_family
 from pinn_lora.core.runtime import device_name
 
 RANGES = {"burgers": ("nu", 0.005 / math.pi, 0.05 / math.pi, {}),

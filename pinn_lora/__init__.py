@@ -84,7 +84,7 @@ _EXPORTS = {
     "residual_loss": "pinn_lora.training.trainer",
     "pretrain_base": "pinn_lora.runs.pretrain",
     "compare_runs": "pinn_lora.runs.compare",
-    "build_family": "pinn_lora.runs.ranges",
+    "build_family": "pinn_lora.runs.range_build",
     "load_family": "pinn_lora.runs.ranges",
     "Family": "pinn_lora.runs.ranges",
 }

@@ -181,3 +181,31 @@ def test_plugin_family_and_method_on_the_command_line(tmp_path):
     assert cfg["method"] == {"name": "vera", "rank": 4, "lr": None, "schedule": "cosine", "final_ratio": 0.1}
     card = json.loads((out / "card.json").read_text())
     assert card["method"]["name"] == "vera" and card["method"]["lr"] == 3e-3  # the family's default recommendation
+
+
+def test_an_installed_plugin_breaks_none_of_our_registry_tests(tmp_path):
+    """With a plugin family and method installed beside pinn_lora, the suite's registry, recipe and command-line
+    tests still pass: they pin our own entry points (tests/ours.py), not the registries' whole content."""
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(EXAMPLES / "custom_problem.py", site / "heat_family.py")
+    shutil.copy(EXAMPLES / "custom_method.py", site / "vera_method.py")
+    fake_distribution(site, "heat_family", """
+        [pinn_lora.problems]
+        heat = heat_family:Heat
+
+        [pinn_lora.methods]
+        vera = vera_method:VeRA
+    """)
+    check = run_python("from pinn_lora.core.registry import METHODS, PROBLEMS\n"
+                       "assert 'heat' in PROBLEMS.names() and 'vera' in METHODS.names()", site)
+    assert check.returncode == 0, check.stderr[-2000:]
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                          "-m", "not integration", "-k", "not every_entry_path",
+                          *(str(tests / f) for f in ("test_problems.py", "test_recommendations.py", "test_cli.py",
+                                                     "test_zoo.py"))],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert " passed" in res.stdout and "failed" not in res.stdout.splitlines()[-1], res.stdout[-1000:]

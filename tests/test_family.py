@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 import pinn_lora
 from pinn_lora.store.tensors import CheckpointError
-from pinn_lora.runs.ranges import FamilyError, build_family, load_family, merged_state
+from pinn_lora.runs.range_build import build_family
+from pinn_lora.runs.ranges import FamilyError, load_family, merged_state
 from pinn_lora.training.trainer import TrainConfig
 
 FAST = dict(steps=1, n_points=32, continuation="off", eval_every=1)
@@ -139,7 +140,7 @@ def test_the_command_builds_a_family_in_its_run_directory(tiny_base, tmp_path):
 
 @pytest.fixture(scope="module")
 def hyper(tiny_base, tmp_path_factory):
-    from pinn_lora.runs.ranges import build_hyper_family
+    from pinn_lora.runs.range_build import build_hyper_family
 
     out = tmp_path_factory.mktemp("hyper") / "h"
     fam = build_hyper_family(pinn_lora.get_problem("helmholtz"), "k", 0.5, 2.0, base=tiny_base, rank=3, width=8,
@@ -245,7 +246,7 @@ def test_warm_started_anchors_start_from_their_nearest_neighbour(tiny_base):
 
 
 def test_values_spread_over_a_range_stay_inside_it():
-    from pinn_lora.runs.ranges import spread
+    from pinn_lora.runs.range_build import spread
 
     spec = next(c for c in pinn_lora.get_problem("burgers").coefficient_specs if c.name == "nu")
     low, high = 0.005 / math.pi, 0.05 / math.pi

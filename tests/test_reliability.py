@@ -272,7 +272,7 @@ def test_a_batched_run_keeps_every_target_through_a_signal_at_its_end(tmp_path, 
 
 # ---- 5. build_family from Python claims its folder ------------------------------------------------------------
 def test_build_family_refuses_a_folder_it_did_not_create(tmp_path):
-    from pinn_lora.runs.ranges import build_family
+    from pinn_lora.runs.range_build import build_family
 
     mine = tmp_path / "mine"
     (mine / "plots").mkdir(parents=True)
@@ -359,7 +359,7 @@ def test_boolean_strings_are_refused_not_taken_for_true(tmp_path, monkeypatch, c
         pinn_lora.adapt_to(_base(), _target(), "lora", **{**TINY, "plots": "no"})
     with pytest.raises(ValueError, match="lm_adaptive='no' must be true or false"):
         pinn_lora.adapt_to(_base(), _target(), "lora", solver="lm", loop_options={"lm_adaptive": "no"}, **TINY)
-    from pinn_lora.runs.ranges import build_family
+    from pinn_lora.runs.range_build import build_family
 
     with pytest.raises(ValueError, match="build_family: warm_start='no' must be true or false"):
         build_family(_target(), "nu", 0.01, 0.02, "lora", base=_base(), anchors=2, warm_start="no", steps=1)
@@ -494,7 +494,7 @@ def test_messages_name_the_right_thing():
         pinn_lora.adapt_to(_base(), _target(), "lora", loop_options={"stage_steps": -3}, **TINY)
     with pytest.raises(TypeError, match="evaluate: problem must be a problem object"):
         pinn_lora.evaluate(_base()[0], "helmholtz")
-    from pinn_lora.runs.ranges import _check_bank_options
+    from pinn_lora.runs.range_build import _check_bank_options
 
     _check_bank_options(np.int64(2), 0.0, "auto")  # an integer
     with pytest.raises(ValueError, match=r"anchors=2\.5 must be an integer"):

@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinn_lora.runs.ranges import Family, _check_bank_options, _check_range, build_family, build_hyper_family
+from pinn_lora.runs.range_build import _check_bank_options, _check_range, build_family, build_hyper_family
+from pinn_lora.runs.ranges import Family
 
 def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
     """Build a family from a composed (plain dict) ``configs/family.yaml``; claims ``run_dir``
