@@ -62,6 +62,13 @@ def _families_in_a_source_checkout() -> None:
 _families_in_a_source_checkout()
 
 _EXPORTS = {
+    # what an extender writes against (docs/extending.md)
+    "Problem": "pinn_lora.pde.problem",
+    "Coefficient": "pinn_lora.pde.problem",
+    "CoefficientError": "pinn_lora.pde.problem",
+    "Recipe": "pinn_lora.core.recipe",
+    "AdapterLinear": "pinn_lora.model.adapters",
+    "attach_adapters": "pinn_lora.model.adapters",
     "get_problem": "pinn_lora.core.registry",
     "PROBLEMS": "pinn_lora.core.registry",
     "METHODS": "pinn_lora.core.registry",

@@ -183,3 +183,34 @@ def test_layer_diagram_matches_the_layer_test():
                             f"missing {sorted(set(LAYER) - set(drawn))}, "
                             f"moved {sorted(k for k in LAYER if k in drawn and drawn[k] != LAYER[k])}, "
                             f"extra {sorted(set(drawn) - set(LAYER))}")
+
+
+# ---- docs/extending.md ---------------------------------------------------------------------------------------
+@pytest.mark.integration  # pretrains a small base and adapts it twice (about a minute)
+def test_extending_page_runs_as_written(tmp_path):
+    """The family and the method of docs/extending.md, each one file as the page shows it, then its Python block:
+    registered by hand, pretrained with the package's recipe, adapted by both methods below the base."""
+    text = (DOCS / "extending.md").read_text()
+    run = None
+    for code in blocks(text, "python"):
+        first = code.splitlines()[0]
+        if first.startswith("# file: "):
+            (tmp_path / first.removeprefix("# file: ").strip()).write_text(code)
+        elif first.strip() == "# run":
+            run = code
+    assert {p.name for p in tmp_path.glob("*.py")} == {"my_heat.py", "my_scaled.py"} and run
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", run], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("rel. L2 on target") == 2 and "base: rel. L2" in res.stdout, res.stdout
+
+
+def test_extending_files_use_only_the_public_surface():
+    """The page's family and method import only what the package exports for extenders (and the PDE layer)."""
+    import pinn_lora
+
+    for code in blocks((DOCS / "extending.md").read_text(), "python"):
+        for name in re.findall(r"^from pinn_lora import (.+)$", code, re.M):
+            for item in name.split(","):
+                assert hasattr(pinn_lora, item.strip()), item
