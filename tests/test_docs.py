@@ -170,19 +170,24 @@ def test_tables_take_any_rows(tmp_path):
 
 
 # ---- docs/architecture.md ------------------------------------------------------------------------------------
-def test_layer_diagram_matches_the_layer_test():
-    from test_layers import LAYER, LAYERS
+def test_layer_diagram_matches_the_tree():
+    """docs/architecture.md's diagram names every module of every layer folder (a line starts with its layer's
+    name; a layer may take several lines), and the layers in tests/test_layers.py's order."""
+    from test_layers import LAYERS, PACKAGE
 
     (diagram,) = blocks(section(DOCS / "architecture.md", "Layers"), "")
-    drawn = {}
-    for line in diagram.splitlines():  # "layer  module  module  package/ ..."; the other lines are arrows and words
+    drawn: dict[str, set[str]] = {}
+    for line in diagram.splitlines():
         layer, *names = line.split() or [""]
         if layer in LAYERS:
-            drawn.update({name.rstrip("/"): layer for name in names})
-    assert drawn == LAYER, ("docs/architecture.md's layer diagram differs from tests/test_layers.py's LAYER: "
-                            f"missing {sorted(set(LAYER) - set(drawn))}, "
-                            f"moved {sorted(k for k in LAYER if k in drawn and drawn[k] != LAYER[k])}, "
-                            f"extra {sorted(set(drawn) - set(LAYER))}")
+            drawn.setdefault(layer, set()).update(names)
+    actual = {layer: {p.stem for p in (PACKAGE / layer).glob("*.py") if p.name != "__init__.py"}
+              | {f"{p.name}/" for p in (PACKAGE / layer).iterdir() if (p / "__init__.py").is_file()}
+              for layer in LAYERS}
+    assert drawn == actual, {k: (sorted(actual[k] - drawn.get(k, set())), sorted(drawn.get(k, set()) - actual[k]))
+                             for k in LAYERS if drawn.get(k) != actual[k]}
+    order = [line.split()[0] for line in diagram.splitlines() if line.split() and line.split()[0] in LAYERS]
+    assert list(dict.fromkeys(order)) == list(reversed(LAYERS))  # drawn from the top layer down
 
 
 # ---- docs/extending.md ---------------------------------------------------------------------------------------
