@@ -3,7 +3,7 @@ parameter gradients, on every problem and every registered method."""
 import pytest
 import torch
 
-from pinn_lora.model.derivatives import (Derivatives, JetDerivatives, jets_supported, mlp_jets, needed_derivatives,
+from pinn_lora.model.derivatives import (Derivatives, JetDerivatives, why_no_jets, mlp_jets, needed_derivatives,
                                    provider)
 from pinn_lora.model.network import build_network
 from pinn_lora.core.registry import METHODS, PROBLEMS, get_problem
@@ -51,7 +51,7 @@ def test_jets_equal_autograd_for_every_method(method):
     """Each adapter computes F.linear(x, W0 + ΔW, b) on the jet path: same loss and gradients."""
     prob, _, model, meth, pts = setup("burgers", method)
     if method not in ("scratch", "full"):
-        assert jets_supported(model) == ""
+        assert why_no_jets(model) == ""
     params = [p for p in model.parameters() if p.requires_grad]
     l_ref = residual_loss(prob, model, pts, derivatives="autograd")
     g_ref = torch.autograd.grad(l_ref, params)
@@ -78,7 +78,7 @@ def test_engine_errors():
     prob = get_problem("burgers")
     net = build_network([2, 8, 1], "gelu", seed=0)
     pts = torch.rand(4, 2)
-    assert "gelu" in jets_supported(net)
+    assert "gelu" in why_no_jets(net)
     with pytest.raises(ValueError, match="derivatives=jets cannot run this network: activation 'gelu'"):
         provider(prob, net, pts, "jets")
     assert isinstance(provider(prob, net, pts, "auto"), Derivatives)  # falls back quietly

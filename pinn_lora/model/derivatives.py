@@ -130,7 +130,7 @@ def layer_weight(lin: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return w, lin.bias0
 
 
-def jets_supported(net: nn.Module) -> str:
+def why_no_jets(net: nn.Module) -> str:
     """'' when the jet path can run ``net``, else the reason it cannot."""
     from pinn_lora.model.adapters.base import AdapterLinear
 
@@ -291,10 +291,10 @@ def provider(problem: Any, net: nn.Module, points: torch.Tensor, engine: str = "
     if engine not in ENGINES:
         raise ValueError(f"derivatives={engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "auto":
-        engine = "jets" if points.is_cuda and not jets_supported(net) else "autograd"
+        engine = "jets" if points.is_cuda and not why_no_jets(net) else "autograd"
     if engine == "autograd":
         return Derivatives(net, points, problem.variables)
-    why = jets_supported(net)
+    why = why_no_jets(net)
     if why:
         raise ValueError(f"derivatives=jets cannot run this network: {why}")
     return JetDerivatives(net, points, problem.variables, needed_derivatives(problem))

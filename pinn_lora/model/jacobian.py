@@ -91,11 +91,11 @@ def term_names(problem: Any) -> list[str]:
 
 def residual_vector(problem: Any, model: nn.Module, points: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
     """ρ (terms·N,): the normalised residuals, so that ‖ρ‖² is the training loss (no causal weights)."""
-    from pinn_lora.model.derivatives import jets_supported, provider
+    from pinn_lora.model.derivatives import why_no_jets, provider
 
     # no parameter gradients are needed: the Taylor-mode pass (forward only through the network)
     # costs a third to a half of nested reverse mode here, on a CPU too
-    engine = "autograd" if jets_supported(model) else "jets"
+    engine = "autograd" if why_no_jets(model) else "jets"
     parts = []
     with torch.enable_grad(), _plain_forward(model):
         for c in points.detach().split(chunk):
@@ -152,9 +152,9 @@ def _own_formula(lin: nn.Module) -> bool:
 
 def structured_unsupported(model: nn.Module) -> str:
     """'' when :func:`structured_jacobian` can run ``model``, else why not."""
-    from pinn_lora.model.derivatives import jets_supported
+    from pinn_lora.model.derivatives import why_no_jets
 
-    why = jets_supported(model)
+    why = why_no_jets(model)
     if why:
         return why
     covered = {id(p) for lin in model.linears for p in lin.parameters()}

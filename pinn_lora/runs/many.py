@@ -29,7 +29,7 @@ from pinn_lora.runs.resolve import (ConfigError, check_budget, method_with_optio
 from pinn_lora.runs.ending import end_phase
 from pinn_lora.runs.settings import DEFAULTS
 from pinn_lora.store import rundir
-from pinn_lora.model.derivatives import JetDerivatives, _plan, jets_supported, layer_weight, mlp_jets, needed_derivatives
+from pinn_lora.model.derivatives import JetDerivatives, _plan, why_no_jets, layer_weight, mlp_jets, needed_derivatives
 from pinn_lora.model.jacobian import weight_with
 from pinn_lora.core.runtime import own_rng
 from pinn_lora.training.trainer import History, Trainer, TrainConfig, _norm, residual_terms
@@ -69,7 +69,7 @@ class BatchTrainer(Trainer):
 
     def __init__(self, problems: Sequence[Any], stacked: Stacked, dynamics: Any, cfg: TrainConfig,
                  after_step: Callable | None = None) -> None:
-        why = jets_supported(stacked.members[0])
+        why = why_no_jets(stacked.members[0])
         if why:
             raise ValueError(f"batched coefficients need the jet path: {why}")
         super().__init__(problems[0], stacked, dynamics, cfg, after_step=after_step)
