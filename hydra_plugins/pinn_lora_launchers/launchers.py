@@ -24,15 +24,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger(__name__)
 
 
-def _job_dir(config: DictConfig, hydra_context: Any, overrides: Sequence[str], num: int) -> Optional[str]:
-    """The job's run directory relative to the sweep directory (``burgers/lora/3``), as Hydra will make it."""
+def _job_dir(config: DictConfig, hydra_context: Any, overrides: Sequence[str], num: int) -> tuple[Optional[str], bool]:
+    """The job's run directory relative to the sweep directory (``burgers/lora/3``), as Hydra will make it, and
+    whether the job is given ``resume=true``."""
     try:
         cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(cfg):
             cfg.hydra.job.num = num
-        return str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+        return str(OmegaConf.select(cfg, "hydra.sweep.subdir")), OmegaConf.select(cfg, "resume") is True
     except Exception:  # a job whose config does not load fails on its own; name it by number then
-        return None
+        return None, False
+
+
+def _finished(sweep_dir: Path, job_dir: Optional[str], resume: bool) -> bool:
+    """A job of a resumed sweep whose run finished already: it is not started again."""
+    from pinn_lora.sweeps import resume_action
+
+    return resume and job_dir is not None and resume_action(sweep_dir / job_dir) == "skip"
 
 
 def _varying(job_overrides: Sequence[Sequence[str]]) -> List[List[str]]:
@@ -105,19 +113,26 @@ if _SubmititSlurm is not None:
             if "mode" in self.config.hydra.sweep:
                 os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
             job_params: List[Any] = []
+            varying = _varying(job_overrides)
+            outcomes: List[Dict[str, Any]] = []
             for idx, overrides in enumerate(job_overrides):
                 idx = initial_job_idx + idx
+                job_dir, resume = _job_dir(self.config, self.hydra_context, overrides, idx)
+                if _finished(sweep_dir, job_dir, resume):  # resume=true: a finished run is not submitted again
+                    log.info(f"\t#{idx} : finished already ({job_dir})")
+                    outcomes.append(_outcome(idx, varying[idx - initial_job_idx], job_dir, "completed"))
+                    continue
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
                 job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                    Singleton.get_state()))
-            jobs = executor.map_array(self, *zip(*job_params))
+            jobs = executor.map_array(self, *zip(*job_params)) if job_params else []
             # --- every job to its end, whichever order they end in
-            print(f"sweep: {num_jobs} SLURM jobs submitted ({', '.join(j.job_id for j in jobs[:3])}"
-                  f"{' ...' if num_jobs > 3 else ''}); waiting for them", file=sys.stderr, flush=True)
-            returns, outcomes = [], []
-            varying = _varying(job_overrides)
-            for (overrides, _, num, _, _), job, shown in zip(job_params, jobs, varying):
-                job_dir = _job_dir(self.config, self.hydra_context, overrides, num)
+            print(f"sweep: {len(jobs)} SLURM jobs submitted ({', '.join(j.job_id for j in jobs[:3])}"
+                  f"{' ...' if len(jobs) > 3 else ''}), {num_jobs - len(jobs)} finished already; waiting for them",
+                  file=sys.stderr, flush=True)
+            for (overrides, _, num, _, _), job in zip(job_params, jobs):
+                shown = varying[num - initial_job_idx]
+                job_dir, _ = _job_dir(self.config, self.hydra_context, overrides, num)
                 job.wait()
                 ret, state, code, message = None, None, None, None
                 if job.paths.result_pickle.exists():
@@ -135,9 +150,8 @@ if _SubmititSlurm is not None:
                         state = "interrupted"
                     message = sweeps.error_line(log_text) or message
                 outcomes.append(_outcome(num, shown, job_dir, state, code, message, job.job_id))
-                returns.append(ret if ret is not None and state == "completed" else _placeholder(overrides))
             sweeps.record(sweep_dir, outcomes)
-            return returns
+            return [_placeholder(o) for o in job_overrides]  # each job's end is in jobs.json
 
 
 def _read(path: Path) -> str:
@@ -218,19 +232,19 @@ if _Joblib is not None:
             for idx, overrides in enumerate(job_overrides):
                 log.info("\t#{} : {}".format(idx, " ".join(filter_overrides(overrides))))
             singleton_state = Singleton.get_state()
-            ends = Parallel(**joblib_cfg)(
-                delayed(_execute_job_to_its_end)(initial_job_idx + idx, overrides, self.hydra_context, self.config,
-                                                 self.task_function, singleton_state)
-                for idx, overrides in enumerate(job_overrides))
-            returns, outcomes = [], []
             varying = _varying(job_overrides)
-            for idx, (overrides, (ret, state, code, message)) in enumerate(zip(job_overrides, ends)):
-                num = initial_job_idx + idx
-                job_dir = _job_dir(self.config, self.hydra_context, overrides, num)
-                outcomes.append(_outcome(num, varying[idx], job_dir, state, code, message))
-                returns.append(ret if ret is not None and state == "completed" else _placeholder(overrides))
+            dirs = [_job_dir(self.config, self.hydra_context, o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+            todo = [i for i, (job_dir, resume) in enumerate(dirs) if not _finished(sweep_dir, job_dir, resume)]
+            ends = dict(zip(todo, Parallel(**joblib_cfg)(
+                delayed(_execute_job_to_its_end)(initial_job_idx + i, job_overrides[i], self.hydra_context,
+                                                 self.config, self.task_function, singleton_state)
+                for i in todo))) if todo else {}
+            outcomes = []
+            for i in range(len(job_overrides)):
+                _, state, code, message = ends.get(i, (None, "completed", None, None))
+                outcomes.append(_outcome(initial_job_idx + i, varying[i], dirs[i][0], state, code, message))
             sweeps.record(sweep_dir, outcomes)
-            return returns
+            return [_placeholder(o) for o in job_overrides]  # each job's end is in jobs.json
 
 
 def register() -> None:
