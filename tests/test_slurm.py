@@ -44,7 +44,7 @@ def _slurm_up() -> bool:
     return res.returncode == 0 and any(s.strip().startswith(("idle", "mix", "alloc")) for s in res.stdout.split())
 
 
-@pytest.fixture(params=["slurm", "local"])
+@pytest.fixture(params=[pytest.param("slurm", marks=pytest.mark.slurm), "local"])
 def launcher(request):
     if request.param == "slurm" and not _slurm_up():
         if os.environ.get("PINN_LORA_REQUIRE_SLURM") == "1":
@@ -124,7 +124,7 @@ def test_sweep_of_12_runs_stopped_job_named_then_resumed(launcher, tmp_path):
     assert lines[-1].startswith("error: 1 of 12 jobs did not finish: helmholtz/lora/0 (method=lora seed=0 "
                                 f"problem.k=2.6) {word}"), err[-3000:]
     assert "resume=true" in lines[-1]
-    runs = sorted(d for d in sweep.glob("helmholtz/*/*") if d.name.isdigit())
+    runs = sorted((d for d in sweep.glob("helmholtz/*/*") if d.name.isdigit()), key=lambda d: int(d.name))
     assert [d.relative_to(sweep).as_posix() for d in runs] == (
         [f"helmholtz/lora/{i}" for i in range(6)] + [f"helmholtz/odelora/{i}" for i in range(6, 12)])
     assert status(victim) == "interrupted" and len(records(victim)) < 20

@@ -130,10 +130,10 @@ if _SubmititSlurm is not None:
             print(f"sweep: {len(jobs)} SLURM jobs submitted ({', '.join(j.job_id for j in jobs[:3])}"
                   f"{' ...' if len(jobs) > 3 else ''}), {num_jobs - len(jobs)} finished already; waiting for them",
                   file=sys.stderr, flush=True)
+            _wait_all(jobs)
             for (overrides, _, num, _, _), job in zip(job_params, jobs):
                 shown = varying[num - initial_job_idx]
                 job_dir, _ = _job_dir(self.config, self.hydra_context, overrides, num)
-                job.wait()
                 ret, state, code, message = None, None, None, None
                 if job.paths.result_pickle.exists():
                     try:
@@ -152,6 +152,22 @@ if _SubmititSlurm is not None:
                 outcomes.append(_outcome(num, shown, job_dir, state, code, message, job.job_id))
             sweeps.record(sweep_dir, outcomes)
             return [_placeholder(o) for o in job_overrides]  # each job's end is in jobs.json
+
+
+def _wait_all(jobs: Sequence[Any], poll_s: float = 1.0, sacct_every_s: float = 10.0) -> None:
+    """Until every job has ended. A job that ends normally leaves its result file (seen within ``poll_s``); one
+    that failed or was cancelled is seen through sacct, asked every ``sacct_every_s`` for all of them at once
+    (submitit's own wait asks ever more rarely, every minute or more in a long sweep)."""
+    import time
+
+    pending, last = list(jobs), time.monotonic()
+    while pending:
+        force = time.monotonic() - last >= sacct_every_s
+        if force:
+            last = time.monotonic()
+        pending = [j for i, j in enumerate(pending) if not j.done(force_check=force and i == 0)]
+        if pending:
+            time.sleep(poll_s)
 
 
 def _read(path: Path) -> str:
