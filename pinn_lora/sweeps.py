@@ -36,8 +36,9 @@ def slurm_state(state: str | None) -> str:
 
 
 def signal_state(code: int | None) -> str | None:
-    """``interrupted`` for the exit codes of a run stopped by Ctrl-C or SIGTERM (130, 143), else None."""
-    return "interrupted" if code in (130, 143) else None
+    """``interrupted`` for the exit codes of a run stopped by Ctrl-C, SIGTERM or SLURM's warning before its
+    time limit, SIGUSR2 (130, 143, 140), else None."""
+    return "interrupted" if code in (130, 143, 140) else None
 
 
 def srun_exit_code(text: str | None) -> int | None:

@@ -87,6 +87,20 @@ if _SubmititSlurm is not None:
     class SlurmLauncher(_SubmititSlurm):  # type: ignore[misc,valid-type]
         """hydra-submitit-launcher's SLURM launcher; waits for every job of the array (see the module)."""
 
+        def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+            """In the job: SLURM's warning before the time limit (SIGUSR2, ``signal_delay_s`` ahead; also sent
+            on preemption) stops the run as SIGTERM does, with a checkpoint of its last verified state, so
+            ``resume=true`` continues it (submitit's own handler would raise in the middle of a step)."""
+            import signal
+
+            def on_warning(signum: int, frame: Any) -> None:  # what SIGTERM does now: in the training loop,
+                handler = signal.getsignal(signal.SIGTERM)      # stop at the next verified checkpoint
+                if callable(handler):
+                    handler(signum, frame)
+
+            signal.signal(signal.SIGUSR2, on_warning)
+            return super().__call__(*args, **kwargs)
+
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             import submitit
 
