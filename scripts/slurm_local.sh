@@ -23,7 +23,7 @@ TAG="# written by pinn_lora scripts/slurm_local.sh"
 DB_PORT=${SLURM_LOCAL_DB_PORT:-3307}
 CLUSTER=pinnlora
 NODE=$(hostname -s)
-PACKAGES=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server)
+PACKAGES=(procps munge slurm-client slurmctld slurmd slurmdbd mariadb-server)  # procps: pgrep
 
 say() { echo "slurm_local: $*"; }
 die() { echo "slurm_local: error: $*" >&2; exit 1; }
