@@ -18,6 +18,7 @@ LAYER = {  # module (relative to pinn_lora; a subpackage maps all its modules) -
     "registry": "core",  # name -> class lookups through entry points; it imports no module of the package
     # io: tensors and files, knowing only core
     "checkpoint": "io", "rundir": "io", "resume": "io", "zoo": "io", "schema": "io",
+    "sweeps": "io",  # a sweep's jobs.json and what a resumed job does with its run directory (files only)
     # engine: methods and the training loop
     "methods": "engine", "train": "engine", "loops": "engine", "monitors": "engine", "validation": "engine",
     # workflow: a whole adaptation (or pretraining) with its files and figures
