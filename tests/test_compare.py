@@ -41,7 +41,9 @@ def _installed(module: str) -> bool:
 def test_launcher_preset_keys(name, schema, keys):
     cfg = yaml.safe_load((LAUNCHERS / f"{name}.yaml").read_text())
     assert cfg["defaults"] == [schema, "_self_"]  # extends the plugin's own config: keys and types checked
-    assert set(cfg) - {"defaults"} == keys
+    assert set(cfg) - {"defaults", "_target_"} == keys
+    # the plugin's launcher, waiting for every job (hydra_plugins/pinn_lora_launchers)
+    assert cfg["_target_"] == f"hydra_plugins.pinn_lora_launchers.launchers.{ {'local': 'Joblib', 'slurm': 'Slurm'}[name]}Launcher"
 
 
 @pytest.mark.skipif(not _installed("hydra_plugins.hydra_submitit_launcher"), reason="hydra-submitit-launcher")
@@ -57,7 +59,12 @@ def test_slurm_preset_composes_with_the_plugin_schema():
     with hydra_context():
         cfg = compose("adapt", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.pinn_lora_launchers.launchers.SlurmLauncher"
+    from hydra_plugins.pinn_lora_launchers import launchers
+
+    # the plugin's own launcher underneath (by name: Hydra's plugin scan may load its module a second time)
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in {
+        f"{c.__module__}.{c.__qualname__}" for c in launchers.SlurmLauncher.__mro__}
     assert launcher.partition == "gpu" and launcher.timeout_min == 60 and launcher.tasks_per_node == 1
 
 

@@ -50,6 +50,8 @@ def _task(cfg) -> None:
         check_task_config(plain)
         return run_config(plain, run_dir)
 
+    if sweep_job_done(cfg):
+        return
     out, run_dir = run_task(cfg, run)
     results = out if isinstance(out, list) else [out]
     for result in results:
@@ -69,6 +71,27 @@ def _task(cfg) -> None:
 
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise SystemExit(EXIT_NO_IMPROVEMENT)
+
+
+def sweep_job_done(cfg) -> bool:
+    """A job of a sweep given ``resume=true``: True when its run finished already (it is kept as it is);
+    a job that never started starts (``resume`` set to false for it); an interrupted one resumes."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    from pinn_lora.store.sweeps import resume_action
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or cfg.get("resume") is not True:
+        return False
+    action = resume_action(hydra_cfg.runtime.output_dir)
+    if action == "skip":
+        print(f"run directory: {Path(hydra_cfg.runtime.output_dir).resolve()} (finished already: kept as it is)")
+    elif action == "start":
+        with read_write(cfg):
+            cfg.resume = False
+    return action == "skip"
 
 
 def main() -> None:

@@ -495,6 +495,10 @@ def launch(plan: RunPlan, config_name: str, task: Callable[[Any], Any]) -> None:
 
     sys.argv = [sys.argv[0], *plan.argv]
     register_configs()
+    with contextlib.suppress(ImportError):  # pinn_lora's sweep launchers (configs/hydra/launcher/*.yaml)
+        from hydra_plugins.pinn_lora_launchers.launchers import register
+
+        register()
     from pinn_lora.store import rundir
 
     try:
@@ -518,10 +522,16 @@ def sweep_summary(root: Path) -> None:
         except (OSError, ValueError, AttributeError):
             status = "unreadable"
         statuses.setdefault(status, []).append(summary.parent.relative_to(root).as_posix())
-    if not statuses:
-        return
     total = sum(len(v) for v in statuses.values())
-    print(f"sweep {root}: {total} jobs: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(statuses.items())))
+    if total:
+        print(f"sweep {root}: {total} jobs: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(statuses.items())))
+    from pinn_lora.store import sweeps  # jobs that failed or were cancelled (recorded by pinn_lora's launchers)
+
+    unfinished = sweeps.unfinished_message(root)
+    if unfinished:
+        fail(unfinished, sweeps.EXIT_JOBS_FAILED)
+    if not total:
+        return
     if statuses.get("diverged"):
         fail(f"{len(statuses['diverged'])} of {total} jobs diverged: {', '.join(statuses['diverged'])} "
              "(see their summary.json)", EXIT_DIVERGED)
