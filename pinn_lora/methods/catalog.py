@@ -73,8 +73,9 @@ def _cell(text: str) -> str:
 def _rows(options: dict[str, Option]) -> list[str]:
     rows = ["| option | default | allowed | what it sets |", "|---|---|---|---|"]
     for key, opt in sorted(options.items(), key=lambda kv: kv[0] in Method.declared):  # own options first
-        rows.append(f"| `{key}` | `{value_text(opt.default)}`{' (the problem’s recommendation first)' * opt.from_problem}"
-                    f" | {_cell(opt.allowed())} | {_cell(opt.help) or '—'} |")
+        first = " (the problem’s recommendation first)" if opt.from_problem else ""
+        rows.append(f"| `{key}` | `{value_text(opt.default)}`{first} | {_cell(opt.allowed())} "
+                    f"| {_cell(opt.help) or '—'} |")
     return rows
 
 

@@ -12,11 +12,15 @@ from pinn_lora.methods.base import AttachContext
 from pinn_lora.methods.chains import CHAIN_OPTIONS, Chained
 from pinn_lora.methods.lora_family import LoRA
 
+# a selector's r is clipped to each layer's input width only (any rank >= 1 is valid)
+SELECTOR_RANK = LoRA.declared["rank"].with_default(4, help="input columns selected, r (each layer uses min(r, fan-in))")
+
 
 class CLA(LoRA):
     name = "cla"
     summary = ("cLA (Cadenhead et al. 2026, arXiv 2606.13767): A a fixed 0/1 selector of the first r input "
                "columns (applied as a gather), only B trained")
+    declared = {**LoRA.declared, "rank": SELECTOR_RANK}
 
     def check_rank(self, net: nn.Module) -> None:
         pass  # a selector is clipped to each layer's input width; any rank >= 1 is valid
@@ -45,7 +49,7 @@ class C3LA(Chained, CLA):
     name = "c3la"
     summary = ("c³LA, chained cLA (Cadenhead et al. 2026): every chain_every steps merge s·B into W0, shift the "
                "selector window by r columns (wrapping), zero B, reset Adam")
-    declared = {**LoRA.declared, **CHAIN_OPTIONS}
+    declared = {**CLA.declared, **CHAIN_OPTIONS}
 
     state_keys = ("visits",)
 
@@ -90,7 +94,7 @@ class PaCA(RandomCLA):
     name = "paca"
     summary = ("PaCA, partial connection adaptation (Woo et al. 2025, arXiv 2503.01905): a fixed random set "
                "of r input columns of W0 trained directly")
-    declared = {k: v for k, v in LoRA.declared.items() if k != "alpha"}  # s = 1: W0's own columns train
+    declared = {k: v for k, v in CLA.declared.items() if k != "alpha"}  # s = 1: W0's own columns train
 
     def make_layer_at(self, index: int, lin: nn.Linear) -> AdapterLinear:
         return PaCALinear(lin, self.rank, self.first_columns(index, lin))  # random columns, drawn as rcla's
