@@ -434,7 +434,7 @@ def batch_step(data: dict) -> list[str]:
 
 
 def headline(data: dict) -> list[str]:
-    """The whole command per default target: error and wall time against issue 13's goals."""
+    """The whole command per default target: error and wall time against the goals (an error per family, 120 s)."""
     rows = []
     for r in data["runs"]:
         target = target_label(r["family"], family_coefficients(r["family"])[1]) if family_coefficients(r["family"]) \

@@ -24,7 +24,7 @@ then, once the package is installed (``pip install -e .``), with nothing added t
     python -m pinn_lora.adapt --help               # vera is listed with the built-in methods
     python -m pinn_lora.methods                    # with its summary and options
 
-Its options on the command line are its ``defaults`` (``method.rank``, ``method.lr`` …); ``lr`` left out takes
+Its options on the command line are those it declares (``method.rank``, ``method.lr`` …); ``lr`` left out takes
 the problem's recommendation (``adapt.method.default`` of configs/problem/<family>.yaml). A test runs exactly this
 with a fake installed distribution (``tests/test_entry_points.py``).
 """
@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from pinn_lora import adapt_to
 from pinn_lora.model.adapters import AdapterLinear, attach_adapters
-from pinn_lora.methods import Method
+from pinn_lora.methods import Method, Option
 from pinn_lora.core.registry import METHODS, get_problem
 
 
@@ -62,8 +62,9 @@ class VeRALinear(AdapterLinear):
 class VeRA(Method):
     name = "vera"
     summary = "VeRA-style: frozen random B, A; trainable scaling vectors b (out) and d (rank)"
-    defaults = {**Method.defaults, "rank": 16, "lr": 1e-2}  # lr, schedule, final_ratio come from Method
-    positive = Method.positive + ("rank",)
+    declared = {**Method.declared,  # lr, schedule, final_ratio come from Method
+                "rank": Option(16, int, "length of the trainable scaling vector d", above=0),
+                "lr": Method.declared["lr"].with_default(1e-2)}
 
     def attach(self, net, ctx):
         gen = torch.Generator().manual_seed(ctx.seed)

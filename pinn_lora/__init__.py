@@ -18,6 +18,9 @@ The public surface (imported lazily, so ``import pinn_lora`` stays light)::
     fam = pinn_lora.build_family(problem, "nu", 0.0016, 0.016, "lora")  # adapters over a coefficient range
     pinn_lora.load_family("runs/family/...")(0.005)                  # a network at nu = 0.005, no training
 
+A new method subclasses ``pinn_lora.Method`` and declares each option as a ``pinn_lora.Option`` (default, type,
+bound, help); a new adapter layer subclasses ``pinn_lora.AdapterLinear``.
+
 One name per action: the functions above are the library; ``pinn_lora.adapt``, ``pinn_lora.pretrain``,
 ``pinn_lora.compare`` and ``pinn_lora.family`` are the command-line modules (``python -m pinn_lora.adapt ...``).
 
@@ -78,6 +81,8 @@ _EXPORTS = {
     "AdaptResult": "pinn_lora.runs.adapt",
     "get_method": "pinn_lora.methods",
     "Method": "pinn_lora.methods",
+    "Option": "pinn_lora.methods",
+    "MethodOptionError": "pinn_lora.methods",
     "merge_adapters": "pinn_lora.model.adapters",
     "attach": "pinn_lora.runs.adapter_io",
     "save_adapter": "pinn_lora.runs.adapter_io",

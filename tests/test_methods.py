@@ -1,5 +1,6 @@
 """The contract every method satisfies, checked on tiny networks of every problem."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from tiny import make_closure as _closure
 from tiny import setup as _setup
 
 from pinn_lora.model.adapters import adapter_layers, merge_adapters
-from pinn_lora.methods import MethodOptionError, get_method, trainable_parameters
+from pinn_lora.methods import BUILTIN, LoRA, MethodOptionError, Option, catalog, get_method, trainable_parameters
 from pinn_lora.model.network import build_network
 from pinn_lora.core.registry import METHODS, PROBLEMS, UnknownNameError, get_problem
 from pinn_lora.training.trainer import residual_loss
@@ -209,3 +210,144 @@ def test_the_materialised_forward_equals_the_factored_one(method):
             continue
         factored = torch.nn.functional.linear(h, lay.weight0, lay.bias0) + lay.delta(h)
         assert float((y - factored).abs().max()) <= 1e-12 * float(y.abs().max()), type(lay).__name__
+
+
+# ---- option declarations ---------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_builtin_methods_are_the_packages_entry_points():
+    import tomllib
+
+    points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["pinn_lora.methods"]
+    assert {cls.name: f"pinn_lora.methods:{cls.__name__}" for cls in BUILTIN} == points
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.name)
+def test_every_option_is_declared_with_help(cls):
+    assert cls.declared and all(isinstance(o, Option) for o in cls.declared.values())
+    assert all(o.help for o in cls.declared.values()), [k for k, o in cls.declared.items() if not o.help]
+    assert cls.defaults == {k: o.default for k, o in cls.declared.items()}
+    assert cls.from_problem == tuple(k for k, o in cls.declared.items() if o.from_problem)
+
+
+def _bad_values(opt: Option):
+    """Values the declaration refuses, with the words the refusal must hold."""
+    if opt.choices is not None:
+        yield "nope", "is not one of: " + ", ".join(map(str, opt.choices))
+    elif opt.type is bool:
+        yield "yes", "must be true or false"
+    elif opt.type is int:
+        yield 2.5, "must be an integer"
+    elif opt.type is float:
+        yield "x", "must be a finite number"
+        yield float("nan"), "must be a finite number"
+    if opt.above is not None:
+        yield opt.above, f"must be > {catalog.value_text(float(opt.above))}"
+    if opt.minimum is not None:
+        yield opt.minimum - 1, f"must be >= {catalog.value_text(float(opt.minimum))}"
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.name)
+def test_each_declared_bound_is_enforced_with_a_clear_message(cls):
+    for key, opt in cls.declared.items():
+        for value, words in _bad_values(opt):
+            with pytest.raises(MethodOptionError) as err:
+                cls(**{key: value})
+            msg = str(err.value)
+            assert msg.startswith(f"method {cls.name}: option {key}={value!r} ") and words in msg, msg
+            assert "\n" not in msg
+
+
+def test_declared_bounds_of_the_issue():
+    assert LoRA.declared["rank"].allowed() == "an integer > 0"
+    assert LoRA.declared["lr"].above == 0 and LoRA.declared["lr"].from_problem
+    assert METHODS.get("odelora").declared["scheme"].choices[-2:] == ("auto", "implicit")
+    assert METHODS.get("odelora").defaults["scheme"] == "auto"
+    assert METHODS.get("odlora").declared["refresh_growth"].minimum == 1
+    with pytest.raises(MethodOptionError, match=r"method odlora: option warmup=-1 must be >= 0"):
+        get_method("odlora", warmup=-1)
+    with pytest.raises(MethodOptionError, match=r"h_max_ratio=0.5 must be >= 1"):
+        get_method("odelora", h_max_ratio=0.5)
+
+
+def test_values_are_converted_to_the_declared_type():
+    import numpy as np
+
+    m = get_method("lora", rank=np.int64(3), alpha=2, targets=(0, -1))
+    assert type(m.rank) is int and type(m.alpha) is float and m.targets == [0, -1]
+
+
+def test_unknown_option_suggests_the_near_one():
+    with pytest.raises(MethodOptionError, match=r"unknown option rnk; options are: alpha, .* \(did you mean rank\?\)"):
+        get_method("lora", rnk=3)
+
+
+def test_a_subclass_giving_only_defaults_gets_declarations():
+    """A third-party method written before declarations (``defaults`` and ``positive``) keeps working: inherited
+    options keep their declaration, a new one takes its default's type, ``positive`` bounds it."""
+
+    class Wide(LoRA):
+        name = "wide"
+        summary = "test"
+        defaults = {**LoRA.defaults, "rank": 8, "width": 3}
+        positive = ("width",)
+
+    assert Wide.declared["rank"] == LoRA.declared["rank"].with_default(8)
+    assert Wide.declared["width"].type is int and Wide.declared["width"].above == 0
+    assert Wide().options["width"] == 3
+    with pytest.raises(MethodOptionError, match="method wide: option width=0 must be > 0"):
+        Wide(width=0)
+    with pytest.raises(MethodOptionError, match="method wide: option rank=0 must be > 0"):
+        Wide(rank=0)
+
+
+def test_a_declaration_whose_default_breaks_its_own_bound_is_refused():
+    with pytest.raises(TypeError, match="the default of rank is not allowed"):
+        class Broken(LoRA):  # noqa: F841
+            name = "broken"
+            declared = {**LoRA.declared, "rank": Option(0, int, "r", above=0)}
+
+
+def test_method_table_lists_every_option_with_its_help():
+    text = catalog.method_table()
+    for name in METHODS.names():
+        assert f"\n{name:<11} " in "\n" + text, name
+    odelora = text.split("\nodelora ")[1].split("\n")[1:]
+    assert any(line.split()[0] == "scheme=auto" and "implicit" in line for line in odelora), odelora
+
+
+# ---- docs/methods.md's options section ----------------------------------------------------------------------
+METHODS_PAGE = ROOT / "docs" / "methods.md"
+
+
+def test_methods_page_options_are_current():
+    text = METHODS_PAGE.read_text()
+    assert catalog.render_page(text) == text, ("docs/methods.md's options differ from the declarations: "
+                                               "run python -m pinn_lora.methods --write docs/methods.md")
+
+
+def test_methods_page_goes_stale_when_an_option_changes():
+    class Lora(LoRA):  # the same method with another default
+        declared = {**LoRA.declared, "rank": LoRA.declared["rank"].with_default(8)}
+
+    text = METHODS_PAGE.read_text()
+    changed = catalog.render_page(text, [Lora if cls is LoRA else cls for cls in BUILTIN])
+    assert changed != text and "| `rank` | `8` |" in changed
+
+
+def test_methods_page_check_command(tmp_path):
+    import subprocess
+    import sys
+
+    stale = tmp_path / "methods.md"
+    stale.write_text(METHODS_PAGE.read_text().replace("| `scheme` | `auto` |", "| `scheme` | `euler` |"))
+    run = [sys.executable, "-m", "pinn_lora.methods"]
+    res = subprocess.run([*run, "--check", str(stale)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 1 and "is stale" in res.stderr, res.stderr
+    assert subprocess.run([*run, "--write", str(stale)], capture_output=True, cwd=ROOT).returncode == 0
+    assert stale.read_text() == METHODS_PAGE.read_text()
+    nothing = tmp_path / "none.md"
+    nothing.write_text("# no block\n")
+    res = subprocess.run([*run, "--check", str(nothing)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and "no <!-- options -->" in res.stderr

@@ -1,4 +1,7 @@
-"""``python -m pinn_lora.methods``: every registered method, what it is and its options."""
-from pinn_lora.methods import method_table
+"""``python -m pinn_lora.methods``: every registered method, what it is and its options (``--write``/``--check``
+docs/methods.md: its generated options block)."""
+import sys
 
-print(method_table())
+from pinn_lora.methods.catalog import main
+
+sys.exit(main())
