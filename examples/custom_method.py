@@ -25,7 +25,7 @@ then, once the package is installed (``pip install -e .``), with nothing added t
     python -m pinn_lora.methods                    # with its summary and options
 
 Its options on the command line are those it declares (``method.rank``, ``method.lr`` …); ``lr`` left out takes
-the problem's recommendation (``adapt.method.default`` of configs/problem/<family>.yaml). A test runs exactly this
+the recipe's recommendation (``method['default']`` in pinn_lora/core/recipe.py). A test runs exactly this
 with a fake installed distribution (``tests/test_entry_points.py``).
 """
 import os
