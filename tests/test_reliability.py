@@ -426,7 +426,7 @@ def test_a_withdrawn_claim_keeps_what_was_there(tmp_path):
 
 # ---- 11. the default out is unique ----------------------------------------------------------------------------
 def test_two_commands_in_the_same_second_get_two_directories(tmp_path, monkeypatch):
-    from pinn_lora.cli.common import prepare_run
+    from pinn_lora.cli.launch import prepare_run
 
     monkeypatch.chdir(tmp_path)
     stamp = tmp_path / "runs" / "burgers" / "lora" / "2030-01-01_00-00-00"
@@ -473,7 +473,7 @@ def test_save_adapter_to_a_file_is_one_line(tmp_path):
 def test_os_errors_are_one_line(tmp_path, monkeypatch, capsys):
     import errno
 
-    from pinn_lora.cli import common as cli_mod
+    from pinn_lora.cli import launch as cli_mod
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))

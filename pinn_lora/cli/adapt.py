@@ -15,15 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pinn_lora.cli.common import (
-    EXIT_DIVERGED,
-    EXIT_NO_IMPROVEMENT,
-    check_group_overrides,
-    check_launcher,
-    launch,
-    prepare_run,
-    run_task,
-)
+from pinn_lora.cli.common import EXIT_DIVERGED, EXIT_NO_IMPROVEMENT, check_group_overrides, check_launcher
+from pinn_lora.cli.launch import launch, prepare_run, run_task
 
 def check_task_config(cfg: dict[str, Any]) -> None:
     """What Hydra lets through but the run cannot use: a removed group (``~problem``),

@@ -52,7 +52,7 @@ def run_config(cfg: Mapping[str, Any], run_dir: Path) -> Family:
 
 
 def _task(cfg: Any) -> None:
-    from pinn_lora.cli.common import run_task
+    from pinn_lora.cli.launch import run_task
 
     fam, run_dir = run_task(cfg, run_config)
     card = fam.card
@@ -74,7 +74,8 @@ def _task(cfg: Any) -> None:
 
 
 def main() -> None:
-    from pinn_lora.cli.common import check_group_overrides, launch, prepare_run
+    from pinn_lora.cli.common import check_group_overrides
+    from pinn_lora.cli.launch import launch, prepare_run
 
     check_group_overrides(sys.argv[1:], ("problem", "method"), "family")
     launch(prepare_run(sys.argv[1:], "family", resume_key=False), "family", _task)

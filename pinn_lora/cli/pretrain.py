@@ -57,7 +57,7 @@ def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dic
 
 
 def _task(cfg) -> None:
-    from pinn_lora.cli.common import run_task
+    from pinn_lora.cli.launch import run_task
 
     (_, card), run_dir = run_task(cfg, run_config)
     print(f"{card['problem']} {card['coefficients']}: rel. L2 {card['relative_l2']:.3e} after {card['steps']} steps "
@@ -67,7 +67,8 @@ def _task(cfg) -> None:
 
 
 def main() -> None:
-    from pinn_lora.cli.common import check_group_overrides, launch, prepare_run
+    from pinn_lora.cli.common import check_group_overrides
+    from pinn_lora.cli.launch import launch, prepare_run
 
     check_group_overrides(sys.argv[1:], ("problem",), "pretrain")
     launch(prepare_run(sys.argv[1:], "pretrain", resume_key=True), "pretrain", _task)  # a base is never overwritten
