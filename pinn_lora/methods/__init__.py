@@ -135,6 +135,11 @@ class Method:
 
         return LevenbergMarquardt([p for p in model.parameters() if p.requires_grad], mu=mu, adaptive=adaptive)
 
+    def step_for(self, model: nn.Module, solver: str = "method", mu: float = 1.0, adaptive: bool = True) -> Dynamics:
+        """The step a run takes, decided once: ``solver="lm"``: :meth:`second_order` (starting damping
+        ``mu``), else the method's own :meth:`dynamics`."""
+        return self.second_order(model, mu, adaptive) if solver == "lm" else self.dynamics(model)
+
     lm_by_default: ClassVar[bool] = True  # the problem's solver=lm recommendation applies to this method
 
     def solver_for(self, requested: str, explicit: bool) -> str:
@@ -455,6 +460,12 @@ class ODELoRA(LoRA):
                                         "or auto)")
             return "method"
         return super().solver_for(requested, explicit)
+
+    def step_for(self, model: nn.Module, solver: str = "method", mu: float = 1.0, adaptive: bool = True) -> Dynamics:
+        """``scheme=implicit``: its own implicit step with h = lr (:meth:`dynamics`), whatever the solver."""
+        if self.scheme == "implicit":
+            return self.dynamics(model)
+        return super().step_for(model, solver, mu, adaptive)
 
     def second_order(self, model: nn.Module, mu: float, adaptive: bool = True) -> Dynamics:
         """ODELoRA's implicit scheme (:func:`pinn_lora.methods.dynamics.odelora.implicit_dynamics`)."""

@@ -32,7 +32,9 @@ from pinn_lora.training.monitors import (
 )
 from pinn_lora.core.registry import METHODS, PROBLEMS
 from pinn_lora.core.runtime import device_name, own_rng
-from pinn_lora.training.trainer import SOLVERS, History, Monitor, TrainConfig, Trainer
+from pinn_lora.training.config import SOLVERS, TrainConfig
+from pinn_lora.training.records import History, Monitor
+from pinn_lora.training.trainer import Trainer
 from pinn_lora.training.verdict import judge, validation_points, validation_residual
 from pinn_lora.store.zoo import load_base, shipped
 
@@ -343,7 +345,7 @@ def adapt_to(base: str | Path | nn.Module | tuple[nn.Module, dict], problem: Any
         if card.get("weights_sha256"):
             _BASE_VALIDATION[val_key] = val_base
     model = attach(net, meth, problem, seed=seed, n_points=n_points, base_card=card)
-    dynamics = meth.dynamics(model)
+    dynamics = meth.step_for(model, solver, train_cfg.lm_mu, train_cfg.lm_adaptive)  # decided once
     stability = Stability() if default_monitors else None
     mons: list[Monitor] = []
     if default_monitors:
