@@ -83,7 +83,7 @@ def measure(name: str, device: torch.device, n_points: int, steps: int, warmup: 
     times = []
     peak = None
     for i in range(warmup + steps):
-        closure = trainer._closure(points, {})  # the loop's own closure (gradient zeroing, stats)
+        closure = trainer.objective.at(points)  # the loop's own objective (gradient zeroing, stats)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

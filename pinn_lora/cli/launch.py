@@ -234,7 +234,7 @@ def guarded(fn: Callable[[], Any], *, debug: bool = False,
     the line gives ``resume_command()`` when there is a checkpoint to continue from."""
     import signal
 
-    from pinn_lora.training.trainer import Interrupted
+    from pinn_lora.training.checkpointer import Interrupted
 
     def on_term(signum: int, _frame: Any) -> None:
         raise Interrupted(signum)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from pinn_lora.runs.pretrain import RECIPE_KEYS, pretrain_base, pretraining_recipe
-from pinn_lora.training.trainer import TrainConfig
+from pinn_lora.training.config import TrainConfig
 
 def run_config(cfg: dict[str, Any], run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Pretrain from a composed (plain dict) config; claims ``run_dir`` (:mod:`pinn_lora.store.rundir`)

@@ -110,7 +110,7 @@ class DynamicsOptimizer(torch.optim.Optimizer):
         return self.dynamics.lr
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
-        from pinn_lora.training.trainer import _norm
+        from pinn_lora.training.objective import gradient_norm as _norm
 
         if closure is None:
             raise RuntimeError(f"{self.method.name}'s dynamics evaluate the loss themselves: call step(closure) "
@@ -181,7 +181,7 @@ class MonitorCallback:
         self.status, self.message = "completed", ""
 
     def on_train_begin(self) -> None:
-        from pinn_lora.training.trainer import History
+        from pinn_lora.training.records import History
 
         self.history = History()
         self._start = time.perf_counter()

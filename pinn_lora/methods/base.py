@@ -242,6 +242,11 @@ class Method:
 
         return LevenbergMarquardt([p for p in model.parameters() if p.requires_grad], mu=mu, adaptive=adaptive)
 
+    def step_for(self, model: nn.Module, solver: str = "method", mu: float = 1.0, adaptive: bool = True) -> Dynamics:
+        """The step a run takes, decided once: ``solver="lm"``: :meth:`second_order` (starting damping
+        ``mu``), else the method's own :meth:`dynamics`."""
+        return self.second_order(model, mu, adaptive) if solver == "lm" else self.dynamics(model)
+
     lm_by_default: ClassVar[bool] = True  # the problem's solver=lm recommendation applies to this method
 
     def solver_for(self, requested: str, explicit: bool) -> str:

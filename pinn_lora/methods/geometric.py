@@ -65,6 +65,12 @@ class ODELoRA(LoRA):
             return "method"
         return super().solver_for(requested, explicit)
 
+    def step_for(self, model: nn.Module, solver: str = "method", mu: float = 1.0, adaptive: bool = True) -> Dynamics:
+        """``scheme=implicit``: its own implicit step with h = lr (:meth:`dynamics`), whatever the solver."""
+        if self.scheme == "implicit":
+            return self.dynamics(model)
+        return super().step_for(model, solver, mu, adaptive)
+
     def second_order(self, model: nn.Module, mu: float, adaptive: bool = True) -> Dynamics:
         """ODELoRA's implicit scheme (:func:`pinn_lora.methods.dynamics.odelora.implicit_dynamics`)."""
         return implicit_dynamics([lay for _, lay in adapter_layers(model)], mu=mu, adaptive=adaptive,

@@ -16,7 +16,8 @@ The adapter is a :class:`~pinn_lora.model.adapters.lora.LoRALinear` with frozen
 weight W0 = 0 and scale s = 1, so X = B·A exactly, started from small balanced
 random factors (BᵀB = AAᵀ = ``init_scale``·I). The *package's own* dynamics
 classes move it: :class:`~pinn_lora.methods.dynamics.odelora.ODELoRADynamics` (any
-scheme, including the adaptive ``bs23`` and ``dopri5``) and
+scheme, including the adaptive ``bs23`` and ``dopri5``, and its implicit scheme, a Levenberg–Marquardt step
+at a fixed h) and
 :class:`~pinn_lora.methods.dynamics.riemannian.RiemannianDynamics` (SGD or Adam).
 With s = 1 and SGD, one Riemannian step moves X by −h·(P_B G + G P_A) to first
 order, one ODELoRA Euler step by −h·P_T(G) = −h·(P_B G + G P_A − P_B G P_A):
@@ -53,8 +54,8 @@ import torch
 from torch import nn
 
 from pinn_lora.model.adapters.lora import LoRALinear
-from pinn_lora.methods.dynamics.base import Dynamics, GradientDynamics
-from pinn_lora.methods.dynamics.odelora import ODELoRADynamics
+from pinn_lora.methods.dynamics.base import Dynamics, GradientDynamics, Objective
+from pinn_lora.methods.dynamics.odelora import ODELoRADynamics, implicit_dynamics
 from pinn_lora.methods.dynamics.riemannian import RiemannianDynamics
 
 
@@ -113,17 +114,48 @@ def sensing_layer(m: int, n: int, rank: int, init_scale: float = 1e-2, seed: int
     return lay
 
 
-def sensing_closure(problem: MatrixSensing, layer: LoRALinear, calls: list[int] | None = None):
-    """Zero the factor gradients, compute L(W0 + s·B·A), backward, return the loss."""
-    def closure() -> torch.Tensor:
-        if calls is not None:
-            calls.append(1)
-        for p in layer.parameters():
+class SensingObjective(Objective):
+    """The sensing loss of ``layer``'s weight as a step's objective: calling it zeroes the factor
+    gradients, computes L(W0 + s·B·A), runs backward and returns the loss; ``residual()`` is
+    ρ = (<A_i, W> − y_i) / √(2N), so ‖ρ‖² = L, and ``residual_jacobian()`` adds J = ∂ρ/∂(B, A) (the
+    factors in the layer's order, B before A) by the chain rule (ρ is affine in W). Every evaluation,
+    of the loss or of ρ, is counted in ``calls``."""
+
+    def __init__(self, problem: MatrixSensing, layer: LoRALinear, calls: list[int] | None = None) -> None:
+        self.problem, self.layer, self.calls = problem, layer, calls
+        self.norm = math.sqrt(2 * problem.observations.numel())
+
+    def _count(self) -> None:
+        if self.calls is not None:
+            self.calls.append(1)
+
+    def __call__(self) -> torch.Tensor:
+        self._count()
+        for p in self.layer.parameters():
             p.grad = None
-        loss = problem.loss(layer.weight())
+        loss = self.problem.loss(self.layer.weight())
         loss.backward()
         return loss.detach()
-    return closure
+
+    def residual(self) -> torch.Tensor:
+        self._count()
+        with torch.no_grad():
+            return self.problem.residuals(self.layer.weight()) / self.norm
+
+    def residual_jacobian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lay = self.layer
+        b, a = (t.detach() for t in lay.factors())
+        jw = self.problem.sensors / self.norm  # ∂ρ_i/∂W = A_i / √(2N)
+        jb = lay.scale * torch.einsum("ipj,qj->ipq", jw, a)  # ∂ρ/∂B[p,q] = s Σ_j ∂ρ/∂W[p,j] A[q,j]
+        ja = lay.scale * torch.einsum("ipj,pq->iqj", jw, b)  # ∂ρ/∂A[q,j] = s Σ_p ∂ρ/∂W[p,j] B[p,q]
+        r = self.residual()
+        return r, torch.cat([jb.reshape(jb.shape[0], -1), ja.reshape(ja.shape[0], -1)], 1)
+
+
+def sensing_closure(problem: MatrixSensing, layer: LoRALinear, calls: list[int] | None = None) -> SensingObjective:
+    """Zero the factor gradients, compute L(W0 + s·B·A), backward, return the loss (a
+    :class:`SensingObjective`, which second-order steps also take)."""
+    return SensingObjective(problem, layer, calls)
 
 
 @dataclass
@@ -144,9 +176,13 @@ class SensingRun:
 
 def make_dynamics(method: str, layer: LoRALinear, h: float, *, scheme: str = "euler", optimizer: str = "sgd",
                   **options: Any) -> Dynamics:
-    """``odelora`` (``scheme``; options of :class:`ODELoRADynamics`, e.g. ``rtol``, ``rebalance``) or
+    """``odelora`` (``scheme``; options of :class:`ODELoRADynamics`, e.g. ``rtol``, ``rebalance``; ``implicit``:
+    its implicit scheme at the fixed step h, :func:`~pinn_lora.methods.dynamics.odelora.implicit_dynamics`) or
     ``riemannian`` (``optimizer`` sgd | adam; option ``damping``) or plain ``lora`` (``optimizer`` sgd |
-    adam on the factor gradients), with step / learning rate ``h``."""
+    adam on the factor gradients), with step / learning rate ``h``. Each is a
+    :class:`~pinn_lora.methods.dynamics.base.Step` over the :class:`SensingObjective`."""
+    if method == "odelora" and scheme == "implicit":
+        return implicit_dynamics([layer], mu=1.0 / h, adaptive=False, rebalance_factors=options.get("rebalance", True))
     if method == "odelora":
         return ODELoRADynamics([layer], lr=h, scheme=scheme, **{"damping": 0.0, **options})
     if method == "riemannian":
@@ -168,13 +204,13 @@ def train(problem: MatrixSensing, method: str, h: float, steps: int, *, rank: in
     layer = sensing_layer(m, n, rank or problem.rank, init_scale, seed, problem.target.dtype)
     dyn = make_dynamics(method, layer, h, scheme=scheme, optimizer=optimizer, **options)
     calls: list[int] = []
-    closure = sensing_closure(problem, layer, calls)
+    objective = SensingObjective(problem, layer, calls)
     label = f"odelora-{scheme}" if method == "odelora" else f"{method}-{optimizer}"
     losses, evals, hs = [], [], []
     diverged = False
     for _ in range(steps):
         before = len(calls)
-        loss = float(dyn.step(closure))
+        loss = float(dyn.step(objective))
         losses.append(loss)
         evals.append(before)
         if not math.isfinite(loss) or loss > divergence_factor * losses[0]:

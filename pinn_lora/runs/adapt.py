@@ -47,7 +47,9 @@ from pinn_lora.training.monitors import (
     UpdateNorm,
     amend_last_record,
 )
-from pinn_lora.training.trainer import Monitor, TrainConfig, Trainer
+from pinn_lora.training.config import TrainConfig
+from pinn_lora.training.records import Monitor
+from pinn_lora.training.trainer import Trainer
 from pinn_lora.training.verdict import judge, validation_points, validation_residual
 
 _BASE_VALIDATION: dict[tuple, float] = {}
@@ -235,7 +237,8 @@ def build_trainer(run: Prepared) -> Trainer:
     meth = run.resolved.method
     if run.run_dir is not None:
         run.monitors.append(MetricsWriter(run.run_dir / "metrics.jsonl"))
-    return Trainer(run.problem, run.model, meth.dynamics(run.model), run.train, monitors=run.monitors,
+    step = meth.step_for(run.model, run.train.solver, run.train.lm_mu, run.train.lm_adaptive)  # decided once
+    return Trainer(run.problem, run.model, step, run.train, monitors=run.monitors,
                    after_step=meth.step_hook(), checkpoint_path=run.checkpoint, method=meth,
                    resume_from=run.saved, settings=run.extra["settings"], stages=run.stages)
 

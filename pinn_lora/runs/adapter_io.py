@@ -136,7 +136,7 @@ def _default_loss(problem: Any, net: nn.Module, seed: int, n_points: int,
             raise ValueError(f"method {method} needs a loss to start from: pass problem=... or loss_fn=... "
                              "to attach")
         return missing
-    from pinn_lora.training.trainer import residual_loss
+    from pinn_lora.training.losses import residual_loss
 
     like = next(iter(net.parameters()), None)
     like = like if like is not None else next(iter(net.buffers()))

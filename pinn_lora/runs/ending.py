@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any, Iterator
 
-from pinn_lora.training.trainer import Interrupted
+from pinn_lora.training.checkpointer import Interrupted
 
 
 class StoppedAfterEnd(Interrupted):

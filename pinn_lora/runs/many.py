@@ -32,7 +32,11 @@ from pinn_lora.store import rundir
 from pinn_lora.model.derivatives import JetDerivatives, _plan, why_no_jets, layer_weight, mlp_jets, needed_derivatives
 from pinn_lora.model.jacobian import weight_with
 from pinn_lora.core.runtime import own_rng
-from pinn_lora.training.trainer import History, Trainer, TrainConfig, _norm, residual_terms
+from pinn_lora.training.config import TrainConfig
+from pinn_lora.training.losses import residual_terms
+from pinn_lora.training.objective import gradient_norm as _norm
+from pinn_lora.training.records import History
+from pinn_lora.training.trainer import Trainer
 from pinn_lora.training.verdict import judge, validation_points, validation_residual
 
 

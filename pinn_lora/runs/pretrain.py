@@ -13,9 +13,12 @@ import torch
 
 import pinn_lora
 from pinn_lora.methods.dynamics import GradientDynamics
+from pinn_lora.methods.dynamics.gauss_newton import LevenbergMarquardt
 from pinn_lora.model.network import build_network
 from pinn_lora.core.runtime import device_name
-from pinn_lora.training.trainer import Monitor, TrainConfig, Trainer
+from pinn_lora.training.config import TrainConfig
+from pinn_lora.training.records import Monitor
+from pinn_lora.training.trainer import Trainer
 from pinn_lora.store.zoo import save_base
 
 
@@ -63,7 +66,8 @@ def pretrain_base(problem: Any, *, layers: list[int], activation: str, train: Tr
             raise ValueError(f"init_from={init_from}: a base for {previous['problem']} {previous['coefficients']}, "
                              f"not {problem.name} {problem.coefficients}")
         net.load_state_dict(start.state_dict())
-    dyn = GradientDynamics(net.parameters(), lr=lr, schedule=schedule, final_ratio=final_ratio)
+    dyn = (LevenbergMarquardt([p for p in net.parameters() if p.requires_grad], mu=train.lm_mu, adaptive=train.lm_adaptive)
+           if train.solver == "lm" else GradientDynamics(net.parameters(), lr=lr, schedule=schedule, final_ratio=final_ratio))
     hist = Trainer(problem, net, dyn, train, monitors=monitors, checkpoint_path=checkpoint, resume_from=saved,
                    settings=settings).run()
     err = problem.relative_l2(net)

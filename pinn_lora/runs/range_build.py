@@ -13,6 +13,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from pinn_lora.methods.dynamics.base import Objective
+from pinn_lora.model.jacobian import residual_jacobian, residual_vector
+
 from pinn_lora.runs.ranges import (INTERPOLATIONS, Conditioned, Family, FamilyError, HyperFamily, _check_out,  # noqa: F401
                                    _spec, merged_state)
 
@@ -226,6 +229,34 @@ class _Bank:
         return choice
 
 
+class RangeObjective(Objective):
+    """The hyper build's objective: the residuals of the coefficient-conditioned adapter at each of a
+    step's coefficients (``batch``: (problem, ξ, points)), each scaled by 1/√len(batch), so that ‖ρ‖² is the
+    mean of their residual losses; with its Jacobian, for the Levenberg–Marquardt step."""
+
+    def __init__(self, cond: Any, batch: Sequence[tuple[Any, float, torch.Tensor]]) -> None:
+        self.cond, self.batch = cond, list(batch)
+
+    def _residuals(self, with_jacobian: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rs, js = [], []
+        for target, x, pts in self.batch:
+            self.cond.xi = x
+            self.cond.template.apply_output_transform(target.output_transform)
+            if with_jacobian:
+                r, j = residual_jacobian(target, self.cond, pts)
+                js.append(j / math.sqrt(len(self.batch)))
+            else:
+                r = residual_vector(target, self.cond, pts)
+            rs.append(r / math.sqrt(len(self.batch)))
+        return torch.cat(rs), (torch.cat(js) if with_jacobian else None)
+
+    def residual(self) -> torch.Tensor:
+        return self._residuals(False)[0]
+
+    def residual_jacobian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._residuals(True)  # type: ignore[return-value]
+
+
 def build_hyper_family(problem: Any, over: str | None, low: float, high: float, *, base: Any = None,
                        rank: int = 8, width: int = 32, steps: int = 60, n_points: int = 500, per_step: int = 4,
                        resample_every: int = 5, lm_mu: float = 0.01, seed: int = 0,
@@ -241,7 +272,6 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
     import numpy as np
 
     from pinn_lora.methods.dynamics.gauss_newton import LevenbergMarquardt
-    from pinn_lora.model.jacobian import residual_jacobian, residual_vector
     from pinn_lora.runs.adapt import resolve_device, resolve_dtype
 
     from pinn_lora.core.runtime import check_bools
@@ -274,26 +304,7 @@ def build_hyper_family(problem: Any, over: str | None, low: float, high: float, 
                 pts = torch.as_tensor(target.sample(n_points, seed=int(rng.integers(2**31))), dtype=dt, device=dev)
                 batch.append((target, float(x), pts))
 
-        def residuals(with_jacobian: bool):
-            rs, js = [], []
-            for target, x, pts in batch:
-                cond.xi = x
-                cond.template.apply_output_transform(target.output_transform)
-                if with_jacobian:
-                    r, j = residual_jacobian(target, cond, pts)
-                    js.append(j / math.sqrt(len(batch)))
-                else:
-                    r = residual_vector(target, cond, pts)
-                rs.append(r / math.sqrt(len(batch)))
-            return torch.cat(rs), (torch.cat(js) if with_jacobian else None)
-
-        r, jac = residuals(True)
-
-        def trial() -> float:
-            v, _ = residuals(False)
-            return float(v @ v)
-
-        loss = lm.gn_step(r, jac, trial)
+        loss = lm.step(RangeObjective(cond, batch))
         log.append({"step": step, "loss": loss, "h": lm.last.get("lm_h"), "accepted": lm.last.get("lm_accepted")})
         if progress and (step % 10 == 0 or step == steps - 1):
             print(f"family (hyper): step {step}/{steps}, loss {loss:.3e} over {over} in "

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from pinn_lora.core import recipe as _recipe
-from pinn_lora.training.trainer import TrainConfig
+from pinn_lora.training.config import TrainConfig
 
 LOOP = TrainConfig  # the loop's own defaults (eval_every, sampler, derivatives ...) live there
 

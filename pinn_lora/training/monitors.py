@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pinn_lora.model.adapters.base import AdapterLinear
-from pinn_lora.training.trainer import History, Monitor
+from pinn_lora.training.records import History, Monitor
 
 # metrics.jsonl: one flat JSON object per record (one per method step, one per L-BFGS call of up to
 # 10 iterations, and a closing "check" record when the final state diverged). Non-finite floats are

@@ -1,4 +1,4 @@
-"""The dynamics contract and the plain-optimiser dynamics (Adam, SGD)."""
+"""The step protocol (:class:`Step` over an :class:`Objective`) and the plain-optimiser dynamics (Adam, SGD)."""
 from __future__ import annotations
 
 import math
@@ -30,28 +30,64 @@ def lr_factor(schedule: str, progress: float, final_ratio: float) -> float:
     raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-class Dynamics:
-    """How trainable tensors move. ``step(closure)`` evaluates the closure
-    (which zeroes gradients, computes the loss on a fixed batch, runs backward
-    and returns the loss) as often as the rule needs and updates the tensors;
-    it returns the loss at the start of the step."""
+class Objective:
+    """What a step moves the parameters against: one loss, on a fixed set of points, at the parameters
+    as they are set. Calling it is the *closure* of ``torch.optim``: it zeroes the gradients, computes
+    the loss, runs backward and returns the loss (detached). ``residual()`` is the residual vector ρ
+    with loss ‖ρ‖² (no graph), ``residual_jacobian()`` ρ and J = ∂ρ/∂θ (the columns in the order of
+    the trainable parameters), for second-order steps. ``evaluations`` counts the closure calls.
+
+    A plain function (a closure) is an objective without residuals: first-order steps take either."""
+
+    evaluations: int = 0
+
+    def __call__(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def residual(self) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} gives a loss, not a residual vector")
+
+    def residual_jacobian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise TypeError(f"{type(self).__name__} gives a loss, not a residual vector and its Jacobian")
+
+    def trial_loss(self) -> float:
+        """‖ρ‖² at the parameters as they are set (a second-order step's trial of a proposal)."""
+        v = self.residual()
+        return float(v @ v)
+
+
+class Step:
+    """The one protocol every way to move the parameters implements (first-order dynamics, ODELoRA's
+    explicit and implicit schemes, Levenberg–Marquardt, L-BFGS): ``step(objective)`` evaluates the
+    :class:`Objective` as often as its rule needs, moves the trainable tensors and returns the loss at
+    the start of the step; ``report(objective)`` then says what the step's record holds of it (its
+    step size ``lr``, the ``evaluations`` it spent, and any fields of its own). The loops
+    (:mod:`pinn_lora.training.loops`) know nothing else about a step.
+
+    ``residual_step``: the step reads the residual vector and its Jacobian (not only the loss and
+    gradient); ``eager_only()``: '' when the step can run as a static (graph-captured) step, else why
+    it must run eagerly (its host decisions)."""
 
     evaluations_per_step: int = 1
-
-    def __init__(self, lr: float, schedule: str = "constant", final_ratio: float = 1.0) -> None:
-        lr_factor(schedule, 0.0, final_ratio)  # validates the schedule's name
-        self.base_lr, self.schedule, self.final_ratio = float(lr), schedule, float(final_ratio)
-        self.progress = 0.0
+    residual_step: bool = False
 
     @property
     def lr(self) -> float:
-        return self.base_lr * lr_factor(self.schedule, self.progress, self.final_ratio)
+        raise NotImplementedError
 
     def set_progress(self, progress: float) -> None:
-        self.progress = progress
+        """The fraction of the run done before the step (schedules read it)."""
 
-    def step(self, closure: Closure) -> torch.Tensor:
+    def step(self, objective: Objective | Closure) -> torch.Tensor | float:
         raise NotImplementedError
+
+    def report(self, objective: Objective | Closure) -> dict[str, Any]:
+        """The step's part of its record, read right after the step: ``lr`` (the step size it took),
+        ``evaluations`` (objective evaluations it spent) and fields of its own."""
+        return {"lr": self.lr, "evaluations": getattr(objective, "evaluations", 0)}
+
+    def eager_only(self) -> str:
+        return ""
 
     def reset_state(self) -> None:
         """Forget optimiser moments (used by schedules that restart)."""
@@ -68,6 +104,30 @@ class Dynamics:
 
     def count_replays(self, n: int) -> None:
         """Host-side bookkeeping that a replayed graph does not run (counters)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Dynamics(Step):
+    """A :class:`Step` with a base learning rate and its schedule. First-order dynamics call the
+    objective (the closure: zero gradients, loss on a fixed batch, backward, the loss) as often as
+    the rule needs and update the tensors; ``step`` returns the loss at the start of the step."""
+
+    def __init__(self, lr: float, schedule: str = "constant", final_ratio: float = 1.0) -> None:
+        lr_factor(schedule, 0.0, final_ratio)  # validates the schedule's name
+        self.base_lr, self.schedule, self.final_ratio = float(lr), schedule, float(final_ratio)
+        self.progress = 0.0
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * lr_factor(self.schedule, self.progress, self.final_ratio)
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
 
     def state_dict(self) -> dict[str, Any]:
         return {"progress": self.progress}

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from pinn_lora.methods.dynamics.base import Dynamics
+from pinn_lora.methods.dynamics.base import Dynamics, Objective
 
 DAMPINGS = ("marquardt", "identity")
 MAX_DENSE = 12000  # min(N, P) above this: one dense solve per step costs more than it buys (and its memory)
@@ -43,7 +43,13 @@ MAX_DENSE = 12000  # min(N, P) above this: one dense solve per step costs more t
 class LevenbergMarquardt(Dynamics):
     """Levenberg–Marquardt on ``params`` (see the module docstring). ``mu`` is the starting
     damping (h = 1/μ), ``max_tries`` the proposals per step before the step is given up (the
-    parameters then stay where they were and μ keeps its increase)."""
+    parameters then stay where they were and μ keeps its increase).
+
+    Through the step protocol: ``step(objective)`` takes the residual and its Jacobian from the
+    :class:`~pinn_lora.methods.dynamics.base.Objective` and tries proposals by its ``trial_loss``
+    (:meth:`gn_step` is the same step from given ρ, J and trial function)."""
+
+    residual_step = True
 
     def __init__(self, params: Sequence[torch.Tensor], mu: float = 1.0, damping: str = "marquardt",
                  adaptive: bool = True, max_tries: int = 10, metric: Callable[[], torch.Tensor] | None = None,
@@ -68,6 +74,9 @@ class LevenbergMarquardt(Dynamics):
 
     def graph_unsafe_reason(self) -> str:
         return "the Levenberg–Marquardt step decides on the host whether to accept a proposal"
+
+    def eager_only(self) -> str:
+        return "the second-order step (solver=lm) accepts or rejects each proposal on the host"
 
     def _flat(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.params])
@@ -157,8 +166,21 @@ class LevenbergMarquardt(Dynamics):
         self.grad_norm = float(2 * grad.norm())  # ‖∇‖ρ‖²‖ at the start, for the step's record
         return loss
 
-    def step(self, closure: Any) -> torch.Tensor:
-        raise TypeError("LevenbergMarquardt steps need the residual Jacobian: run it with solver=lm in the Trainer")
+    def step(self, objective: Objective | Callable[[], torch.Tensor]) -> float:
+        """One step on ``objective``'s residual vector and Jacobian at the current parameters."""
+        if not isinstance(objective, Objective):
+            raise TypeError("LevenbergMarquardt steps need the residual Jacobian: give them an Objective "
+                            "(run it with solver=lm in the Trainer)")
+        r, jac = objective.residual_jacobian()
+        return self.gn_step(r, jac, objective.trial_loss)
+
+    def report(self, objective: Any) -> dict[str, Any]:
+        """The step size h of the last proposal, the evaluations (the Jacobian's and one per proposal),
+        the gradient norm at the start and the proposals' outcome (``lm_tries``, ``gain_ratio``,
+        ``lm_accepted``)."""
+        info = self.last
+        return {"grad_norm": self.grad_norm, "lr": info.get("lm_h", self.lr), "evaluations": 1 + info["lm_tries"],
+                **{k: v for k, v in info.items() if k != "lm_h"}}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "mu": self.mu, "nu": self.nu, "accepted": self.accepted,
