@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pinn_lora.core.recipe import Adaptation as _Recipe
 from pinn_lora.model.derivatives import ENGINES
 from pinn_lora.pde.problem import SAMPLERS
 
@@ -14,7 +15,10 @@ SAMPLINGS = ("uniform", "rad", "rar_d")
 
 @dataclass
 class TrainConfig:
-    """Loop settings (the method's own settings live in the method)."""
+    """Loop settings (the method's own settings live in the method). The loop options a recipe holds (damping,
+    RAD, RAR-D, continuation stages) default to the package's recipe (:mod:`pinn_lora.core.recipe`); ``steps``
+    here counts every step the loop takes (a run's continuation stages included), not the recipe's ``steps``
+    at the target."""
 
     steps: int = 2000
     n_points: int = 2000
@@ -33,15 +37,15 @@ class TrainConfig:
     cuda_graph: Any = "auto"  # capture the whole step in a CUDA graph: auto (on CUDA when possible) | True | False
     sync_every: int = 0  # graph mode: steps between host reads of the losses (0: eval_every)
     solver: str = "method"  # method: the method's own dynamics | lm: Levenberg–Marquardt on its parameters
-    lm_mu: float = 1.0  # lm: the starting damping μ (the implicit Euler step h = 1/μ)
-    lm_adaptive: bool = True  # lm: adapt μ by the trust-region rule (False: a fixed h)
+    lm_mu: float = _Recipe.lm_mu  # lm: the starting damping μ (the implicit Euler step h = 1/μ)
+    lm_adaptive: bool = _Recipe.lm_adaptive  # lm: adapt μ by the trust-region rule (False: a fixed h)
     sampling: str = "uniform"  # uniform | rad | rar_d (residual-based adaptive distribution / refinement, Wu et al. 2023)
-    rad_k: float = 1.0  # rad, rar_d: density ∝ |r|^k / mean(|r|^k) + c
-    rad_c: float = 1.0
-    rad_pool: int = 8  # rad, rar_d: candidates per point drawn
-    rar_add: int = 0  # rar_d: points added to the set at each draw (0: n_points // 10; see rar_points)
-    stage_steps: int = 3  # continuation: the most steps of each intermediate stage (Trainer ``stages``)
-    stage_tol: float = 1e-3  # continuation: a stage ends early once a step starts at a loss <= this
+    rad_k: float = _Recipe.rad_k  # rad, rar_d: density ∝ |r|^k / mean(|r|^k) + c
+    rad_c: float = _Recipe.rad_c
+    rad_pool: int = _Recipe.rad_pool  # rad, rar_d: candidates per point drawn
+    rar_add: int = _Recipe.rar_add  # rar_d: points added to the set at each draw (0: n_points // 10; see rar_points)
+    stage_steps: int = _Recipe.stage_steps  # continuation: the most steps of each intermediate stage (Trainer ``stages``)
+    stage_tol: float = _Recipe.stage_tol  # continuation: a stage ends early once a step starts at a loss <= this
 
     @property
     def rar_points(self) -> int:
