@@ -125,9 +125,10 @@ start_db() {
         mariadb-install-db --no-defaults --datadir="$DIR/db" --user=root --auth-root-authentication-method=socket \
             --skip-test-db > "$DIR/log/db-install.log" 2>&1 || die "mariadb-install-db failed (see $DIR/log/db-install.log)"
     fi
-    (cd / && setsid mariadbd --no-defaults --datadir="$DIR/db" --user=root --bind-address=127.0.0.1 --port="$DB_PORT" \
-        --socket="$sock" --pid-file="$DIR/run/db.pid" --log-error="$DIR/log/db.log" \
-        --innodb-buffer-pool-size=64M --skip-name-resolve >/dev/null 2>&1 &)
+    # detached, with none of this script's file descriptors (a caller piping its output gets end of file)
+    (cd / && exec setsid mariadbd --no-defaults --datadir="$DIR/db" --user=root --bind-address=127.0.0.1 \
+        --port="$DB_PORT" --socket="$sock" --pid-file="$DIR/run/db.pid" --log-error="$DIR/log/db.log" \
+        --innodb-buffer-pool-size=64M --skip-name-resolve) </dev/null >/dev/null 2>&1 &
     wait_for 60 "MariaDB" mariadb --no-defaults --socket="$sock" -uroot -e "select 1"
     mariadb --no-defaults --socket="$sock" -uroot -e "
         CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm_local';
@@ -152,16 +153,16 @@ start() {
     [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 2>/dev/null
                                      chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
     if ! pgrep -x munged >/dev/null; then
-        runuser -u munge -- /usr/sbin/munged || die "munged did not start"
+        runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1 || die "munged did not start"
         echo started > "$DIR/run/munge.ours"
     fi
     wait_for 10 "munge" sh -c "munge -n | unmunge"
     start_db
-    slurmdbd || die "slurmdbd did not start (see $DIR/log/slurmdbd.log)"
+    slurmdbd </dev/null >>"$DIR/log/slurmdbd.out" 2>&1 || die "slurmdbd did not start (see $DIR/log/slurmdbd.log)"
     wait_for 60 "slurmdbd" sacctmgr -n list cluster
     sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null 2>&1 || true
-    slurmctld || die "slurmctld did not start (see $DIR/log/slurmctld.log)"
-    slurmd || die "slurmd did not start (see $DIR/log/slurmd.log)"
+    slurmctld </dev/null >>"$DIR/log/slurmctld.out" 2>&1 || die "slurmctld did not start (see $DIR/log/slurmctld.log)"
+    slurmd </dev/null >>"$DIR/log/slurmd.out" 2>&1 || die "slurmd did not start (see $DIR/log/slurmd.log)"
     wait_for 60 "the node ($NODE idle in sinfo)" node_idle
     wait_for 30 "accounting (sacct)" sacct -n -X -S now
     say "up in $((SECONDS - t0)) s: node $NODE, $(nproc) CPUs, partition debug"

@@ -79,7 +79,7 @@ def _from_return(ret: JobReturn) -> tuple[str, Optional[str]]:
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurm
-except ImportError:  # the plugin is not installed: `hydra/launcher=slurm` says so (pinn_lora.cli.common.check_launcher)
+except ImportError:  # the plugin is not installed: `hydra/launcher=slurm` says so (pinn_lora.cli.common.common.check_launcher)
     _SubmititSlurm = None  # type: ignore[assignment,misc]
 
 if _SubmititSlurm is not None:
@@ -140,6 +140,7 @@ if _SubmititSlurm is not None:
                 job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                    Singleton.get_state()))
             jobs = executor.map_array(self, *zip(*job_params)) if job_params else []
+            _remove_submission_links(Path(str(self.params["submitit_folder"])))
             # --- every job to its end, whichever order they end in
             print(f"sweep: {len(jobs)} SLURM jobs submitted ({', '.join(j.job_id for j in jobs[:3])}"
                   f"{' ...' if len(jobs) > 3 else ''}), {num_jobs - len(jobs)} finished already; waiting for them",
@@ -166,6 +167,16 @@ if _SubmititSlurm is not None:
                 outcomes.append(_outcome(num, shown, job_dir, state, code, message, job.job_id))
             sweeps.record(sweep_dir, outcomes)
             return [_placeholder(o) for o in job_overrides]  # each job's end is in jobs.json
+
+
+def _remove_submission_links(folder: Path) -> None:
+    """submitit leaves a symbolic link per submission (``.submission_file_<id>.sh``, to the sbatch script it
+    moved into the job's folder) beside the job folders; pinn_lora refuses to resume a sweep directory holding
+    links it did not make, so the launcher removes the ones its submission left."""
+    parent = folder.parent if "%" in folder.name else folder
+    for link in parent.glob(".submission_file_*"):
+        if link.is_symlink():
+            link.unlink()
 
 
 def _wait_all(jobs: Sequence[Any], poll_s: float = 1.0, sacct_every_s: float = 10.0) -> None:
