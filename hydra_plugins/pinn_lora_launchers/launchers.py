@@ -79,7 +79,7 @@ def _from_return(ret: JobReturn) -> tuple[str, Optional[str]]:
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurm
-except ImportError:  # the plugin is not installed: `hydra/launcher=slurm` says so (pinn_lora.cli.common.common.check_launcher)
+except ImportError:  # the plugin is not installed: `hydra/launcher=slurm` says so (pinn_lora.cli.common.check_launcher)
     _SubmititSlurm = None  # type: ignore[assignment,misc]
 
 if _SubmititSlurm is not None:
