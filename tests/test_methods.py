@@ -336,6 +336,7 @@ def test_methods_page_goes_stale_when_an_option_changes():
     assert changed != text and "| `rank` | `8` |" in changed
 
 
+@pytest.mark.integration  # two subprocesses (8 s); the page's currency is checked in-process above
 def test_methods_page_check_command(tmp_path):
     import subprocess
     import sys

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from pinn_lora.core.recipe import Adaptation as RECIPE
 from pinn_lora.methods.dynamics import Dynamics, GradientDynamics
 from pinn_lora.methods.dynamics.base import SCHEDULES
 
@@ -242,7 +243,8 @@ class Method:
 
         return LevenbergMarquardt([p for p in model.parameters() if p.requires_grad], mu=mu, adaptive=adaptive)
 
-    def step_for(self, model: nn.Module, solver: str = "method", mu: float = 1.0, adaptive: bool = True) -> Dynamics:
+    def step_for(self, model: nn.Module, solver: str = "method", mu: float = RECIPE.lm_mu,
+                 adaptive: bool = RECIPE.lm_adaptive) -> Dynamics:
         """The step a run takes, decided once: ``solver="lm"``: :meth:`second_order` (starting damping
         ``mu``), else the method's own :meth:`dynamics`."""
         return self.second_order(model, mu, adaptive) if solver == "lm" else self.dynamics(model)

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pinn_lora.core.recipe import Adaptation as RECIPE
 from pinn_lora.model.adapters import LoRALinear, adapter_layers, attach_adapters
 from pinn_lora.model.adapters.base import resolve_targets
 from pinn_lora.model.adapters.lora import layer_rank
@@ -65,7 +66,8 @@ class ODELoRA(LoRA):
             return "method"
         return super().solver_for(requested, explicit)
 
-    def step_for(self, model: nn.Module, solver: str = "method", mu: float = 1.0, adaptive: bool = True) -> Dynamics:
+    def step_for(self, model: nn.Module, solver: str = "method", mu: float = RECIPE.lm_mu,
+                 adaptive: bool = RECIPE.lm_adaptive) -> Dynamics:
         """``scheme=implicit``: its own implicit step with h = lr (:meth:`dynamics`), whatever the solver."""
         if self.scheme == "implicit":
             return self.dynamics(model)

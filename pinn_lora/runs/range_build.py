@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from pinn_lora.core.recipe import Adaptation as RECIPE
 from pinn_lora.methods.dynamics.base import Objective
 from pinn_lora.model.jacobian import residual_jacobian, residual_vector
 
@@ -259,7 +260,7 @@ class RangeObjective(Objective):
 
 def build_hyper_family(problem: Any, over: str | None, low: float, high: float, *, base: Any = None,
                        rank: int = 8, width: int = 32, steps: int = 60, n_points: int = 500, per_step: int = 4,
-                       resample_every: int = 5, lm_mu: float = 0.01, seed: int = 0,
+                       resample_every: int = 5, lm_mu: float = RECIPE.lm_mu, seed: int = 0,
                        device: str | torch.device = "cpu", dtype: str = "float64", progress: bool = True,
                        out: str | Path | None = None) -> HyperFamily:
     """The coefficient-conditioned adapter (:class:`Conditioned`) trained with the physics loss over the

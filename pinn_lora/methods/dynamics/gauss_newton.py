@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from pinn_lora.core.recipe import Adaptation as RECIPE  # the starting damping: the recipe's
 from pinn_lora.methods.dynamics.base import Dynamics, Objective
 
 DAMPINGS = ("marquardt", "identity")
@@ -51,7 +52,7 @@ class LevenbergMarquardt(Dynamics):
 
     residual_step = True
 
-    def __init__(self, params: Sequence[torch.Tensor], mu: float = 1.0, damping: str = "marquardt",
+    def __init__(self, params: Sequence[torch.Tensor], mu: float = RECIPE.lm_mu, damping: str = "marquardt",
                  adaptive: bool = True, max_tries: int = 10, metric: Callable[[], torch.Tensor] | None = None,
                  after_update: Callable[[], None] | None = None) -> None:
         if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu > 0):
