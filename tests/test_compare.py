@@ -234,6 +234,7 @@ def test_report_files_and_self_contained_html(sweep, tmp_path):
     assert len(list((out2 / "figures").glob("*.png"))) == 4
 
 
+@pytest.mark.integration  # several whole runs or reports (seconds): with the integration tests
 def test_report_never_touches_files_it_did_not_write(sweep, tmp_path, capsys):
     """--out a folder of the user's (paper/ with figures/ and report.md): refused with one line, nothing removed
     or replaced (issue 14, item 3; main removed paper/figures/ and replaced paper/report.md). An empty folder is

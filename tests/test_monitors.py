@@ -220,6 +220,7 @@ def _schema_pattern(key):
                       + "$")
 
 
+@pytest.mark.integration  # several whole runs or reports (seconds): with the integration tests
 def test_adapt_writes_monitor_keys_and_stability_summary(tmp_path):
     res = adapt_to("helmholtz", get_problem("helmholtz").default_target(), "lora", steps=5, n_points=64, lbfgs_steps=0,
                    eval_every=2, device="cpu", run_dir=tmp_path, progress=False, plots=False, continuation="off")

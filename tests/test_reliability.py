@@ -90,6 +90,7 @@ def test_a_run_directory_follows_the_umask(tmp_path):
 
 
 # ---- 1. compare never writes through links ------------------------------------------------------------------
+@pytest.mark.integration  # several whole runs or reports (seconds): with the integration tests
 def test_compare_refuses_a_report_folder_holding_links(sweep, tmp_path, capsys):  # noqa: F811
     first, _ = compare.compare_runs(sweep, solutions=False)
     elsewhere = tmp_path / "elsewhere"
@@ -502,6 +503,7 @@ def test_messages_name_the_right_thing():
 
 
 # ---- 15. compare keeps what can be read and says what it left out ------------------------------------------
+@pytest.mark.integration  # several whole runs or reports (seconds): with the integration tests
 def test_compare_keeps_a_run_with_one_bad_metrics_line(sweep, capsys):  # noqa: F811
     run = sorted(p.parent for p in sweep.rglob("summary.json"))[0]
     lines = (run / "metrics.jsonl").read_text().splitlines()

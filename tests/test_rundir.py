@@ -61,6 +61,7 @@ def test_failure_after_the_claim_marks_and_keeps(tmp_path):
     assert json.loads((d / MARKER).read_text())["status"] == "failed"
 
 
+@pytest.mark.integration  # several whole runs or reports (seconds): with the integration tests
 def test_adapt_never_overwrites_an_earlier_adapter(tmp_path):
     """adapt_to(run_dir=d) into a directory holding a run, and save_adapter into a directory holding an adapter,
     are refused and change nothing (issue 14, item 6; main overwrote adapter.safetensors and card.json)."""
@@ -85,6 +86,7 @@ def test_adapt_never_overwrites_an_earlier_adapter(tmp_path):
     assert json.loads((tmp_path / "copy" / MARKER).read_text())["status"] == "finished"
 
 
+@pytest.mark.integration  # several whole runs or reports (seconds): with the integration tests
 def test_adapt_many_claims_its_directory(tmp_path):
     from pinn_lora.runs.many import adapt_many
 

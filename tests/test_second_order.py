@@ -243,6 +243,7 @@ def test_rar_d_keeps_its_points_and_adds_draws_that_follow_the_density(monkeypat
         TrainConfig(sampling="rar_d", rar_add=-1)
 
 
+@pytest.mark.integration  # several whole runs or reports (seconds): with the integration tests
 def test_a_run_that_gets_worse_says_so():
     """Helmholtz DoRA at lr 0.3 for 5 first-order steps on 64 points gets worse (measured on main:
     error 0.364 -> 1.72, reported 'completed'): now the validation residual says no_improvement."""
