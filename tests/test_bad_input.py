@@ -213,7 +213,7 @@ CLI_CASES = [
                                                "d/gamma)=0.000816, narrower than the reference solution resolves"),
     (["problem=helmholtz", "problem.k=2.2214"], "helmholtz: k=2.2214 is within 5% of the resonance k²=π²(1²+1²)/4"),
     (["problem=helmholtz", "problem.k=-1"], "coefficient k=-1 is out of range (allowed: 0 <= k)"),
-    (["problem=burgers", "problem.gamma=3"], "unknown key 'problem.gamma' for problem burgers; its keys: nu, adapt"),
+    (["problem=burgers", "problem.gamma=3"], "unknown key 'problem.gamma' for problem burgers; its keys: nu"),
     (["problem=allen_cahn", "problem.d=abc"], "allen_cahn: coefficient d='abc' is not a number (allowed: 0 < d)"),
     (["problem.nu=[]"], "problem.nu=[]: the list of coefficients is empty"),
     (["problem=helmholtz", "problem.modes=5"], "modes=5; give a list of pairs [m, n] of integers >= 1"),

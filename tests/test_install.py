@@ -24,7 +24,7 @@ import pytest
 pytestmark = pytest.mark.integration  # builds a wheel into a fresh venv
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD_INPUTS = ("pyproject.toml", "README.md", "pinn_lora", "problems", "configs", "setup.py", "setup.cfg",
+BUILD_INPUTS = ("pyproject.toml", "README.md", "pinn_lora", "problems", "configs", "hydra_plugins", "setup.py", "setup.cfg",
                 "MANIFEST.in", "LICENSE")
 
 
