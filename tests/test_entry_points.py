@@ -126,10 +126,9 @@ def run_module(args: list[str], path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=path, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_plugin_family_and_method_on_the_command_line(tmp_path):
-    """The two examples as another installed package ships them (entry points, no register call, nothing added
-    to pinn_lora's files): ``python -m pinn_lora.adapt problem=heat method=vera`` runs, its config built from the
-    classes; without a shipped base model it asks for ``base=`` in one line."""
+def plugin_site(tmp_path: Path) -> Path:
+    """The two examples as another installed package ships them: the heat family and the VeRA method, declared
+    as entry points of a fake distribution in ``tmp_path / "site"``."""
     site = tmp_path / "site"
     site.mkdir()
     shutil.copy(EXAMPLES / "custom_problem.py", site / "heat_family.py")
@@ -141,6 +140,14 @@ def test_plugin_family_and_method_on_the_command_line(tmp_path):
         [pinn_lora.methods]
         vera = vera_method:VeRA
     """)
+    return site
+
+
+def test_plugin_family_and_method_on_the_command_line(tmp_path):
+    """The two examples as another installed package ships them (entry points, no register call, nothing added
+    to pinn_lora's files): ``python -m pinn_lora.adapt problem=heat method=vera`` runs, its config built from the
+    classes; without a shipped base model it asks for ``base=`` in one line."""
+    site = plugin_site(tmp_path)
     # a plugin family pretrains from the command line with the package's recipe (the class's network)
     res = run_module(["pinn_lora.pretrain", "problem=heat", "steps=5", "lbfgs_steps=0", "n_points=64",
                       "progress=false", f"out={tmp_path / 'pre'}"], site)
@@ -186,17 +193,7 @@ def test_plugin_family_and_method_on_the_command_line(tmp_path):
 def test_an_installed_plugin_breaks_none_of_our_registry_tests(tmp_path):
     """With a plugin family and method installed beside pinn_lora, the suite's registry, recipe and command-line
     tests still pass: they pin our own entry points (tests/ours.py), not the registries' whole content."""
-    site = tmp_path / "site"
-    site.mkdir()
-    shutil.copy(EXAMPLES / "custom_problem.py", site / "heat_family.py")
-    shutil.copy(EXAMPLES / "custom_method.py", site / "vera_method.py")
-    fake_distribution(site, "heat_family", """
-        [pinn_lora.problems]
-        heat = heat_family:Heat
-
-        [pinn_lora.methods]
-        vera = vera_method:VeRA
-    """)
+    site = plugin_site(tmp_path)
     check = run_python("from pinn_lora.core.registry import METHODS, PROBLEMS\n"
                        "assert 'heat' in PROBLEMS.names() and 'vera' in METHODS.names()", site)
     assert check.returncode == 0, check.stderr[-2000:]

@@ -38,14 +38,6 @@ def end_phase(claim: Any, where: Any = None) -> Iterator[None]:
     """Run the block (the end of a run holding ``claim``, a :class:`pinn_lora.store.rundir.Claim`) with
     SIGINT/SIGTERM deferred (main thread, claimed directories only), then release the claim; see the
     module docstring. ``where`` names the run directory in the message."""
-    if claim.path is None or threading.current_thread() is not threading.main_thread():
-        try:
-            yield
-        except BaseException as exc:
-            claim.fail(exc)
-            raise
-        claim.release()
-        return
     got: list[int] = []
 
     def handler(signum: int, _frame: Any) -> None:
@@ -55,7 +47,8 @@ def end_phase(claim: Any, where: Any = None) -> Iterator[None]:
         print(f"pinn_lora: {signal.Signals(signum).name} received at the end of the run: finishing it first "
               "(a few seconds; send it again to stop at once)", file=sys.stderr, flush=True)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    defer = claim.path is not None and threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if defer else {}
     try:
         try:
             yield
